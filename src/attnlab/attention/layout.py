@@ -1,0 +1,118 @@
+"""From a mask predicate to a block layout.
+
+The sequence is cut into blocks of ``block`` positions. A (query block, key block) pair is *kept* when the
+predicate allows at least one (query, key) pair inside it, and *full* when it allows all of them. Efficient
+implementations visit only kept blocks and apply the predicate element-wise only where a block is partial.
+
+The layout is computed exactly from the predicate, a few block rows at a time, so building it never holds
+an n x n mask (it does evaluate the predicate n^2 times once; the result is cached per shape).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import torch
+
+from attnlab.attention.patterns import Pattern
+
+
+@dataclass(frozen=True)
+class BlockLayout:
+    block: int
+    seq_len: int
+    n_heads: int  # heads the layout was evaluated for (1 when the pattern does not depend on the head)
+    kept: torch.Tensor  # (n_heads, n_blocks, n_blocks) bool: block (i, j) has an allowed pair
+    full: torch.Tensor  # (n_heads, n_blocks, n_blocks) bool: every pair in block (i, j) is allowed
+
+    @property
+    def n_blocks(self) -> int:
+        return self.kept.shape[-1]
+
+    @property
+    def density(self) -> float:
+        """Fraction of the n_blocks^2 blocks that are kept (1.0 = dense bidirectional)."""
+        return self.kept.float().mean().item()
+
+    def kept_pairs(self) -> int:
+        """Number of kept (head, query block, key block) triples, per layout head."""
+        return int(self.kept.sum())
+
+
+def block_layout(pattern: Pattern, seq_len: int, block: int, n_heads: int = 1) -> BlockLayout:
+    """Evaluate ``pattern`` over a seq_len x seq_len grid in block rows and reduce it to blocks.
+
+    Positions past ``seq_len`` (padding of the last block) count as masked.
+    """
+    if block < 1:
+        raise ValueError(f"block size must be >= 1, got {block}")
+    return _block_layout(pattern, seq_len, block, n_heads if pattern.per_head else 1)
+
+
+@lru_cache(maxsize=256)
+def _block_layout(pattern: Pattern, seq_len: int, block: int, n_heads: int) -> BlockLayout:
+    nb = -(-seq_len // block)  # ceil
+    padded = nb * block
+    kept = torch.zeros(n_heads, nb, nb, dtype=torch.bool)
+    full = torch.zeros(n_heads, nb, nb, dtype=torch.bool)
+    # rows of blocks per chunk so that one chunk holds about 2^24 predicate values
+    rows_per_chunk = max(1, (1 << 24) // max(1, n_heads * block * padded))
+    h = torch.arange(n_heads).view(-1, 1, 1)  # (H, 1, 1)
+    k = torch.arange(padded).view(1, 1, -1)  # (1, 1, P)
+    b = torch.zeros((), dtype=torch.long)
+    for r0 in range(0, nb, rows_per_chunk):
+        r1 = min(nb, r0 + rows_per_chunk)
+        q = torch.arange(r0 * block, r1 * block).view(1, -1, 1)  # (1, rows*block, 1)
+        allowed = pattern(b, h, q, k) & (q < seq_len) & (k < seq_len)  # (H, rows*block, P)
+        allowed = allowed.expand(n_heads, -1, -1).reshape(n_heads, r1 - r0, block, nb, block)
+        kept[:, r0:r1] = allowed.any(dim=4).any(dim=2)  # (H, rows, nb)
+        full[:, r0:r1] = allowed.all(dim=4).all(dim=2)
+    return BlockLayout(block, seq_len, n_heads, kept, full)
+
+
+@dataclass(frozen=True)
+class RowPlan:
+    """The kept blocks as per-row lists, rows sorted by how many blocks they keep (most first).
+
+    A *row* is one (head, query block) pair, flattened as ``head * n_blocks + query_block``. Sorting lets the
+    blocked implementation process, at step t, the prefix of rows that still have a t-th kept block, so
+    work is proportional to the number of kept blocks even when rows differ a lot (global tokens).
+    """
+
+    order: torch.Tensor  # (R,) long: row ids, most kept blocks first
+    kv_block: torch.Tensor  # (R, max_kept) long: flat key-block ids (head * n_blocks + key block) per sorted row
+    active: list  # active[t] = number of sorted rows that have a t-th kept block
+    n_heads: int
+    n_blocks: int
+
+
+def row_plan(layout: BlockLayout, n_heads: int, device) -> RowPlan:
+    return _row_plan(layout, n_heads, torch.device(device))
+
+
+_PLANS: dict = {}
+
+
+def _row_plan(layout: BlockLayout, n_heads: int, device: torch.device) -> RowPlan:
+    key = (id(layout), n_heads, device)
+    if key in _PLANS:
+        return _PLANS[key]
+    nb = layout.n_blocks
+    kept = layout.kept.expand(n_heads, nb, nb).reshape(n_heads * nb, nb)  # (R, nb)
+    counts = kept.sum(1)  # (R,)
+    order = torch.argsort(counts, descending=True, stable=True)  # (R,)
+    counts_sorted = counts[order]
+    max_kept = int(counts_sorted[0]) if len(counts_sorted) else 0
+    # position of each kept key block in its row; unkept entries sort to the end
+    cols = torch.arange(nb).expand(n_heads * nb, nb)
+    key_sorted = torch.where(kept, cols, cols + nb).sort(dim=1).values[:, :max_kept] % nb  # (R, max_kept)
+    head_of_row = torch.arange(n_heads).repeat_interleave(nb)  # (R,)
+    flat = key_sorted + (head_of_row * nb).unsqueeze(1)  # (R, max_kept) flat key-block ids
+    active = [int((counts_sorted > t).sum()) for t in range(max_kept)]
+    plan = RowPlan(order.to(device), flat[order].to(device), active, n_heads, nb)
+    if len(_PLANS) > 512:
+        _PLANS.clear()
+    _PLANS[key] = (plan)
+    # keep the layout alive as long as its plan is cached (id() reuse safety)
+    _PLANS[(key, "layout")] = layout
+    return plan

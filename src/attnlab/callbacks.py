@@ -1,0 +1,181 @@
+"""Callbacks: gradient norm, memory (estimate vs measured), throughput (tokens/s, MFU), attention pictures."""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from attnlab import memory
+
+log = logging.getLogger(__name__)
+
+# dense bf16 tensor-core peak in FLOP/s, for MFU; matched on the device name
+PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux /proc; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def peak_rss_bytes() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def log_now(trainer, metrics: dict[str, float]) -> None:
+    """Log outside the hooks where LightningModule.log is allowed (e.g. on_fit_start)."""
+    if trainer.is_global_zero:
+        for lg in trainer.loggers:
+            lg.log_metrics({k: float(v) for k, v in metrics.items()}, step=trainer.global_step)
+
+
+class GradNormMonitor(L.Callback):
+    """Total gradient norm and one per layer group, before clipping, every ``log_every_n_steps``."""
+
+    def __init__(self, log_every_n_steps: int = 10):
+        self.every = log_every_n_steps
+
+    @staticmethod
+    def group_of(name: str) -> str:
+        name = name.replace("_orig_mod.", "").replace("model.", "", 1)
+        if name.startswith("blocks."):
+            return "block" + name.split(".")[1]
+        return name.split(".")[0]  # tok_emb, pos_emb, ln_f, head
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        if trainer.global_step % self.every:
+            return
+        sq: dict[str, torch.Tensor] = {}
+        for name, p in pl_module.named_parameters():
+            if p.grad is not None:
+                g = self.group_of(name)
+                sq[g] = sq.get(g, 0) + p.grad.detach().float().pow(2).sum()
+        if not sq:
+            return
+        total = torch.sqrt(sum(sq.values()))
+        metrics = {"grad_norm/total": total, **{f"grad_norm/{g}": torch.sqrt(v) for g, v in sq.items()}}
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+
+
+class MemoryMonitor(L.Callback):
+    """Logs measured memory (CUDA peak allocated/reserved, or process RSS on CPU) and, at the start, the
+    estimate from the config; at the end of each epoch prints both side by side."""
+
+    def __init__(self, log_every_n_steps: int = 10):
+        self.every = log_every_n_steps
+        self.estimate: memory.MemoryEstimate | None = None
+        self.rss_start = 0
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        cfg, att = pl_module.cfg, pl_module.model.attention
+        dm = trainer.datamodule
+        batch = getattr(dm, "batch_size", 1)
+        self.estimate = memory.estimate(
+            pl_module.model.num_params(non_embedding=False), batch, cfg.context, cfg.d_model, cfg.n_layer,
+            cfg.n_head, cfg.vocab_size, att.name, att.attended_keys(min(cfg.context, 4096)),
+            str(trainer.precision), att.block_size, cfg.d_ff)
+        log.info("memory estimate for batch %d x context %d, %s attention, precision %s:\n%s", batch, cfg.context,
+                 att.name, trainer.precision, self.estimate.table())
+        log_now(trainer, {f"memory_estimate/{n.split(' ')[0]}": float(b) for n, b in self.estimate.rows()
+                          if not n.startswith("(")} | {"memory_estimate/score_matrix": float(self.estimate.score_matrix)})
+        if pl_module.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(pl_module.device)
+        self.rss_start = rss_bytes()
+
+    def measured(self, pl_module) -> dict[str, float]:
+        if pl_module.device.type == "cuda":
+            return {"memory/peak_allocated": float(torch.cuda.max_memory_allocated(pl_module.device)),
+                    "memory/peak_reserved": float(torch.cuda.max_memory_reserved(pl_module.device))}
+        return {"memory/rss": float(rss_bytes()), "memory/peak_rss": float(peak_rss_bytes())}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every == 0:
+            pl_module.log_dict(self.measured(pl_module), on_step=True, on_epoch=False)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.estimate is None:
+            return
+        m = self.measured(pl_module)
+        key = "memory/peak_allocated" if "memory/peak_allocated" in m else "memory/peak_rss"
+        log.info("memory: estimated %s, measured %s = %s", memory.fmt_bytes(self.estimate.total), key,
+                 memory.fmt_bytes(m[key]))
+
+
+class ThroughputMonitor(L.Callback):
+    """Tokens per second over the last ``log_every_n_steps`` steps, and model FLOPs utilisation on a GPU."""
+
+    def __init__(self, log_every_n_steps: int = 10):
+        self.every = log_every_n_steps
+        self.t0: float | None = None
+        self.tokens = 0
+
+    def flops_per_token(self, pl_module) -> float:
+        """Training FLOPs per token: 6 x parameters (matmuls, forward + backward) plus attention's
+        12 x layers x d_model x (keys each query attends to on average)."""
+        cfg, att = pl_module.cfg, pl_module.model.attention
+        T = cfg.context
+        avg_keys = att.attended_keys(T) / T if T <= 4096 else T / 2
+        return 6 * pl_module.model.num_params() + 12 * cfg.n_layer * cfg.d_model * avg_keys
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if self.t0 is None:
+            self.t0 = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.tokens += batch[0].numel()
+        step = trainer.global_step
+        if step % self.every or self.t0 is None:
+            return
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        dt = time.perf_counter() - self.t0
+        tps = self.tokens * trainer.world_size / dt
+        metrics = {"throughput/tokens_per_s": tps}
+        if pl_module.device.type == "cuda":
+            name = torch.cuda.get_device_name(pl_module.device)
+            peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+            if peak:
+                metrics["throughput/mfu"] = tps * self.flops_per_token(pl_module) / (peak * trainer.world_size)
+        pl_module.log_dict(metrics, on_step=True, on_epoch=False)
+        self.t0, self.tokens = time.perf_counter(), 0
+
+
+class AttentionPicture(L.Callback):
+    """At the start of training, draws the attention pattern of the first layers (token-by-token grid) into
+    the run folder and logs it to W&B."""
+
+    def __init__(self, dirpath: str, max_tokens: int = 64, layers: int = 2):
+        self.dirpath, self.max_tokens, self.layers = Path(dirpath), max_tokens, layers
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if not trainer.is_global_zero:
+            return
+        from attnlab.attention.pictures import save_pattern_picture
+        att, cfg = pl_module.model.attention, pl_module.cfg
+        n = min(self.max_tokens, cfg.context)
+        paths = []
+        for layer in range(min(self.layers, cfg.n_layer)):
+            p = save_pattern_picture(att.pattern(n, layer), n, self.dirpath / f"attention_{att.name}_layer{layer}.png",
+                                     n_heads=min(cfg.n_head, 4), title=f"{att.name}, layer {layer}")
+            paths.append(str(p))
+        for lg in trainer.loggers:
+            if hasattr(lg, "log_image"):
+                try:
+                    lg.log_image(key="attention/pattern", images=paths)
+                except Exception as e:  # a picture is not worth failing a run
+                    log.warning("could not log the attention picture: %s", e)

@@ -1,0 +1,74 @@
+"""Tokenised splits cached as flat token arrays (memory-mapped on load), keyed by corpus, tokenizer and settings.
+
+A cache entry is a folder written under a temporary name and renamed into place in one step, with a
+``meta.json`` holding each split's length and SHA-256. On load every array is checked against it; a
+partial or corrupt entry is reported, deleted and rebuilt, never used.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+CACHE_VERSION = 1
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load(entry: Path) -> dict[str, np.ndarray] | None:
+    """The cached splits, or None when the entry is missing or fails its checks (then it is removed)."""
+    meta_path = entry / "meta.json"
+    if not entry.exists():
+        return None
+    try:
+        meta = json.loads(meta_path.read_text())
+        if meta.get("version") != CACHE_VERSION:
+            raise ValueError(f"cache version {meta.get('version')} != {CACHE_VERSION}")
+        out = {}
+        for split, info in meta["splits"].items():
+            f = entry / f"{split}.bin"
+            dtype = np.dtype(info["dtype"])
+            if f.stat().st_size != info["length"] * dtype.itemsize:
+                raise ValueError(f"{f.name} has {f.stat().st_size} bytes, expected {info['length'] * dtype.itemsize}")
+            if _sha(f) != info["sha256"]:
+                raise ValueError(f"{f.name} checksum mismatch")
+            out[split] = np.memmap(f, dtype=dtype, mode="r", shape=(info["length"],))
+        return out
+    except Exception as e:  # any damage means: rebuild
+        log.warning("token cache %s is corrupt or partial (%s); rebuilding it", entry, e)
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
+
+
+def save(entry: Path, splits: dict[str, np.ndarray], extra: dict, write_tokenizer) -> None:
+    """Write all arrays and meta.json into a temporary folder, then rename it to ``entry`` atomically."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".tmp", dir=entry.parent))
+    try:
+        meta = {"version": CACHE_VERSION, "splits": {}, **extra}
+        for split, arr in splits.items():
+            f = tmp / f"{split}.bin"
+            arr.tofile(f)
+            meta["splits"][split] = {"length": int(arr.size), "dtype": arr.dtype.str, "sha256": _sha(f)}
+        write_tokenizer(tmp)
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
+        if entry.exists():  # a concurrent run finished first; keep theirs
+            shutil.rmtree(tmp)
+            return
+        os.replace(tmp, entry)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

