@@ -56,7 +56,15 @@ class AttentionType:
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int = 0) -> torch.Tensor:
         """q, k, v: (B, H, N, D) -> (B, H, N, D)."""
         backend = get_backend(self.resolved_backend(q.device))
-        return backend.fn(q, k, v, self.pattern(q.shape[2], layer), self.block_size)
+        return backend.fn(q, k, v, self.cached_pattern(q.shape[2], layer), self.block_size)
+
+    def cached_pattern(self, seq_len: int, layer: int = 0) -> Pattern:
+        """One Pattern object per (length, layer), so layouts and block masks cached on it are reused."""
+        cache = self.__dict__.setdefault("_pattern_cache", {})
+        key = (seq_len, layer)
+        if key not in cache:
+            cache[key] = self.pattern(seq_len, layer)
+        return cache[key]
 
     def describe(self) -> dict:
         return {"name": self.name, **{f.name: getattr(self, f.name) for f in fields(self)}}

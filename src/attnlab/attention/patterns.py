@@ -104,22 +104,14 @@ def global_tokens(positions: int | Sequence[int], seq_len: int) -> Pattern:
 
     A global query attends to every key; every query attends to a global key. Combine with ``base(causal)``
     (by ``&``) so that causality still holds: in causal mode a global token sees all *earlier* keys.
+    Positions at or past ``seq_len`` (a sequence shorter than the context) simply do not occur; the
+    attention type checks the configured positions against the context before training.
     """
     if isinstance(positions, int):
-        if positions < 0 or positions > seq_len:
-            raise ValueError(f"number of global tokens must be in [0, {seq_len}] (the context), got {positions}")
-        k_first = positions
-
-        def fn(b, h, q, k):
-            return (q < k_first) | (k < k_first)
-        return Pattern(fn, f"global{k_first}")
-    pos = sorted(set(int(p) for p in positions))
-    if len(pos) > seq_len:
-        raise ValueError(f"{len(pos)} global positions for a context of {seq_len}")
-    bad = [p for p in pos if p < 0 or p >= seq_len]
-    if bad:
-        raise ValueError(f"global positions {bad} are outside the context [0, {seq_len})")
-    table_cpu = torch.zeros(seq_len, dtype=torch.bool)
+        k_first = max(0, positions)
+        return Pattern(lambda b, h, q, k: (q < k_first) | (k < k_first), f"global{k_first}")
+    pos = sorted(set(int(p) for p in positions if 0 <= int(p) < seq_len))
+    table_cpu = torch.zeros(max(seq_len, 1), dtype=torch.bool)
     table_cpu[pos] = True
     tables: dict = {}
 
@@ -129,7 +121,7 @@ def global_tokens(positions: int | Sequence[int], seq_len: int) -> Pattern:
             tables[dev] = table_cpu.to(dev)
         t = tables[dev]  # (seq_len,) bool lookup: is position p global?
         n = t.numel()
-        return t[q.clamp(0, n - 1)] & (q < n) | t[k.clamp(0, n - 1)] & (k < n)
+        return (t[q.clamp(0, n - 1)] & (q < n)) | (t[k.clamp(0, n - 1)] & (k < n))
     return Pattern(fn, f"global{pos}")
 
 

@@ -1,0 +1,37 @@
+import os
+import tempfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+# one token cache for the whole test session (CI points it inside the clone)
+os.environ.setdefault("ATTNLAB_CACHE", str(Path(tempfile.gettempdir()) / "attnlab-test-cache"))
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def compose(overrides: list[str], output_dir: Path | None = None):
+    """The config exactly as `python train.py <overrides>` would see it, with the run folder in output_dir."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
+    HydraConfig().set_config(cfg)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.paths.output_dir = str(output_dir)
+            cfg.paths.runs_dir = str(output_dir.parent)
+            cfg.hydra.runtime.output_dir = str(output_dir)
+    return cfg
+
+
+@pytest.fixture
+def make_cfg(tmp_path):
+    def _make(overrides, name="run"):
+        return compose(list(overrides), tmp_path / name)
+    return _make
