@@ -16,17 +16,18 @@ def compose(overrides: list[str], output_dir: Path | None = None):
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from omegaconf import OmegaConf, open_dict
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = hydra_compose(config_name="config", overrides=overrides, return_hydra_config=True)
-    HydraConfig().set_config(cfg)
     if output_dir is not None:
+        OmegaConf.set_readonly(cfg.hydra, False)
         with open_dict(cfg):
-            cfg.paths.output_dir = str(output_dir)
-            cfg.paths.runs_dir = str(output_dir.parent)
             cfg.hydra.runtime.output_dir = str(output_dir)
+            cfg.paths.runs_dir = str(output_dir.parent)
+        output_dir.mkdir(parents=True, exist_ok=True)
+    HydraConfig().set_config(cfg)
     return cfg
 
 

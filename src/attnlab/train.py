@@ -119,6 +119,9 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"trainer.precision={cfg.trainer.precision!r}; valid: {sorted(valid_prec)}")
     if cfg.data.batch_size < 1:
         raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be >= 1")
+    from attnlab.model import GPTConfig
+    model_cfg = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
+    GPTConfig(**{**model_cfg, "vocab_size": 1})  # dimension checks before any data is read
     att = build_attention(OmegaConf.to_container(cfg.attention, resolve=True))
     accel = str(cfg.trainer.accelerator)
     device = "cuda" if accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available()) else "cpu"

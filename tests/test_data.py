@@ -1,0 +1,109 @@
+"""The embedded corpus loads offline and splits by play; tokenizers round-trip; the cache rejects damage."""
+import numpy as np
+import pytest
+
+from attnlab.data import cache
+from attnlab.data.corpus import (DataError, hub_splits, markdown_to_play, play_files, shakespeare_splits,
+                                 text_file_splits)
+from attnlab.data.datamodule import IGNORE, EvalWindows, TextDataModule, TrainWindows
+from attnlab.data.tokenizers import CharTokenizer, HFTokenizer, load_tokenizer
+
+
+def test_embedded_corpus_has_the_38_plays_and_splits_disjoint_by_play():
+    assert len(play_files()) == 38
+    splits, chosen = shakespeare_splits(3, 3, 1234)
+    names = [set(chosen[s]) for s in ("train", "val", "test")]
+    assert sum(len(n) for n in names) == 38
+    assert not (names[0] & names[1]) and not (names[0] & names[2]) and not (names[1] & names[2])
+    again, chosen2 = shakespeare_splits(3, 3, 1234)
+    assert chosen2 == chosen  # deterministic
+    assert shakespeare_splits(3, 3, 99)[1] != chosen
+    text = "".join(splits["train"])
+    assert "**" not in text and "\\[" not in text and "\n#" not in text
+    assert "HAMLET:" in "".join(sum(splits.values(), [])) or "MACBETH:" in "".join(sum(splits.values(), []))
+
+
+def test_markdown_conversion():
+    md = "# Hamlet\n\n## ACT I\n\n### SCENE I. Elsinore.\n\n_Enter BERNARDO_\n\n**BERNARDO**  \nWho's there?  \nNay \\[aside\\]\n"
+    assert markdown_to_play(md) == ("Hamlet\n\nACT I\n\nSCENE I. Elsinore.\n\n[Enter BERNARDO]\n\nBERNARDO:\n"
+                                    "Who's there?\nNay [aside]\n")
+
+
+def test_char_tokenizer_round_trip_and_unknown(tmp_path):
+    tok = CharTokenizer.train(["hello world\n"])
+    assert tok.decode(tok.encode("hello")) == "hello"
+    assert tok.encode("z") == [tok.unk_id]
+    tok.save(tmp_path)
+    assert load_tokenizer(tmp_path).encode("world") == tok.encode("world")
+
+
+def test_bpe_tokenizer_round_trip(tmp_path):
+    text = "To be, or not to be, that is the question:\n" * 50
+    tok = HFTokenizer.train_bpe([text], 300)
+    s = "Whether 'tis nobler in the mind to suffer ü"
+    assert tok.decode(tok.encode(s)) == s  # byte-level: nothing unknown
+    assert tok.vocab_size <= 300
+    tok.save(tmp_path)
+    assert load_tokenizer(tmp_path).encode(s) == tok.encode(s)
+
+
+def test_eval_windows_cover_every_target_once():
+    toks = np.arange(103)
+    ds = EvalWindows(toks, 10)
+    targets = []
+    for i in range(len(ds)):
+        x, y = ds[i]
+        assert len(x) == 10
+        targets += [int(t) for t in y if t != IGNORE]
+    assert targets == list(range(1, 103))
+
+
+def test_train_windows_shift_by_one():
+    ds = TrainWindows(np.arange(50), 8)
+    x, y = ds[2]
+    assert x.tolist() == list(range(16, 24)) and y.tolist() == list(range(17, 25))
+
+
+def test_cache_detects_corruption_and_rebuilds(tmp_path):
+    dm = TextDataModule({"name": "shakespeare", "source": "shakespeare"}, {"name": "char"}, 32, 4, str(tmp_path))
+    dm.prepare_data()
+    entry = tmp_path / "tokens"
+    [entry] = list(entry.iterdir())
+    n_train = len(dm.tokens["train"])
+    (entry / "train.bin").write_bytes(b"\0" * 10)  # truncated
+    assert cache.load(entry) is None and not entry.exists()  # rejected and removed
+    dm2 = TextDataModule({"name": "shakespeare", "source": "shakespeare"}, {"name": "char"}, 32, 4, str(tmp_path))
+    dm2.prepare_data()
+    assert len(dm2.tokens["train"]) == n_train
+    # flipped bytes of the right size are caught by the checksum
+    data = bytearray((entry / "val.bin").read_bytes())
+    data[100] ^= 0xFF
+    (entry / "val.bin").write_bytes(bytes(data))
+    assert cache.load(entry) is None
+    assert not list((tmp_path / "tokens").glob("*.tmp*"))  # no half-written entries left behind
+
+
+def test_documents_are_separated_by_eos(tmp_path):
+    dm = TextDataModule({"name": "shakespeare", "source": "shakespeare"}, {"name": "char"}, 32, 4, str(tmp_path))
+    dm.prepare_data()
+    n_docs = int((np.asarray(dm.tokens["train"]) == dm.tokenizer.eos_id).sum())
+    assert n_docs == 38 - 6
+
+
+def test_hub_dataset_offline_says_how_to_use_local_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(DataError, match=r"dataset=text_files dataset.path="):
+        hub_splits("Salesforce/wikitext", "wikitext-2-raw-v1", str(tmp_path))
+
+
+def test_text_files_split(tmp_path):
+    for i in range(5):
+        (tmp_path / f"doc{i}.txt").write_text(f"document {i}\n" * 20)
+    s = text_file_splits(str(tmp_path))
+    assert sum(len(v) for v in s.values()) == 5 and all(s.values())
+    one = tmp_path / "doc0.txt"
+    s = text_file_splits(str(one), 0.1, 0.1)
+    assert "".join(s["train"] + s["val"] + s["test"]) == one.read_text()
+    with pytest.raises(DataError, match=r"dataset.path='/nonexistent/\*.txt' matches no .txt file"):
+        text_file_splits("/nonexistent/*.txt")

@@ -1,0 +1,100 @@
+"""End to end: debug runs lower the loss and log the metrics; resume continues at the right step."""
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnlab.train import train
+from test_config import run_train
+
+
+def metrics_of(output_dir: Path) -> list[dict]:
+    with open(output_dir / "csv" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def column(rows, key):
+    return [float(r[key]) for r in rows if r.get(key) not in (None, "")]
+
+
+def test_debug_run_lowers_loss_and_logs_everything(make_cfg):
+    cfg = make_cfg(["mode=debug"])
+    metrics = train(cfg)
+    rows = metrics_of(Path(cfg.paths.output_dir))
+    losses = column(rows, "train/loss")
+    assert losses[-1] < losses[0] - 0.5
+    init, expected = column(rows, "init/loss")[0], column(rows, "init/expected_loss")[0]
+    assert abs(init - expected) < 0.3  # the loss at initialisation is ~ln(vocab)
+    for key in ("train/ppl", "val/ppl", "grad_norm/total", "grad_norm/block0", "memory/rss", "memory_estimate/total",
+                "throughput/tokens_per_s", "lr/pg1", "test/ppl"):
+        assert column(rows, key), key
+    # perplexity is exp of the same mean loss
+    assert math.isclose(metrics["val/ppl"], math.exp(metrics["val/loss"]), rel_tol=1e-4)
+    assert (Path(cfg.paths.output_dir) / "attention_full_layer0.png").exists()
+
+
+@pytest.mark.parametrize("attention", ["flash", "sparse", "longformer"])
+def test_each_attention_type_trains(make_cfg, attention):
+    cfg = make_cfg(["mode=debug", f"attention={attention}", "test_after_fit=false", "trainer.max_epochs=1"])
+    train(cfg)
+    losses = column(metrics_of(Path(cfg.paths.output_dir)), "train/loss")
+    assert losses[-1] < losses[0] - 0.3
+
+
+def test_own_blocked_flash_trains(make_cfg):
+    cfg = make_cfg(["mode=debug", "attention=flash", "attention.backend=blocked", "test_after_fit=false",
+                    "trainer.max_epochs=1"])
+    train(cfg)
+    losses = column(metrics_of(Path(cfg.paths.output_dir)), "train/loss")
+    assert losses[-1] < losses[0] - 0.3
+
+
+def _resume_cfg(make_cfg, name, max_steps, extra=()):
+    return make_cfg(["mode=debug", f"trainer.max_steps={max_steps}", "trainer.max_epochs=-1",
+                     "trainer.enable_checkpointing=true", "+callbacks.checkpoint._target_="
+                     "lightning.pytorch.callbacks.ModelCheckpoint",
+                     f"+callbacks.checkpoint.dirpath=${{paths.output_dir}}/checkpoints",
+                     "+callbacks.checkpoint.save_last=true", "+callbacks.checkpoint.every_n_train_steps=5",
+                     "+callbacks.checkpoint.save_top_k=0", "trainer.limit_val_batches=0", "test_after_fit=false",
+                     "trainer.log_every_n_steps=1", *extra], name)
+
+
+def test_resume_mid_epoch_continues_at_the_right_step_and_data_position(make_cfg):
+    torch.use_deterministic_algorithms(False)
+    # one run of 20 steps straight (15 batches per epoch) ...
+    straight = _resume_cfg(make_cfg, "straight", 20)
+    train(straight)
+    # ... equals 10 steps, stop, then resume from last.ckpt to 20
+    first = _resume_cfg(make_cfg, "first", 10)
+    train(first)
+    last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=False)["global_step"] == 10
+    resumed = _resume_cfg(make_cfg, "resumed", 20, [f"ckpt_path={last}"])
+    train(resumed)
+    rows = metrics_of(Path(resumed.paths.output_dir))
+    steps = [int(r["step"]) for r in rows if r.get("train/loss")]
+    assert min(steps) >= 10 and max(steps) == 19  # continued from step 10, not from 0
+    a = torch.load(Path(straight.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    assert a["global_step"] == b["global_step"] == 20
+    for k in a["state_dict"]:  # same data, same order, same optimizer state: same weights
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], atol=1e-5, rtol=1e-4)
+
+
+def test_overfit_mode_memorises_one_batch(make_cfg):
+    cfg = make_cfg(["mode=overfit", "trainer.max_steps=200"])
+    train(cfg)
+    losses = column(metrics_of(Path(cfg.paths.output_dir)), "train/loss")
+    assert losses[-1] < 0.3, losses[-5:]
+
+
+def test_multirun_runs_each_job_in_its_own_folder(tmp_path):
+    r = run_train("-m", "attention=full", "seed=1,2", "mode=debug", "trainer.max_epochs=1", "test_after_fit=false",
+                  cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    jobs = sorted(p.name for p in (tmp_path / "outputs" / "multirun").glob("*/*") if p.is_dir())
+    assert len(jobs) == 2 and jobs[0].startswith("0-attention=full,seed=1") and jobs[1].startswith("1-attention=full,seed=2"), jobs
+    for job in (tmp_path / "outputs" / "multirun").glob("*/*-attention*"):
+        assert (job / "csv" / "metrics.csv").exists() and (job / ".hydra" / "config.yaml").exists()
