@@ -8,6 +8,12 @@ ROOT = Path(__file__).resolve().parents[1]
 # one token cache for the whole test session (CI points it inside the clone)
 os.environ.setdefault("ATTNLAB_CACHE", str(Path(tempfile.gettempdir()) / "attnlab-test-cache"))
 os.environ.setdefault("WANDB_MODE", "offline")
+try:  # no GPU: run our Triton kernel in Triton's CPU interpreter (must be set before triton.jit runs)
+    import torch
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+except ImportError:
+    pass
 os.environ.setdefault("WANDB_SILENT", "true")
 
 

@@ -48,6 +48,8 @@ class AttentionType:
                 raise ValueError(f"attention backend {self.backend!r} is not available: {reason}")
         if self.block_size < 1:
             raise ValueError(f"attention.block_size must be >= 1, got {self.block_size}")
+        if self.backend == "triton" and (self.block_size < 16 or self.block_size & (self.block_size - 1)):
+            raise ValueError(f"attention.block_size={self.block_size}: the triton backend needs a power of two >= 16")
         self.validate(context, n_head)
 
     def resolved_backend(self, device: torch.device) -> str:

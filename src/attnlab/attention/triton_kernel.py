@@ -1,0 +1,281 @@
+"""Our block-sparse flash-attention kernel in Triton: one kernel for flash, sparse and Longformer.
+
+The kernel visits, for each (batch, head, query block), only the key blocks its layout keeps (a per-row
+list built from the mask predicate, see ``layout.py``). Full blocks need no mask; a *partial* block loads a
+precomputed BLOCK x BLOCK tile of the predicate (evaluated once per shape from the same predicate), so any
+pattern the predicates express runs exactly. Forward: online softmax in base 2 (running max ``m`` and sum
+``l``), output and the row log-sum-exp saved. Backward: FlashAttention-2 style, recomputing each tile from
+Q, K, V and the saved log-sum-exp: one kernel per key block for dK, dV (walking the transposed layout) and
+one per query block for dQ, so no atomics are needed.
+
+Runs on CUDA, and on the CPU under ``TRITON_INTERPRET=1`` (slowly; that is how CI tests it).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from attnlab.attention.layout import BlockLayout, block_layout
+from attnlab.attention.patterns import Pattern
+
+LOG2E = 1.4426950408889634
+
+
+@dataclass(frozen=True)
+class KernelLayout:
+    """The layout as the kernel reads it. All index tensors are int32 on the kernel's device.
+
+    kv_idx[h, m, t]: t-th kept key block of query block m; kv_cnt[h, m]: how many; kv_tile[h, m, t]: index of
+    its mask tile in ``tiles`` or -1 for a full block. q_idx / q_cnt / q_tile: the transpose (query blocks
+    that see key block n), for the dK/dV kernel. tiles: (P, BLOCK, BLOCK) int8 masks of the partial blocks.
+    """
+
+    kv_idx: torch.Tensor
+    kv_cnt: torch.Tensor
+    kv_tile: torch.Tensor
+    q_idx: torch.Tensor
+    q_cnt: torch.Tensor
+    q_tile: torch.Tensor
+    tiles: torch.Tensor
+    n_layout_heads: int
+    block: int
+
+
+def _lists(kept: torch.Tensor, tile_id: torch.Tensor):
+    """kept (H, R, C) bool -> per-row lists of kept columns (H, R, max) int32, counts, and their tile ids."""
+    H, R, C = kept.shape
+    cnt = kept.sum(-1)  # (H, R)
+    max_k = max(1, int(cnt.max()))
+    cols = torch.arange(C).expand(H, R, C)
+    order = torch.where(kept, cols, cols + C).sort(-1).values[..., :max_k]  # kept columns first, ascending
+    valid = order < C
+    idx = torch.where(valid, order, torch.zeros_like(order))
+    tiles = torch.gather(tile_id, 2, idx).masked_fill(~valid, -1)
+    return idx.int(), cnt.int(), tiles.int()
+
+
+_KERNEL_LAYOUTS: dict = {}
+
+
+def kernel_layout(pattern: Pattern, seq_len: int, block: int, n_heads: int, device) -> KernelLayout:
+    key = (pattern, seq_len, block, n_heads if pattern.per_head else 1, str(device))
+    if key in _KERNEL_LAYOUTS:
+        return _KERNEL_LAYOUTS[key]
+    lay: BlockLayout = block_layout(pattern, seq_len, block, n_heads)
+    partial = lay.kept & ~lay.full  # (Hl, NB, NB)
+    h, i, j = partial.nonzero(as_tuple=True)  # one mask tile per partial block
+    ar = torch.arange(block)
+    q = (i * block).view(-1, 1, 1) + ar.view(1, -1, 1)  # (P, block, 1)
+    k = (j * block).view(-1, 1, 1) + ar.view(1, 1, -1)  # (P, 1, block)
+    b = torch.zeros((), dtype=torch.long)
+    tiles = (pattern(b, h.view(-1, 1, 1), q, k) & (q < seq_len) & (k < seq_len)).to(torch.int8)  # (P, block, block)
+    if tiles.numel() == 0:
+        tiles = torch.zeros(1, block, block, dtype=torch.int8)
+    tile_id = torch.full(partial.shape, -1, dtype=torch.long)
+    tile_id[h, i, j] = torch.arange(len(h))
+    kv = _lists(lay.kept, tile_id)
+    qt = _lists(lay.kept.transpose(1, 2), tile_id.transpose(1, 2))
+    kl = KernelLayout(*(t.contiguous().to(device) for t in (*kv, *qt, tiles)), lay.n_heads, block)
+    if len(_KERNEL_LAYOUTS) > 256:
+        _KERNEL_LAYOUTS.clear()
+    _KERNEL_LAYOUTS[key] = kl
+    return kl
+
+
+@triton.jit
+def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, KV_TILE, TILES,
+                sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
+                H, N, D, HL, NB, MAXK, qk_scale,
+                BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hl = h % HL  # layout head: 0 when the pattern is the same in every head
+    offs_m = pid_m * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_t = tl.arange(0, BLOCK)
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :],
+                mask=(offs_m[:, None] < N) & (offs_d[None, :] < D), other=0.0)
+    m_i = tl.full([BLOCK], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK], tl.float32)
+    acc = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    row = hl * NB + pid_m
+    cnt = tl.load(KV_CNT + row)
+    for t in range(0, cnt):
+        kb = tl.load(KV_IDX + row * MAXK + t)
+        tile = tl.load(KV_TILE + row * MAXK + t)
+        offs_n = kb * BLOCK + tl.arange(0, BLOCK)
+        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :],
+                    mask=(offs_n[:, None] < N) & (offs_d[None, :] < D), other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # (BLOCK, BLOCK) scores in log2 units
+        s = tl.where(offs_n[None, :] < N, s, float("-inf"))
+        if tile >= 0:  # partial block: the predicate, element-wise
+            allowed = tl.load(TILES + tile * BLOCK * BLOCK + offs_t[:, None] * BLOCK + offs_t[None, :])
+            s = tl.where(allowed != 0, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :],
+                    mask=(offs_n[:, None] < N) & (offs_d[None, :] < D), other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
+        m_i = m_new
+    empty = l_i == 0.0
+    out = acc / tl.where(empty, 1.0, l_i)[:, None]
+    lse = tl.where(empty, float("inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))  # log2 units; +inf: p = 0
+    tl.store(O + b * sob + h * soh + offs_m[:, None] * son + offs_d[None, :], out.to(O.dtype.element_ty),
+             mask=(offs_m[:, None] < N) & (offs_d[None, :] < D))
+    tl.store(LSE + pid_bh * N + offs_m, lse, mask=offs_m < N)
+
+
+@triton.jit
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, Q_IDX, Q_CNT, Q_TILE, TILES,
+                     sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
+                     H, N, D, HL, NB, MAXQ, qk_scale, sm_scale,
+                     BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hl = h % HL
+    offs_n = pid_n * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_t = tl.arange(0, BLOCK)
+    kv_mask = (offs_n[:, None] < N) & (offs_d[None, :] < D)
+    k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
+    v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    row = hl * NB + pid_n
+    cnt = tl.load(Q_CNT + row)
+    for t in range(0, cnt):
+        qb = tl.load(Q_IDX + row * MAXQ + t)
+        tile = tl.load(Q_TILE + row * MAXQ + t)
+        offs_m = qb * BLOCK + tl.arange(0, BLOCK)
+        q_mask = (offs_m[:, None] < N) & (offs_d[None, :] < D)
+        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=q_mask, other=0.0)
+        do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdn + offs_d[None, :], mask=q_mask, other=0.0)
+        lse = tl.load(LSE + pid_bh * N + offs_m, mask=offs_m < N, other=float("inf"))
+        delta = tl.load(DELTA + pid_bh * N + offs_m, mask=offs_m < N, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # (BLOCK_M, BLOCK_N)
+        p = tl.exp2(s - lse[:, None])
+        p = tl.where(offs_n[None, :] < N, p, 0.0)
+        if tile >= 0:  # the tile is stored as (query, key) of block (qb, pid_n)
+            allowed = tl.load(TILES + tile * BLOCK * BLOCK + offs_t[:, None] * BLOCK + offs_t[None, :])
+            p = tl.where(allowed != 0, p, 0.0)
+        dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None]) * sm_scale
+        dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
+    tl.store(DK + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, KV_IDX, KV_CNT, KV_TILE, TILES,
+                   sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
+                   H, N, D, HL, NB, MAXK, qk_scale, sm_scale,
+                   BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    hl = h % HL
+    offs_m = pid_m * BLOCK + tl.arange(0, BLOCK)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_t = tl.arange(0, BLOCK)
+    q_mask = (offs_m[:, None] < N) & (offs_d[None, :] < D)
+    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=q_mask, other=0.0)
+    do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdn + offs_d[None, :], mask=q_mask, other=0.0)
+    lse = tl.load(LSE + pid_bh * N + offs_m, mask=offs_m < N, other=float("inf"))
+    delta = tl.load(DELTA + pid_bh * N + offs_m, mask=offs_m < N, other=0.0)
+    dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    row = hl * NB + pid_m
+    cnt = tl.load(KV_CNT + row)
+    for t in range(0, cnt):
+        kb = tl.load(KV_IDX + row * MAXK + t)
+        tile = tl.load(KV_TILE + row * MAXK + t)
+        offs_n = kb * BLOCK + tl.arange(0, BLOCK)
+        kv_mask = (offs_n[:, None] < N) & (offs_d[None, :] < D)
+        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
+        p = tl.exp2(s - lse[:, None])
+        p = tl.where(offs_n[None, :] < N, p, 0.0)
+        if tile >= 0:
+            allowed = tl.load(TILES + tile * BLOCK * BLOCK + offs_t[:, None] * BLOCK + offs_t[None, :])
+            p = tl.where(allowed != 0, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
+        ds = p * (dp - delta[:, None]) * sm_scale
+        dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
+    tl.store(DQ + b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=q_mask)
+
+
+def _precision(q: torch.Tensor) -> str:
+    # fp32 inputs: exact IEEE products (tf32 would cost ~1e-3 relative error); half inputs ignore this
+    return "ieee" if q.dtype == torch.float32 else "tf32"
+
+
+def _new_buffer(like: torch.Tensor, shape=None, dtype=None) -> torch.Tensor:
+    """Output buffers are uninitialised; tests replace this with NaN-filled buffers to prove every element
+    is written."""
+    return torch.empty(shape or like.shape, device=like.device, dtype=dtype or like.dtype)
+
+
+def _launch_cfg(block: int, d: int) -> dict:
+    if not torch.cuda.is_available():
+        return {}
+    return {"num_warps": 8 if block * max(d, 64) >= 128 * 128 else 4, "num_stages": 2}
+
+
+class TritonAttentionFn(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, q, k, v, pattern: Pattern, block: int):
+        B, H, N, D = q.shape
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        kl = kernel_layout(pattern, N, block, H, q.device)
+        out = _new_buffer(q)
+        lse = _new_buffer(q, (B * H, N), torch.float32)
+        sm_scale = 1.0 / math.sqrt(D)
+        BLOCK_D = max(16, triton.next_power_of_2(D))
+        nb = -(-N // block)
+        grid = (nb, B * H)
+        _fwd_kernel[grid](q, k, v, out, lse, kl.kv_idx, kl.kv_cnt, kl.kv_tile, kl.tiles,
+                          *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
+                          H, N, D, kl.n_layout_heads, nb, kl.kv_idx.shape[-1], sm_scale * LOG2E,
+                          BLOCK=block, BLOCK_D=BLOCK_D, PREC=_precision(q), **_launch_cfg(block, D))
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.kl, ctx.block, ctx.sm_scale = kl, block, sm_scale
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        q, k, v, out, lse = ctx.saved_tensors
+        kl, block, sm_scale = ctx.kl, ctx.block, ctx.sm_scale
+        B, H, N, D = q.shape
+        dout = dout.contiguous()
+        delta = (dout.float() * out.float()).sum(-1).reshape(B * H, N)  # rowsum(dO * O)
+        dq, dk, dv = _new_buffer(q), _new_buffer(k), _new_buffer(v)
+        BLOCK_D = max(16, triton.next_power_of_2(D))
+        nb = -(-N // block)
+        common = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3], H, N, D, kl.n_layout_heads, nb)
+        _bwd_dkdv_kernel[(nb, B * H)](q, k, v, dout, lse, delta, dk, dv, kl.q_idx, kl.q_cnt, kl.q_tile, kl.tiles,
+                                      *common, kl.q_idx.shape[-1], sm_scale * LOG2E, sm_scale,
+                                      BLOCK=block, BLOCK_D=BLOCK_D, PREC=_precision(q), **_launch_cfg(block, D))
+        _bwd_dq_kernel[(nb, B * H)](q, k, v, dout, lse, delta, dq, kl.kv_idx, kl.kv_cnt, kl.kv_tile, kl.tiles,
+                                    *common, kl.kv_idx.shape[-1], sm_scale * LOG2E, sm_scale,
+                                    BLOCK=block, BLOCK_D=BLOCK_D, PREC=_precision(q), **_launch_cfg(block, D))
+        return dq, dk, dv, None, None
+
+
+def triton_attention(q, k, v, pattern: Pattern, block: int = 64) -> torch.Tensor:
+    """q, k, v: (B, H, N, D) -> (B, H, N, D); block must be a power of two >= 16 (tensor-core tiles)."""
+    if block < 16 or block & (block - 1):
+        raise ValueError(f"attention.block_size={block}: the triton backend needs a power of two >= 16")
+    return TritonAttentionFn.apply(q, k, v, pattern, block)
