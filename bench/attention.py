@@ -34,8 +34,9 @@ def attention_config(name: str, backend: str, n: int, args) -> dict:
     if name == "flash":
         cfg["block_size"] = args.block
     if name == "sparse":
-        l = max(16, 2 ** round(math.log2(math.sqrt(n))))
-        cfg.update(pattern_kind="fixed", stride=l, summary=min(args.summary, l), block_size=min(args.sparse_block, l))
+        blk = args.sparse_block
+        l = max(blk, round(math.sqrt(n) / blk) * blk)  # l ~ sqrt(n), a multiple of the block so blocks stay full
+        cfg.update(pattern_kind="fixed", stride=l, summary=min(args.summary, l), block_size=blk)
     if name == "longformer":
         cfg.update(window=min(args.window, n), global_tokens=min(args.n_global, n), block_size=args.block)
     return cfg
@@ -146,7 +147,7 @@ def worker(args) -> None:
                 break
             raise
         med = sorted(times)[len(times) // 2]
-        kept = att.attended_keys(n) if n <= 8192 else None
+        kept = att.attended_keys(n)
         print(json.dumps({"length": n, "batch": B, "seconds": med, "peak_bytes": max(0, peak),
                           "attended_pairs": kept}), flush=True)
         prev_time, prev_n = med, n

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import math
 import platform
 import sys
 import time
@@ -28,9 +29,16 @@ PRESETS = {
     "nanogpt": (6, 6, 384, 256, 64, 65, 0.2),  # nanoGPT config/train_shakespeare_char.py
     "gpt2": (12, 12, 768, 1024, 12, 50304, 0.0),  # nanoGPT bench.py: GPT-2 124M, vocab padded to 50304
 }
-ATTN = {"full": {"name": "full", "backend": "dense"}, "flash": {"name": "flash"},
-        "sparse": {"name": "sparse", "stride": 32, "summary": 8, "block_size": 64},
-        "longformer": {"name": "longformer", "window": 128, "global_tokens": 1, "block_size": 64}}
+ATTN = ["full", "flash", "sparse", "longformer"]
+
+
+def attention_config(name: str, T: int) -> dict:
+    """Each type at settings scaled to the context T: sparse l ~ sqrt(T), Longformer window T/8 (>= 16)."""
+    l = max(16, 2 ** round(math.log2(math.sqrt(T))))
+    return {"full": {"name": "full", "backend": "dense"}, "flash": {"name": "flash"},
+            "sparse": {"name": "sparse", "stride": l, "summary": min(8, l), "block_size": min(64, l)},
+            "longformer": {"name": "longformer", "window": max(16, T // 8), "global_tokens": 1,
+                           "block_size": min(64, max(16, T // 8))}}[name]
 PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
 
 
@@ -135,7 +143,7 @@ def main(argv=None):
                 continue
             fn = bench_raw if runner == "raw" else bench_lightning
             try:
-                sec, tps, fpt = fn(args, PRESETS[args.preset], ATTN[name], device)
+                sec, tps, fpt = fn(args, PRESETS[args.preset], attention_config(name, PRESETS[args.preset][3]), device)
             except Exception as e:  # one failing type should not hide the others
                 print(f"  {name}/{runner}: failed: {type(e).__name__}: {e}")
                 continue

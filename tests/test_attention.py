@@ -158,7 +158,7 @@ def test_bad_settings_fail_before_training_with_clear_message(cfg, match):
 
 def test_gpu_only_backends_refuse_cpu_with_reason(monkeypatch):
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with pytest.raises(ValueError, match="FlexAttention runs compiled on CUDA only"):
+    with pytest.raises(ValueError, match="FlexAttention trains on CUDA only"):
         build_attention({"name": "sparse", "backend": "flex"}).check(64, 4, "cpu")
     with pytest.raises(ValueError, match="not available"):
         build_attention({"name": "longformer", "backend": "triton"}).check(64, 4, "cpu")

@@ -83,6 +83,7 @@ def test_resume_mid_epoch_continues_at_the_right_step_and_data_position(make_cfg
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_overfit_mode_memorises_one_batch(make_cfg):
     cfg = make_cfg(["mode=overfit", "trainer.max_steps=200"])
     train(cfg)
@@ -90,6 +91,7 @@ def test_overfit_mode_memorises_one_batch(make_cfg):
     assert losses[-1] < 0.3, losses[-5:]
 
 
+@pytest.mark.slow
 def test_multirun_runs_each_job_in_its_own_folder(tmp_path):
     r = run_train("-m", "attention=full", "seed=1,2", "mode=debug", "trainer.max_epochs=1", "test_after_fit=false",
                   cwd=tmp_path)
@@ -98,3 +100,38 @@ def test_multirun_runs_each_job_in_its_own_folder(tmp_path):
     assert len(jobs) == 2 and jobs[0].startswith("0-attention=full,seed=1") and jobs[1].startswith("1-attention=full,seed=2"), jobs
     for job in (tmp_path / "outputs" / "multirun").glob("*/*-attention*"):
         assert (job / "csv" / "metrics.csv").exists() and (job / ".hydra" / "config.yaml").exists()
+
+
+def test_ckpt_path_last_finds_the_newest_and_bad_files_are_refused(tmp_path):
+    import os
+    import time
+    from attnlab.train import ConfigError, find_last_checkpoint, resolve_checkpoint
+    from omegaconf import OmegaConf
+    with pytest.raises(ConfigError, match="ckpt_path=last: no checkpoints/last.ckpt under"):
+        find_last_checkpoint(tmp_path)
+    for i, name in enumerate(("2026-01-01_10-00-00", "2026-01-02_10-00-00")):
+        d = tmp_path / name / "checkpoints"
+        d.mkdir(parents=True)
+        torch.save({"state_dict": {}}, d / "last.ckpt")
+        os.utime(d / "last.ckpt", (time.time() + i, time.time() + i))
+    assert find_last_checkpoint(tmp_path).parent.parent.name == "2026-01-02_10-00-00"
+    bad = tmp_path / "broken.ckpt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(ConfigError, match="is not a readable checkpoint"):
+        resolve_checkpoint(OmegaConf.create({"ckpt_path": str(bad), "paths": {"runs_dir": str(tmp_path)}}))
+
+
+def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
+    from attnlab.train import AtomicCheckpointIO
+    io = AtomicCheckpointIO()
+    target = tmp_path / "ckpt" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, target)
+    before = target.read_bytes()
+
+    def crash(*a, **k):
+        raise KeyboardInterrupt("power loss")
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, target)
+    assert target.read_bytes() == before  # the old checkpoint is intact
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # no temporary left behind

@@ -87,7 +87,7 @@ class MemoryMonitor(L.Callback):
         batch = getattr(dm, "batch_size", 1)
         self.estimate = memory.estimate(
             pl_module.model.num_params(non_embedding=False), batch, cfg.context, cfg.d_model, cfg.n_layer,
-            cfg.n_head, cfg.vocab_size, att.name, att.attended_keys(min(cfg.context, 4096)),
+            cfg.n_head, cfg.vocab_size, att.name, att.attended_keys(cfg.context),
             str(trainer.precision), att.block_size, cfg.d_ff)
         log.info("memory estimate for batch %d x context %d, %s attention, precision %s:\n%s", batch, cfg.context,
                  att.name, trainer.precision, self.estimate.table())
@@ -112,8 +112,13 @@ class MemoryMonitor(L.Callback):
             return
         m = self.measured(pl_module)
         key = "memory/peak_allocated" if "memory/peak_allocated" in m else "memory/peak_rss"
-        log.info("memory: estimated %s, measured %s = %s", memory.fmt_bytes(self.estimate.total), key,
-                 memory.fmt_bytes(m[key]))
+        if key == "memory/peak_rss":  # on CPU the process held torch itself and the data before training
+            log.info("memory: estimated %s for training; measured peak RSS %s, of which %s were in use before "
+                     "training started", memory.fmt_bytes(self.estimate.total), memory.fmt_bytes(m[key]),
+                     memory.fmt_bytes(self.rss_start))
+        else:
+            log.info("memory: estimated %s, measured peak allocated %s (reserved %s)", memory.fmt_bytes(self.estimate.total),
+                     memory.fmt_bytes(m[key]), memory.fmt_bytes(m["memory/peak_reserved"]))
 
 
 class ThroughputMonitor(L.Callback):
@@ -129,7 +134,7 @@ class ThroughputMonitor(L.Callback):
         12 x layers x d_model x (keys each query attends to on average)."""
         cfg, att = pl_module.cfg, pl_module.model.attention
         T = cfg.context
-        avg_keys = att.attended_keys(T) / T if T <= 4096 else T / 2
+        avg_keys = att.attended_keys(T) / T
         return 6 * pl_module.model.num_params() + 12 * cfg.n_layer * cfg.d_model * avg_keys
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:

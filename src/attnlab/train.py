@@ -10,6 +10,7 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from attnlab.attention import build_attention
@@ -21,6 +22,21 @@ log = logging.getLogger(__name__)
 
 class ConfigError(ValueError):
     """A bad configuration value; the message names it and what is allowed."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary file and renamed into place: a crash or power loss mid-write
+    leaves the previous checkpoint intact, never a half-written one."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        try:
+            torch.save(checkpoint, tmp)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
 
 
 def find_last_checkpoint(runs_dir: str | Path) -> Path:
@@ -159,7 +175,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for lg in loggers:
         if type(lg).__name__ == "WandbLogger":
             model.wandb_run_id = lg.experiment.id
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                                 plugins=[AtomicCheckpointIO()])
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if cfg.get("test_after_fit"):

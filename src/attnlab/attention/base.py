@@ -72,5 +72,7 @@ class AttentionType:
         return {"name": self.name, **{f.name: getattr(self, f.name) for f in fields(self)}}
 
     def attended_keys(self, seq_len: int, layer: int = 0) -> int:
-        """Number of allowed (query, key) pairs per head: what the scores cost in this type."""
-        return int(self.pattern(seq_len, layer).dense(seq_len).sum())
+        """Number of allowed (query, key) pairs per head (averaged over heads): what the scores cost."""
+        from attnlab.attention.layout import block_layout
+        lay = block_layout(self.cached_pattern(seq_len, layer), seq_len, 128, 2)
+        return lay.allowed_pairs // lay.n_heads

@@ -50,7 +50,7 @@ def _flex_available(device: torch.device) -> str | None:
     except ImportError:
         return "torch.nn.attention.flex_attention is not in this torch (needs torch >= 2.5)"
     if device.type != "cuda":
-        return f"FlexAttention runs compiled on CUDA only; this device is {device.type}"
+        return f"FlexAttention trains on CUDA only (PyTorch has no FlexAttention backward on CPU); this device is {device.type}"
     return None
 
 

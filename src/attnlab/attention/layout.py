@@ -24,6 +24,7 @@ class BlockLayout:
     n_heads: int  # heads the layout was evaluated for (1 when the pattern does not depend on the head)
     kept: torch.Tensor  # (n_heads, n_blocks, n_blocks) bool: block (i, j) has an allowed pair
     full: torch.Tensor  # (n_heads, n_blocks, n_blocks) bool: every pair in block (i, j) is allowed
+    allowed_pairs: int = 0  # exact number of allowed (query, key) pairs, summed over the layout's heads
 
     @property
     def n_blocks(self) -> int:
@@ -60,14 +61,17 @@ def _block_layout(pattern: Pattern, seq_len: int, block: int, n_heads: int) -> B
     h = torch.arange(n_heads).view(-1, 1, 1)  # (H, 1, 1)
     k = torch.arange(padded).view(1, 1, -1)  # (1, 1, P)
     b = torch.zeros((), dtype=torch.long)
+    pairs = 0
     for r0 in range(0, nb, rows_per_chunk):
         r1 = min(nb, r0 + rows_per_chunk)
         q = torch.arange(r0 * block, r1 * block).view(1, -1, 1)  # (1, rows*block, 1)
         allowed = pattern(b, h, q, k) & (q < seq_len) & (k < seq_len)  # (H, rows*block, P)
-        allowed = allowed.expand(n_heads, -1, -1).reshape(n_heads, r1 - r0, block, nb, block)
+        allowed = allowed.expand(n_heads, -1, -1)
+        pairs += int(allowed.sum())
+        allowed = allowed.reshape(n_heads, r1 - r0, block, nb, block)
         kept[:, r0:r1] = allowed.any(dim=4).any(dim=2)  # (H, rows, nb)
         full[:, r0:r1] = allowed.all(dim=4).all(dim=2)
-    return BlockLayout(block, seq_len, n_heads, kept, full)
+    return BlockLayout(block, seq_len, n_heads, kept, full, pairs)
 
 
 @dataclass(frozen=True)

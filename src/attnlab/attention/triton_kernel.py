@@ -135,6 +135,20 @@ def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, KV_TILE, TILES,
 
 
 @triton.jit
+def _probs(q, k, lse, offs_n, N, tile, TILES, qk_scale, BLOCK: tl.constexpr, PREC: tl.constexpr):
+    """Recompute one tile of probabilities P = exp2(S - lse) from the saved log-sum-exp, masked by the
+    sequence end and, for a partial block, by its predicate tile (stored as (query, key))."""
+    offs_t = tl.arange(0, BLOCK)
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # (BLOCK_M, BLOCK_N)
+    p = tl.exp2(s - lse[:, None])
+    p = tl.where(offs_n[None, :] < N, p, 0.0)
+    if tile >= 0:
+        allowed = tl.load(TILES + tile * BLOCK * BLOCK + offs_t[:, None] * BLOCK + offs_t[None, :])
+        p = tl.where(allowed != 0, p, 0.0)
+    return p
+
+
+@triton.jit
 def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, Q_IDX, Q_CNT, Q_TILE, TILES,
                      sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
                      H, N, D, HL, NB, MAXQ, qk_scale, sm_scale,
@@ -146,7 +160,6 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, Q_IDX, Q_CNT, Q_TILE, TILE
     hl = h % HL
     offs_n = pid_n * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_t = tl.arange(0, BLOCK)
     kv_mask = (offs_n[:, None] < N) & (offs_d[None, :] < D)
     k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
     v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
@@ -163,12 +176,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, Q_IDX, Q_CNT, Q_TILE, TILE
         do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdn + offs_d[None, :], mask=q_mask, other=0.0)
         lse = tl.load(LSE + pid_bh * N + offs_m, mask=offs_m < N, other=float("inf"))
         delta = tl.load(DELTA + pid_bh * N + offs_m, mask=offs_m < N, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # (BLOCK_M, BLOCK_N)
-        p = tl.exp2(s - lse[:, None])
-        p = tl.where(offs_n[None, :] < N, p, 0.0)
-        if tile >= 0:  # the tile is stored as (query, key) of block (qb, pid_n)
-            allowed = tl.load(TILES + tile * BLOCK * BLOCK + offs_t[:, None] * BLOCK + offs_t[None, :])
-            p = tl.where(allowed != 0, p, 0.0)
+        p = _probs(q, k, lse, offs_n, N, tile, TILES, qk_scale, BLOCK, PREC)  # (BLOCK_M, BLOCK_N)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None]) * sm_scale
@@ -189,7 +197,6 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, KV_IDX, KV_CNT, KV_TILE, TILES,
     hl = h % HL
     offs_m = pid_m * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_t = tl.arange(0, BLOCK)
     q_mask = (offs_m[:, None] < N) & (offs_d[None, :] < D)
     q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=q_mask, other=0.0)
     do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdn + offs_d[None, :], mask=q_mask, other=0.0)
@@ -205,12 +212,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, KV_IDX, KV_CNT, KV_TILE, TILES,
         kv_mask = (offs_n[:, None] < N) & (offs_d[None, :] < D)
         k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale
-        p = tl.exp2(s - lse[:, None])
-        p = tl.where(offs_n[None, :] < N, p, 0.0)
-        if tile >= 0:
-            allowed = tl.load(TILES + tile * BLOCK * BLOCK + offs_t[:, None] * BLOCK + offs_t[None, :])
-            p = tl.where(allowed != 0, p, 0.0)
+        p = _probs(q, k, lse, offs_n, N, tile, TILES, qk_scale, BLOCK, PREC)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None]) * sm_scale
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)

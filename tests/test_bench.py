@@ -1,0 +1,46 @@
+"""The benchmark scripts run end to end at toy sizes (so they do not rot between GPU sessions)."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+pytestmark = pytest.mark.slow
+
+
+def run(script, *args, tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args, "--out", str(tmp_path)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    return r.stdout
+
+
+def test_attention_benchmark_writes_table_json_and_plot(tmp_path):
+    out = run("attention.py", "--lengths", "64", "256", "--repeats", "1", "--heads", "2", "--dim", "16",
+              "--block", "32", "--window", "32", tmp_path=tmp_path)
+    assert "| full / dense |" in out and "| longformer / blocked |" in out
+    [js] = tmp_path.glob("attention-cpu-*.json")
+    data = json.loads(js.read_text())
+    assert data["machine"]["date"] and data["machine"]["cpu"]
+    timed = [r for r in data["results"] if "seconds" in r]
+    assert {(r["type"], r["length"]) for r in timed} >= {(t, n) for t in ("full", "flash", "sparse", "longformer")
+                                                         for n in (64, 256)}
+    full = {r["length"]: r["attended_pairs"] for r in timed if r["type"] == "full"}
+    assert full[256] == 256 * 257 // 2
+    assert list(tmp_path.glob("attention-cpu-*.png"))
+
+
+def test_throughput_benchmark_raw_and_lightning(tmp_path):
+    out = run("throughput.py", "--preset", "tiny", "--steps", "2", "--warmup", "1", "--attention", "full",
+              "longformer", tmp_path=tmp_path)
+    assert "| full | raw |" in out and "| longformer | lightning |" in out
+
+
+def test_long_context_benchmark_doubles_until_the_limit(tmp_path):
+    out = run("long_context.py", "--attention", "longformer", "--start", "256", "--max-context", "512",
+              tmp_path=tmp_path)
+    [js] = tmp_path.glob("long_context-*.json")
+    res = json.loads(js.read_text())["results"]
+    assert [r["context"] for r in res] == [256, 512] and all("seconds" in r for r in res)
