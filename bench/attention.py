@@ -148,8 +148,10 @@ def worker(args) -> None:
             raise
         med = sorted(times)[len(times) // 2]
         kept = att.attended_keys(n)
+        # FLOPs of the allowed scores: QK^T and PV are 2 x 2 x D per pair; backward costs 2.5x forward
+        flops = 4 * B * args.heads * args.dim * kept * (3.5 if mode == "fwdbwd" else 1.0)
         print(json.dumps({"length": n, "batch": B, "seconds": med, "peak_bytes": max(0, peak),
-                          "attended_pairs": kept}), flush=True)
+                          "attended_pairs": kept, "tflops": flops / med / 1e12}), flush=True)
         prev_time, prev_n = med, n
         del q, k, v, grad
         if peak > args.max_gib * 2 ** 30 / 4:  # the next length would pass the memory budget (x4 if quadratic)
@@ -195,6 +197,7 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--tokens", type=int, default=0, help="if set, batch = tokens // length (constant work per token)")
     p.add_argument("--heads", type=int, default=4)
+    p.add_argument("--hidden", type=int, default=0, help="if set, heads = hidden // dim (e.g. 2048)")
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
@@ -211,6 +214,8 @@ def main(argv=None):
     p.add_argument("--out", default=str(ROOT / "bench" / "results"))
     p.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.hidden:
+        args.heads = max(1, args.hidden // args.dim)
     if args.worker:
         return worker(args)
 
@@ -263,7 +268,8 @@ def _cuda() -> bool:
 def render_table(results, args) -> str:
     lengths = sorted({r["length"] for r in results if "seconds" in r})
     lines = []
-    for metric, title in (("seconds", "time (ms, median)"), ("peak_bytes", "peak memory")):
+    for metric, title in (("seconds", "time (ms, median)"), ("peak_bytes", "peak memory"),
+                          ("tflops", "TFLOP/s of the allowed scores")):
         for mode in args.modes:
             lines.append(f"\n{title}, {'forward' if mode == 'fwd' else 'forward + backward'}:\n")
             lines.append("| type / backend | " + " | ".join(str(n) for n in lengths) + " |")
@@ -277,7 +283,8 @@ def render_table(results, args) -> str:
                     if r is None or "seconds" not in r:
                         cells.append("—")
                     else:
-                        cells.append(f"{r['seconds'] * 1e3:.1f}" if metric == "seconds" else fmt_bytes(r["peak_bytes"]))
+                        cells.append(f"{r['seconds'] * 1e3:.1f}" if metric == "seconds" else
+                                     fmt_bytes(r["peak_bytes"]) if metric == "peak_bytes" else f"{r['tflops']:.3g}")
                 lines.append(f"| {t} / {b} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
