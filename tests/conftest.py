@@ -31,6 +31,7 @@ def compose(overrides: list[str], output_dir: Path | None = None):
         OmegaConf.set_readonly(cfg.hydra, False)
         with open_dict(cfg):
             cfg.hydra.runtime.output_dir = str(output_dir)
+            cfg.paths.output_dir = str(output_dir)  # literal: later composes must not move this run's folder
             cfg.paths.runs_dir = str(output_dir.parent)
         output_dir.mkdir(parents=True, exist_ok=True)
     HydraConfig().set_config(cfg)

@@ -58,24 +58,25 @@ def _resume_cfg(make_cfg, name, max_steps, extra=()):
                      f"+callbacks.checkpoint.dirpath=${{paths.output_dir}}/checkpoints",
                      "+callbacks.checkpoint.save_last=true", "+callbacks.checkpoint.every_n_train_steps=5",
                      "+callbacks.checkpoint.save_top_k=0", "trainer.limit_val_batches=0", "test_after_fit=false",
-                     "trainer.log_every_n_steps=1", *extra], name)
+                     "trainer.log_every_n_steps=1", "scheduler.total_steps=20", *extra], name)
 
 
-def test_resume_mid_epoch_continues_at_the_right_step_and_data_position(make_cfg):
+@pytest.mark.parametrize("stop", [10, 15])  # mid-epoch and at the end of the first epoch (15 batches each)
+def test_resume_continues_at_the_right_step_and_data_position(make_cfg, stop):
     torch.use_deterministic_algorithms(False)
-    # one run of 20 steps straight (15 batches per epoch) ...
+    # one run of 20 steps straight ...
     straight = _resume_cfg(make_cfg, "straight", 20)
     train(straight)
-    # ... equals 10 steps, stop, then resume from last.ckpt to 20
-    first = _resume_cfg(make_cfg, "first", 10)
+    # ... equals `stop` steps, stop, then resume from last.ckpt to 20
+    first = _resume_cfg(make_cfg, "first", stop)
     train(first)
     last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=False)["global_step"] == 10
+    assert torch.load(last, weights_only=False)["global_step"] == stop
     resumed = _resume_cfg(make_cfg, "resumed", 20, [f"ckpt_path={last}"])
     train(resumed)
     rows = metrics_of(Path(resumed.paths.output_dir))
     steps = [int(r["step"]) for r in rows if r.get("train/loss")]
-    assert min(steps) >= 10 and max(steps) == 19  # continued from step 10, not from 0
+    assert min(steps) >= stop and max(steps) == 19  # continued from the saved step, not from 0
     a = torch.load(Path(straight.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
     b = torch.load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
     assert a["global_step"] == b["global_step"] == 20

@@ -60,8 +60,6 @@ class LitGPT(L.LightningModule):
         self.compile = compile
         self.train_ppl, self.val_ppl, self.test_ppl = Perplexity(), Perplexity(), Perplexity()
         self.example_input_array = torch.zeros(1, self.cfg.context, dtype=torch.long)  # summary in/out shapes
-        self.batches_in_epoch = 0  # data position, saved in checkpoints for mid-epoch resume
-        self.resume_skip = 0
 
     def configure_model(self) -> None:
         if self.compile and not isinstance(self.model, torch._dynamo.eval_frame.OptimizedModule):
@@ -84,17 +82,6 @@ class LitGPT(L.LightningModule):
         self.log("train/ppl", torch.exp(loss.detach()), prog_bar=True)
         self.log("train/ppl_epoch", self.train_ppl, on_step=False, on_epoch=True)
         return loss
-
-    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        self.batches_in_epoch += 1
-
-    def on_train_epoch_start(self) -> None:
-        self.batches_in_epoch = self.resume_skip
-        dm = getattr(self.trainer, "datamodule", None)
-        if self.resume_skip and dm is not None and hasattr(dm, "skip_batches"):
-            dm.skip_batches(self.resume_skip)
-            log.info("resuming mid-epoch: skipping the %d batches already trained on", self.resume_skip)
-        self.resume_skip = 0
 
     def validation_step(self, batch, batch_idx: int) -> None:
         loss, n = self._loss(batch)
@@ -146,12 +133,20 @@ class LitGPT(L.LightningModule):
 
     # -- checkpoints carry the data position and the W&B run id ------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["attnlab"] = {"batches_in_epoch": self.batches_in_epoch, "epoch": self.current_epoch,
+        # batches of this epoch already trained on (the progress counter includes the batch just processed,
+        # which matters because checkpoint callbacks run before this module's on_train_batch_end)
+        done = self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+        checkpoint["attnlab"] = {"batches_in_epoch": int(done), "epoch": self.current_epoch,
+                                 "batches_per_epoch": self.trainer.num_training_batches,
                                  "wandb_run_id": getattr(self, "wandb_run_id", None)}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Tell the datamodule where in its data the run stopped, before Lightning builds the train loader."""
         pos = checkpoint.get("attnlab", {})
-        n_batches = self.trainer.num_training_batches if self._trainer is not None else None
-        done = int(pos.get("batches_in_epoch", 0))
-        # an end-of-epoch checkpoint starts the next epoch from its beginning
-        self.resume_skip = 0 if (isinstance(n_batches, int) and done >= n_batches) else done
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        if not pos or dm is None or not hasattr(dm, "resume_from"):
+            return
+        epoch, done, per_epoch = int(pos["epoch"]), int(pos["batches_in_epoch"]), pos.get("batches_per_epoch")
+        if isinstance(per_epoch, (int, float)) and done >= per_epoch:  # saved at the end of an epoch
+            epoch, done = epoch + 1, 0
+        dm.resume_from(epoch, done)

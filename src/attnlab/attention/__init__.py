@@ -30,8 +30,8 @@ def build_attention(cfg: Mapping[str, Any]) -> AttentionType:
     unknown = sorted(set(cfg) - valid)
     if unknown:
         raise ValueError(f"attention {name!r} has no setting(s) {unknown}; valid: {sorted(valid)}")
-    if isinstance(cfg.get("global_tokens"), (list, tuple)) or hasattr(cfg.get("global_tokens"), "__iter__"):
-        cfg["global_tokens"] = list(cfg["global_tokens"])
+    if isinstance(cfg.get("global_tokens"), (list, tuple)):
+        cfg["global_tokens"] = [int(p) for p in cfg["global_tokens"]]
     if cfg.get("windows") is not None:
         cfg["windows"] = list(cfg["windows"])
     return cls(**cfg)

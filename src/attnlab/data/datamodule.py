@@ -64,11 +64,15 @@ class EvalWindows(Dataset):
 
 
 class ResumableSampler(Sampler):
-    """A seeded permutation per epoch that can skip the batches already seen (mid-epoch resume)."""
+    """A seeded permutation per epoch that can skip the batches already seen (mid-epoch resume).
+
+    Its length stays the full epoch: Lightning counts the batches done before the checkpoint itself, so the
+    skipped iterator simply runs out when the epoch is complete."""
 
     def __init__(self, n: int, seed: int, shuffle: bool = True):
         self.n, self.seed, self.shuffle = n, seed, shuffle
-        self.epoch, self.skip = 0, 0
+        self.epoch = 0
+        self.skip, self.skip_epoch = 0, -1  # samples to skip, and in which epoch (the resumed one only)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -79,11 +83,12 @@ class ResumableSampler(Sampler):
             order = torch.randperm(self.n, generator=g).tolist()
         else:
             order = list(range(self.n))
-        skip, self.skip = self.skip, 0  # skipping applies to the resumed epoch only
+        # Lightning may create more than one iterator for the resumed epoch: skip in every one of them
+        skip = self.skip if self.epoch == self.skip_epoch else 0
         return iter(order[skip:])
 
     def __len__(self) -> int:
-        return self.n - self.skip
+        return self.n
 
 
 class TextDataModule(L.LightningDataModule):
@@ -99,6 +104,7 @@ class TextDataModule(L.LightningDataModule):
         self.tokens: dict[str, np.ndarray] | None = None
         self.tokenizer = None
         self.sampler: ResumableSampler | None = None
+        self.resume_at: tuple[int, int] | None = None  # (epoch, batches already trained on), from a checkpoint
         self.info: dict = {}
 
     # -- preparing the token arrays (once per corpus x tokenizer x settings, then cached) --------------
@@ -164,6 +170,13 @@ class TextDataModule(L.LightningDataModule):
             ds = torch.utils.data.Subset(ds, list(range(min(len(ds), self.overfit_batches * self.batch_size))))
         if self.sampler is None or self.sampler.n != len(ds):
             self.sampler = ResumableSampler(len(ds), self.seed, shuffle=not self.overfit_batches)
+        if self.resume_at is not None:  # Lightning may iterate before it sets the epoch: set both here
+            epoch, done = self.resume_at
+            self.sampler.set_epoch(epoch)
+            self.sampler.skip, self.sampler.skip_epoch = done * self.batch_size, epoch
+            self.resume_at = None
+            if done:
+                log.info("resuming in epoch %d after the %d batches already trained on", epoch, done)
         return DataLoader(ds, batch_size=self.batch_size, sampler=self.sampler, drop_last=True,
                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
                           persistent_workers=self.num_workers > 0)
@@ -182,7 +195,7 @@ class TextDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
 
-    # -- resume: where in the epoch we were --------------------------------------------------------------
-    def skip_batches(self, n_batches: int) -> None:
-        if self.sampler is not None:
-            self.sampler.skip = n_batches * self.batch_size
+    # -- resume: where in the data we were ---------------------------------------------------------------
+    def resume_from(self, epoch: int, batches_done: int) -> None:
+        """Called from a checkpoint before the train loader is built: same epoch order, seen batches skipped."""
+        self.resume_at = (epoch, batches_done)
