@@ -28,3 +28,40 @@ def save_pattern_picture(pattern: Pattern, n: int, path: str | Path, n_heads: in
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def save_overview(path: str | Path, n: int = 64, configs: list[dict] | None = None) -> Path:
+    """One picture with a panel per attention type (first layer, first head), as in the course's grids."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from attnlab.attention import build_attention
+    configs = configs or [
+        {"name": "full"}, {"name": "flash"},
+        {"name": "sparse", "pattern_kind": "fixed", "stride": 8, "summary": 2},
+        {"name": "sparse", "pattern_kind": "strided", "stride": 8},
+        {"name": "longformer", "window": 8, "global_tokens": 2},
+        {"name": "longformer", "window": 8, "global_tokens": [0, 32], "causal": False},
+    ]
+    fig, axes = plt.subplots(1, len(configs), figsize=(3.2 * len(configs), 3.6))
+    for ax, cfg in zip(axes, configs):
+        att = build_attention(cfg)
+        mask = att.pattern(n).dense(n)[0]  # (n, n)
+        ax.imshow(mask.numpy(), cmap="Blues", interpolation="nearest", vmin=0, vmax=1)
+        extra = ", ".join(f"{k}={v}" for k, v in cfg.items() if k != "name")
+        ax.set_title(f"{cfg['name']}\n{extra}\n{mask.float().mean():.0%} of pairs", fontsize=7)
+        ax.set_xticks([]), ax.set_yticks([])
+        ax.set_xlabel("key j", fontsize=7)
+        ax.set_ylabel("query i", fontsize=7)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":  # python -m attnlab.attention.pictures [out.png]
+    import sys
+    print(save_overview(sys.argv[1] if len(sys.argv) > 1 else "attention_patterns.png"))
