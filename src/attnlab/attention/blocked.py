@@ -11,7 +11,7 @@ probabilities: the memory kept for backward is q, k, v, out and lse, O(n * d).
 
 With a dense causal layout this is flash attention; with a Child et al. or Longformer layout it is
 block-sparse attention. Partial blocks (and the padding of the last block) apply the predicate
-element-wise.
+element-wise (from mask tiles evaluated once per shape, see ``layout.mask_tiles``).
 """
 from __future__ import annotations
 
@@ -21,17 +21,6 @@ import torch
 
 from attnlab.attention.layout import block_layout, row_plan
 from attnlab.attention.patterns import Pattern
-
-
-def _tile_mask(pattern: Pattern, plan, rows: torch.Tensor, kv_flat: torch.Tensor, block: int, seq_len: int):
-    """Element-wise mask of the active tiles: (R', block, block) bool."""
-    nb = plan.n_blocks
-    ar = torch.arange(block, device=rows.device)
-    head = (rows // nb).view(-1, 1, 1)  # (R', 1, 1)
-    q = ((rows % nb) * block).view(-1, 1, 1) + ar.view(1, -1, 1)  # (R', block, 1)
-    k = ((kv_flat % nb) * block).view(-1, 1, 1) + ar.view(1, 1, -1)  # (R', 1, block)
-    b = torch.zeros((), dtype=torch.long, device=rows.device)
-    return pattern(b, head, q, k) & (k < seq_len) & (q < seq_len)  # (R', block, block)
 
 
 def _to_blocks(x: torch.Tensor, block: int) -> torch.Tensor:
@@ -48,7 +37,7 @@ class BlockedAttentionFn(torch.autograd.Function):
     def forward(ctx, q, k, v, pattern: Pattern, block: int, scale: float):
         B, H, N, D = q.shape
         layout = block_layout(pattern, N, block, H)
-        plan = row_plan(layout, H, q.device)
+        plan = row_plan(layout, pattern, H, q.device)
         dtype = q.dtype
         acc = torch.float64 if dtype == torch.float64 else torch.float32  # fp32 accumulation for half inputs
         qf, kf, vf = (t.to(acc) for t in (q, k, v))
@@ -61,8 +50,7 @@ class BlockedAttentionFn(torch.autograd.Function):
         for t, n_act in enumerate(plan.active):
             kv = plan.kv_block[:n_act, t]  # (R',) key block of each active row
             s = Qs[:, :n_act] @ Kb[:, kv].transpose(-1, -2) * scale  # (B, R', block, block)
-            mask = _tile_mask(pattern, plan, plan.order[:n_act], kv, block, N)  # (R', block, block)
-            s = s.masked_fill(~mask, -math.inf)
+            s = plan.masked(s, t, -math.inf)  # the predicate, element-wise, in partial blocks only
             m_old = m[:, :n_act]
             m_new = torch.maximum(m_old, s.amax(-1))  # (B, R', block)
             m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)  # no -inf - -inf
@@ -89,7 +77,7 @@ class BlockedAttentionFn(torch.autograd.Function):
         q, k, v, out, lse = ctx.saved_tensors
         pattern, block, scale = ctx.pattern, ctx.block, ctx.scale
         B, H, N, D = q.shape
-        plan = row_plan(block_layout(pattern, N, block, H), H, q.device)
+        plan = row_plan(block_layout(pattern, N, block, H), pattern, H, q.device)
         acc = out.dtype  # the forward's accumulation dtype
         Qs = _to_blocks(q.to(acc), block)[:, plan.order]  # (B, R, block, D)
         dOs = _to_blocks(dout.to(acc), block)[:, plan.order]
@@ -104,8 +92,7 @@ class BlockedAttentionFn(torch.autograd.Function):
             Kt, Vt = Kb[:, kv], Vb[:, kv]  # (B, R', block, D)
             Qa, dOa = Qs[:, :n_act], dOs[:, :n_act]
             s = Qa @ Kt.transpose(-1, -2) * scale  # (B, R', block, block), recomputed
-            mask = _tile_mask(pattern, plan, plan.order[:n_act], kv, block, N)
-            p = torch.exp(s - lse_s[:, :n_act].unsqueeze(-1)).masked_fill(~mask, 0.0)  # probabilities
+            p = plan.masked(torch.exp(s - lse_s[:, :n_act].unsqueeze(-1)), t, 0.0)  # probabilities
             dV.index_add_(1, kv, p.transpose(-1, -2) @ dOa)  # dV_j += P^T dO
             dp = dOa @ Vt.transpose(-1, -2)  # (B, R', block, block)
             ds = p * (dp - delta[:, :n_act].unsqueeze(-1)) * scale  # d(scores before scaling)

@@ -75,6 +75,54 @@ def _block_layout(pattern: Pattern, seq_len: int, block: int, n_heads: int) -> B
 
 
 @dataclass(frozen=True)
+class MaskTiles:
+    """The predicate inside the partial blocks, evaluated once per shape.
+
+    tile_id[h, i, j]: index into ``tiles`` of block (i, j)'s mask, -1 when the block is full (no mask needed)
+    or not kept. Identical tiles are stored once (the fixed pattern's summary blocks all look alike).
+    """
+
+    tile_id: torch.Tensor  # (Hl, nb, nb) long
+    tiles: torch.Tensor  # (P, block, block) bool, P >= 1
+
+
+def mask_tiles(pattern: Pattern, layout: BlockLayout) -> MaskTiles:
+    key = ("tiles", id(layout))
+    if key in _CACHE:
+        return _CACHE[key][0]
+    block, n = layout.block, layout.seq_len
+    h, i, j = (layout.kept & ~layout.full).nonzero(as_tuple=True)  # the partial blocks
+    ar = torch.arange(block)
+    b = torch.zeros((), dtype=torch.long)
+    chunks = []
+    for c in range(0, len(h), 4096):  # bounded memory: 4096 tiles at a time
+        hh, ii, jj = h[c:c + 4096], i[c:c + 4096], j[c:c + 4096]
+        q = (ii * block).view(-1, 1, 1) + ar.view(1, -1, 1)  # (P', block, 1)
+        k = (jj * block).view(-1, 1, 1) + ar.view(1, 1, -1)  # (P', 1, block)
+        chunks.append(pattern(b, hh.view(-1, 1, 1), q, k) & (q < n) & (k < n))  # (P', block, block)
+    tile_id = torch.full(layout.kept.shape, -1, dtype=torch.long)
+    if chunks:
+        flat = torch.cat(chunks).reshape(len(h), -1)  # (P, block*block)
+        tiles, inverse = torch.unique(flat, dim=0, return_inverse=True)
+        tile_id[h, i, j] = inverse
+        tiles = tiles.reshape(-1, block, block)
+    else:
+        tiles = torch.ones(1, block, block, dtype=torch.bool)
+    result = MaskTiles(tile_id, tiles)
+    _remember(key, result, layout)
+    return result
+
+
+_CACHE: dict = {}
+
+
+def _remember(key, value, layout) -> None:
+    if len(_CACHE) > 512:
+        _CACHE.clear()
+    _CACHE[key] = (value, layout)  # the layout is kept alive with its entry, so its id() is not reused
+
+
+@dataclass(frozen=True)
 class RowPlan:
     """The kept blocks as per-row lists, rows sorted by how many blocks they keep (most first).
 
@@ -85,23 +133,31 @@ class RowPlan:
 
     order: torch.Tensor  # (R,) long: row ids, most kept blocks first
     kv_block: torch.Tensor  # (R, max_kept) long: flat key-block ids (head * n_blocks + key block) per sorted row
+    tile: torch.Tensor  # (R, max_kept) long: index into ``tiles`` of that block's mask (the last tile: all allowed)
+    tiles: torch.Tensor  # (P + 1, block, block) bool
     active: list  # active[t] = number of sorted rows that have a t-th kept block
+    partial: list  # partial[t] = sorted rows (< active[t]) whose t-th block is partial and needs its mask
     n_heads: int
     n_blocks: int
 
+    def masked(self, s: torch.Tensor, t: int, fill: float) -> torch.Tensor:
+        """Scores or probabilities of step t, (B, R', block, block), with the disallowed pairs set to ``fill``.
+        Only the partial tiles are touched: full blocks (most of a dense causal layout) need no mask."""
+        rows = self.partial[t]
+        if rows is None:
+            return s
+        if len(rows) == s.shape[1]:
+            return s.masked_fill(~self.tiles[self.tile[: len(rows), t]], fill)
+        s = s.clone()
+        s[:, rows] = s[:, rows].masked_fill(~self.tiles[self.tile[rows, t]], fill)
+        return s
 
-def row_plan(layout: BlockLayout, n_heads: int, device) -> RowPlan:
-    return _row_plan(layout, n_heads, torch.device(device))
 
-
-_PLANS: dict = {}
-
-
-def _row_plan(layout: BlockLayout, n_heads: int, device: torch.device) -> RowPlan:
-    key = (id(layout), n_heads, device)
-    if key in _PLANS:
-        return _PLANS[key]
-    nb = layout.n_blocks
+def row_plan(layout: BlockLayout, pattern: Pattern, n_heads: int, device) -> RowPlan:
+    key = ("plan", id(layout), n_heads, str(device))
+    if key in _CACHE:
+        return _CACHE[key][0]
+    nb, hl = layout.n_blocks, layout.n_heads
     kept = layout.kept.expand(n_heads, nb, nb).reshape(n_heads * nb, nb)  # (R, nb)
     counts = kept.sum(1)  # (R,)
     order = torch.argsort(counts, descending=True, stable=True)  # (R,)
@@ -112,11 +168,20 @@ def _row_plan(layout: BlockLayout, n_heads: int, device: torch.device) -> RowPla
     key_sorted = torch.where(kept, cols, cols + nb).sort(dim=1).values[:, :max_kept] % nb  # (R, max_kept)
     head_of_row = torch.arange(n_heads).repeat_interleave(nb)  # (R,)
     flat = key_sorted + (head_of_row * nb).unsqueeze(1)  # (R, max_kept) flat key-block ids
+    mt = mask_tiles(pattern, layout)
+    tiles = torch.cat([mt.tiles, torch.ones(1, layout.block, layout.block, dtype=torch.bool)])  # last: full
+    ids = mt.tile_id.expand(n_heads, nb, nb) if hl == 1 else mt.tile_id
+    ids = ids.reshape(n_heads * nb, nb)  # (R, nb)
+    tile = torch.gather(ids, 1, key_sorted)  # (R, max_kept)
+    tile = torch.where(tile < 0, torch.full_like(tile, len(tiles) - 1), tile)
     active = [int((counts_sorted > t).sum()) for t in range(max_kept)]
-    plan = RowPlan(order.to(device), flat[order].to(device), active, n_heads, nb)
-    if len(_PLANS) > 512:
-        _PLANS.clear()
-    _PLANS[key] = (plan)
-    # keep the layout alive as long as its plan is cached (id() reuse safety)
-    _PLANS[(key, "layout")] = layout
+    tile = tile[order]
+    partial = []
+    for t, n_act in enumerate(active):
+        rows = (tile[:n_act, t] != len(tiles) - 1).nonzero().flatten()
+        partial.append(None if len(rows) == 0 else
+                       rows.to(device) if len(rows) < n_act else torch.arange(n_act, device=device))
+    plan = RowPlan(order.to(device), flat[order].to(device), tile.to(device), tiles.to(device), active, partial,
+                   n_heads, nb)
+    _remember(key, plan, layout)
     return plan

@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from attnlab.attention.layout import BlockLayout, block_layout
+from attnlab.attention.layout import BlockLayout, block_layout, mask_tiles
 from attnlab.attention.patterns import Pattern
 
 LOG2E = 1.4426950408889634
@@ -66,17 +66,8 @@ def kernel_layout(pattern: Pattern, seq_len: int, block: int, n_heads: int, devi
     if key in _KERNEL_LAYOUTS:
         return _KERNEL_LAYOUTS[key]
     lay: BlockLayout = block_layout(pattern, seq_len, block, n_heads)
-    partial = lay.kept & ~lay.full  # (Hl, NB, NB)
-    h, i, j = partial.nonzero(as_tuple=True)  # one mask tile per partial block
-    ar = torch.arange(block)
-    q = (i * block).view(-1, 1, 1) + ar.view(1, -1, 1)  # (P, block, 1)
-    k = (j * block).view(-1, 1, 1) + ar.view(1, 1, -1)  # (P, 1, block)
-    b = torch.zeros((), dtype=torch.long)
-    tiles = (pattern(b, h.view(-1, 1, 1), q, k) & (q < seq_len) & (k < seq_len)).to(torch.int8)  # (P, block, block)
-    if tiles.numel() == 0:
-        tiles = torch.zeros(1, block, block, dtype=torch.int8)
-    tile_id = torch.full(partial.shape, -1, dtype=torch.long)
-    tile_id[h, i, j] = torch.arange(len(h))
+    mt = mask_tiles(pattern, lay)  # the predicate inside partial blocks, shared with the blocked backend
+    tile_id, tiles = mt.tile_id, mt.tiles.to(torch.int8)  # (Hl, nb, nb) with -1 = full, (P, block, block)
     kv = _lists(lay.kept, tile_id)
     qt = _lists(lay.kept.transpose(1, 2), tile_id.transpose(1, 2))
     kl = KernelLayout(*(t.contiguous().to(device) for t in (*kv, *qt, tiles)), lay.n_heads, block)
