@@ -30,6 +30,9 @@ def test_debug_run_lowers_loss_and_logs_everything(make_cfg):
     for key in ("train/ppl", "val/ppl", "grad_norm/total", "grad_norm/block0", "memory/rss", "memory_estimate/total",
                 "throughput/tokens_per_s", "lr/pg1", "test/ppl"):
         assert column(rows, key), key
+    # the epoch perplexity covers every training batch of the epoch, not just the logged steps
+    epoch_ppl = column(rows, "train/ppl_epoch")
+    assert len(epoch_ppl) == 2 and epoch_ppl[1] < epoch_ppl[0]
     # perplexity is exp of the same mean loss
     assert math.isclose(metrics["val/ppl"], math.exp(metrics["val/loss"]), rel_tol=1e-4)
     assert (Path(cfg.paths.output_dir) / "attention_full_layer0.png").exists()
