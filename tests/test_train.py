@@ -139,3 +139,28 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, target)
     assert target.read_bytes() == before  # the old checkpoint is intact
     assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # no temporary left behind
+
+
+def test_default_wandb_logger_goes_offline_and_groups_by_attention(make_cfg, monkeypatch):
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("NETRC", "/nonexistent")
+    cfg = make_cfg(["mode=debug", "logger=wandb", "attention=longformer", "trainer.max_epochs=1",
+                    "test_after_fit=false"])
+    from attnlab.train import build_loggers
+    [wandb_logger, csv_logger] = build_loggers(cfg, None)
+    run = wandb_logger.experiment
+    assert run.settings.mode == "offline"  # no key, no network: offline, not an error
+    assert run.group == "longformer" and "longformer" in run.tags and "tiny" in run.tags
+    assert run.config["attention"]["window"] == cfg.attention.window  # the full resolved config
+    assert Path(cfg.paths.output_dir, "wandb").is_dir()
+    run.finish()
+
+
+def test_memory_estimate_attention_term_scales_as_the_type_says():
+    from attnlab.memory import estimate
+    def attn(name, T):
+        return estimate(10**6, 1, T, 256, 4, 4, 1000, name, T * T // 2).attention
+    assert attn("full", 4096) / attn("full", 1024) == 16
+    assert attn("flash", 4096) / attn("flash", 1024) == 4
+    e = estimate(10**6, 8, 256, 256, 4, 4, 1000, "full", 256 * 256 // 2)
+    assert e.optimizer == 2 * e.parameters and e.total == sum(b for n, b in e.rows()[:6])

@@ -111,7 +111,9 @@ def build_loggers(cfg: DictConfig, wandb_run_id: str | None) -> list:
             Path(lg_cfg["save_dir"]).mkdir(parents=True, exist_ok=True)
             lg = hydra.utils.instantiate(lg_cfg)
             run = lg.experiment  # starts the run now, so its folder can be printed
-            lg.experiment.config.update(OmegaConf.to_container(cfg, resolve=True), allow_val_change=True)
+            resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+                        for k in cfg if k != "hydra"}
+            lg.experiment.config.update(resolved, allow_val_change=True)
             if offline:
                 log.info("W&B is offline (no API key or no network). Upload later with:  wandb sync %s",
                          getattr(run, "dir", lg_cfg["save_dir"]).rsplit("/files", 1)[0])
