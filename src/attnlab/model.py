@@ -111,6 +111,7 @@ class GPT(nn.Module):
         if cfg.tie_weights:
             self.head.weight = self.tok_emb.weight  # one (V, C) matrix for both input and output
         self.apply(self._init_weights)
+        self._vocab_checked = False
 
     def _init_weights(self, module: nn.Module) -> None:
         # GPT-2 init: N(0, 0.02); the projections that write into the residual stream get 0.02/sqrt(2L) so the
@@ -135,11 +136,13 @@ class GPT(nn.Module):
         if T > self.cfg.context:
             raise ValueError(f"sequence length {T} is longer than the model's context {self.cfg.context} "
                              f"(model.context); use shorter windows or a larger context")
-        if not torch.jit.is_scripting() and not torch.compiler.is_compiling() and idx.numel():
+        if not self._vocab_checked and not torch.compiler.is_compiling() and idx.numel():
+            # checked on the first batch only: reading the max back is a host-device sync on a GPU
             top = int(idx.max())
             if top >= self.cfg.vocab_size or int(idx.min()) < 0:
                 raise ValueError(f"token id {top} is outside the model's vocabulary of {self.cfg.vocab_size} "
                                  f"(model.vocab_size): the tokenizer and the model disagree")
+            self._vocab_checked = self.training  # eval passes (summary, init check) do not end the checking
         pos = torch.arange(T, device=idx.device)  # (T,)
         x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
         for block in self.blocks:
