@@ -152,6 +152,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         check_config(cfg)
     except ValueError as e:
         raise ConfigError(str(e)) from e
+    if not cfg.attention.get("causal", True):
+        log.warning("attention.causal=false: every position sees the token it is trained to predict, so the "
+                    "next-token loss will collapse towards 0 without learning; bidirectional patterns are for "
+                    "encoder use")
     L.seed_everything(cfg.seed, workers=True)
     ckpt_path = resolve_checkpoint(cfg)
     wandb_run_id = None
