@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from conftest import ROOT, compose
@@ -68,6 +69,8 @@ def run_train(*args, cwd=None, timeout=300):
     (["trainer.precision=12"], "trainer.precision=12; valid: ['16-mixed'"),
     (["model.n_head=5"], "model.d_model=64 is not divisible by model.n_head=5"),
     (["ckpt_path=/nonexistent.ckpt"], "ckpt_path=/nonexistent.ckpt: no such file"),
+    pytest.param(["trainer=gpu"], "trainer.accelerator=gpu needs a CUDA GPU and none is visible here",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
     (["dataset=text_files", "dataset.path=/nonexistent/x.txt"], "matches no .txt file"),
 ])
 def test_bad_config_one_clear_message_nonzero_exit(args, message, tmp_path):

@@ -142,6 +142,9 @@ def check_config(cfg: DictConfig) -> None:
     GPTConfig(**{**model_cfg, "vocab_size": 1})  # dimension checks before any data is read
     att = build_attention(OmegaConf.to_container(cfg.attention, resolve=True))
     accel = str(cfg.trainer.accelerator)
+    if accel in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accel} needs a CUDA GPU and none is visible here; "
+                          f"use trainer=default (picks the device) or trainer=cpu")
     device = "cuda" if accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available()) else "cpu"
     att.check(cfg.model.context, cfg.model.n_head, device)
 
