@@ -158,9 +158,9 @@ def test_default_wandb_logger_goes_offline_and_groups_by_attention(make_cfg, mon
 
 def test_memory_estimate_attention_term_scales_as_the_type_says():
     from attnlab.memory import estimate
-    def attn(name, T):
-        return estimate(10**6, 1, T, 256, 4, 4, 1000, name, T * T // 2).attention
-    assert attn("full", 4096) / attn("full", 1024) == 16
-    assert attn("flash", 4096) / attn("flash", 1024) == 4
-    e = estimate(10**6, 8, 256, 256, 4, 4, 1000, "full", 256 * 256 // 2)
+    def attn(dense, T):
+        return estimate(10**6, 1, T, 256, 4, 4, 1000, dense).attention
+    assert attn(True, 4096) / attn(True, 1024) == 16  # the dense backend keeps n x n probabilities
+    assert attn(False, 4096) / attn(False, 1024) == 4  # flash / block-sparse keep O(n)
+    e = estimate(10**6, 8, 256, 256, 4, 4, 1000, True)
     assert e.optimizer == 2 * e.parameters and e.total == sum(b for n, b in e.rows()[:6])

@@ -46,16 +46,18 @@ def fmt_bytes(n: float) -> str:
 
 
 def estimate(n_params: int, batch: int, context: int, d_model: int, n_layer: int, n_head: int, vocab: int,
-             attention_name: str, attended_pairs: int, precision: str = "32", block: int = 64,
+             dense_scores: bool, precision: str = "32", block: int = 64,
              d_ff: int | None = None) -> MemoryEstimate:
-    """attended_pairs: allowed (query, key) pairs per head per sequence (context^2/2 for causal full)."""
+    """Bytes for one training step from the config. ``dense_scores``: the attention backend materialises the
+    n x n probabilities and keeps them for backward (the ``dense`` backend); the others keep O(n) per head
+    whatever the pattern, because they recompute the scores in the backward pass."""
     act = BYTES.get(str(precision), 4)  # activation bytes per element under this precision
     d_ff = d_ff or 4 * d_model
     B, T, C, L, H = batch, context, d_model, n_layer, n_head
     # saved per layer, outside attention: ln inputs (2C), qkv (3C), attention output (C), MLP input and
     # hidden before/after GELU (C + 2 d_ff), and the residual adds' inputs (~2C)
     per_layer = B * T * (9 * C + 2 * d_ff) * act
-    if attention_name == "full":
+    if dense_scores:
         # dense: the B x H x T x T probabilities (plus the masked scores) are kept for backward
         attn = L * 2 * B * H * T * T * act
     else:

@@ -6,6 +6,16 @@ from pathlib import Path
 from attnlab.attention.patterns import Pattern
 
 
+def _save(fig, path: str | Path) -> Path:
+    import matplotlib.pyplot as plt
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def save_pattern_picture(pattern: Pattern, n: int, path: str | Path, n_heads: int = 1, title: str = "") -> Path:
     import matplotlib
     matplotlib.use("Agg")
@@ -22,12 +32,7 @@ def save_pattern_picture(pattern: Pattern, n: int, path: str | Path, n_heads: in
         kept = mask[h].float().mean().item()
         ax.set_title((f"head {h}: " if heads > 1 else "") + f"{kept:.0%} of pairs", fontsize=9)
     fig.suptitle(f"{title}\n{pattern.name}" if title else pattern.name, fontsize=9)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 def save_overview(path: str | Path, n: int = 64, configs: list[dict] | None = None) -> Path:
@@ -54,12 +59,7 @@ def save_overview(path: str | Path, n: int = 64, configs: list[dict] | None = No
         ax.set_xticks([]), ax.set_yticks([])
         ax.set_xlabel("key j", fontsize=7)
         ax.set_ylabel("query i", fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path)
 
 
 if __name__ == "__main__":  # python -m attnlab.attention.pictures [out.png]
