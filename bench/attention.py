@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+from attnlab.memory import fmt_bytes  # noqa: E402  (light: no torch import)
 
 TYPES = ["full", "flash", "sparse", "longformer"]
 
@@ -61,21 +62,14 @@ def backends_for(name: str, device: str) -> list[str]:
 
 def _reset_peak_rss() -> None:
     with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def _rss(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    return 0
+        f.write("5")  # Linux: reset the peak resident set (VmHWM) to the current one
 
 
 def worker(args) -> None:
     import torch
     from attnlab.attention import build_attention
     from attnlab.attention.layout import block_layout
+    from attnlab.callbacks import peak_rss_bytes, rss_bytes
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads or torch.get_num_threads())
@@ -86,7 +80,7 @@ def worker(args) -> None:
     if backend.startswith("sdpa-"):
         from torch.nn.attention import SDPBackend
         sdpa_kernel = {"sdpa-flash": SDPBackend.FLASH_ATTENTION, "sdpa-cudnn": SDPBackend.CUDNN_ATTENTION}[backend]
-    prev_time = None
+    prev_time, prev_n = None, None
     for n in args.lengths:
         B = max(1, args.tokens // n) if args.tokens else args.batch
         att = build_attention(attention_config(name, backend.split("-")[0], n, args))
@@ -130,14 +124,14 @@ def worker(args) -> None:
                         times.append(s.elapsed_time(e) / 1e3)
                     peak = torch.cuda.max_memory_allocated() - base
                 else:
-                    base = _rss("VmRSS:")
+                    base = rss_bytes()
                     _reset_peak_rss()
                     times = []
                     for _ in range(args.repeats):
                         t0 = time.perf_counter()
                         step()
                         times.append(time.perf_counter() - t0)
-                    peak = _rss("VmHWM:") - base
+                    peak = peak_rss_bytes() - base
         except torch.OutOfMemoryError:
             print(json.dumps({"length": n, "stopped": "out of memory"}), flush=True)
             break
@@ -153,7 +147,7 @@ def worker(args) -> None:
         print(json.dumps({"length": n, "batch": B, "seconds": med, "peak_bytes": max(0, peak),
                           "attended_pairs": kept, "tflops": flops / med / 1e12}), flush=True)
         prev_time, prev_n = med, n
-        del q, k, v, grad
+        q = k = v = grad = None  # free this length's buffers before the next baseline
         if peak > args.max_gib * 2 ** 30 / 4:  # the next length would pass the memory budget (x4 if quadratic)
             print(json.dumps({"length": n * 2, "stopped": "memory budget"}), flush=True)
             break
@@ -179,13 +173,6 @@ def machine() -> dict:
         except ImportError:
             pass
     return info
-
-
-def fmt_bytes(n):
-    for u in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or u == "GiB":
-            return f"{n:.0f} {u}" if u == "B" else f"{n:.1f} {u}"
-        n /= 1024
 
 
 def main(argv=None):
@@ -223,7 +210,6 @@ def main(argv=None):
     results = []
     series = [(t, b, m) for t in args.types for b in (args.backends or backends_for(t, args.device))
               for m in args.modes]
-    series = [s for s in series if args.backends is None or s[1] in backends_for(s[0], args.device) or True]
     print(f"attention benchmark, {info['date']}, {info.get('gpu', info['cpu'])}, torch {info['torch']}, "
           f"{args.device}, {args.dtype}, heads {args.heads}, head dim {args.dim}", flush=True)
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536"}  # big buffers go back to the OS when freed

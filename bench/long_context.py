@@ -48,13 +48,9 @@ def one_step(name, n, device, precision):
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _peak_rss()
+    from attnlab.callbacks import peak_rss_bytes
+    peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss_bytes()
     return times[-1], peak
-
-
-def _peak_rss() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmHWM:"))
 
 
 def main(argv=None):

@@ -39,13 +39,6 @@ def attention_config(name: str, T: int) -> dict:
             "sparse": {"name": "sparse", "stride": l, "summary": min(8, l), "block_size": min(64, l)},
             "longformer": {"name": "longformer", "window": max(16, T // 8), "global_tokens": 1,
                            "block_size": min(64, max(16, T // 8))}}[name]
-PEAK = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
-
-
-def flops_per_token(model, att, context) -> float:
-    cfg = model.cfg
-    avg_keys = att.attended_keys(context) / context
-    return 6 * model.num_params() + 12 * cfg.n_layer * cfg.d_model * avg_keys
 
 
 def bench_raw(args, preset, attn_cfg, device):
@@ -78,7 +71,7 @@ def bench_raw(args, preset, attn_cfg, device):
         step()
     sync()
     dt_ = (time.perf_counter() - t0) / args.steps
-    return dt_, B * T / dt_, flops_per_token(model, model.attention, T)
+    return dt_, B * T / dt_, model.flops_per_token(T)
 
 
 def bench_lightning(args, preset, attn_cfg, device):
@@ -113,7 +106,7 @@ def bench_lightning(args, preset, attn_cfg, device):
                         gradient_clip_val=1.0, callbacks=[timer], limit_val_batches=0)
     lit.example_input_array = None
     trainer.fit(lit, train_dataloaders=loader)
-    return timer.dt, B * T / timer.dt, flops_per_token(lit.model, lit.model.attention, T)
+    return timer.dt, B * T / timer.dt, lit.model.flops_per_token(T)
 
 
 def main(argv=None):
@@ -132,7 +125,8 @@ def main(argv=None):
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
     card = torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or platform.machine()
-    peak = next((v for k, v in PEAK.items() if k in card), None)
+    from attnlab.callbacks import peak_flops
+    peak = peak_flops(card)
     stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     print(f"throughput, {stamp}, {card}, torch {torch.__version__}, preset {args.preset}, precision {args.precision}, "
           f"compile {args.compile}")
@@ -151,7 +145,7 @@ def main(argv=None):
             rows.append({"attention": name, "runner": runner, "ms_per_iter": sec * 1e3, "tokens_per_s": tps, "mfu": mfu})
             print(f"  {name:<11} {runner:<9} {sec * 1e3:9.2f} ms/iter {tps:12,.0f} tok/s" +
                   (f"  MFU {mfu:.1%}" if mfu else ""), flush=True)
-    lines = [f"| attention | runner | ms/iter | tokens/s | MFU |", "|---|---|---|---|---|"]
+    lines = ["| attention | runner | ms/iter | tokens/s | MFU |", "|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['attention']} | {r['runner']} | {r['ms_per_iter']:.2f} | {r['tokens_per_s']:,.0f} | "
                      + (f"{r['mfu']:.1%}" if r["mfu"] else "—") + " |")

@@ -1,6 +1,5 @@
 """Every attention type and CPU backend equals the dense reference (forward and gradients), leaks nothing
 from the future, and the efficient ones keep sub-quadratic memory for backward."""
-import math
 import random
 
 import pytest
@@ -154,6 +153,17 @@ def test_bad_settings_fail_before_training_with_clear_message(cfg, match):
         return
     with pytest.raises(ValueError, match=match):
         build_attention(cfg).check(64, 4)
+
+
+def test_model_builds_on_cpu_with_a_gpu_backend_before_moving_to_the_gpu(monkeypatch):
+    """Lightning builds the model on the CPU, then moves it: construction must not reject a GPU backend;
+    the device check happens where the device is known (attnlab.train.check_config)."""
+    from attnlab.model import GPT, GPTConfig
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    GPT(GPTConfig(vocab_size=10, context=32, n_layer=1, n_head=2, d_model=16), {"name": "sparse", "backend": "flex"})
+    with pytest.raises(ValueError, match="attention.window=64 must be in"):  # settings are still checked
+        GPT(GPTConfig(vocab_size=10, context=32, n_layer=1, n_head=2, d_model=16),
+            {"name": "longformer", "window": 64, "backend": "triton"})
 
 
 def test_gpu_only_backends_refuse_cpu_with_reason(monkeypatch):

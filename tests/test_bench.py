@@ -39,7 +39,7 @@ def test_throughput_benchmark_raw_and_lightning(tmp_path):
 
 
 def test_long_context_benchmark_doubles_until_the_limit(tmp_path):
-    out = run("long_context.py", "--attention", "longformer", "--start", "256", "--max-context", "512",
+    run("long_context.py", "--attention", "longformer", "--start", "256", "--max-context", "512",
               tmp_path=tmp_path)
     [js] = tmp_path.glob("long_context-*.json")
     res = json.loads(js.read_text())["results"]

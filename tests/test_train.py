@@ -58,7 +58,7 @@ def _resume_cfg(make_cfg, name, max_steps, extra=()):
     return make_cfg(["mode=debug", f"trainer.max_steps={max_steps}", "trainer.max_epochs=-1",
                      "trainer.enable_checkpointing=true", "+callbacks.checkpoint._target_="
                      "lightning.pytorch.callbacks.ModelCheckpoint",
-                     f"+callbacks.checkpoint.dirpath=${{paths.output_dir}}/checkpoints",
+                     "+callbacks.checkpoint.dirpath=${paths.output_dir}/checkpoints",
                      "+callbacks.checkpoint.save_last=true", "+callbacks.checkpoint.every_n_train_steps=5",
                      "+callbacks.checkpoint.save_top_k=0", "trainer.limit_val_batches=0", "test_after_fit=false",
                      "trainer.log_every_n_steps=1", "scheduler.total_steps=20", *extra], name)

@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
 
 
+def peak_flops(device_name: str) -> float | None:
+    return next((v for k, v in PEAK_FLOPS.items() if k in device_name), None)
+
+
 def rss_bytes() -> int:
     """Resident set size of this process (Linux /proc; 0 elsewhere)."""
     try:
@@ -129,14 +133,6 @@ class ThroughputMonitor(L.Callback):
         self.t0: float | None = None
         self.tokens = 0
 
-    def flops_per_token(self, pl_module) -> float:
-        """Training FLOPs per token: 6 x parameters (matmuls, forward + backward) plus attention's
-        12 x layers x d_model x (keys each query attends to on average)."""
-        cfg, att = pl_module.cfg, pl_module.model.attention
-        T = cfg.context
-        avg_keys = att.attended_keys(T) / T
-        return 6 * pl_module.model.num_params() + 12 * cfg.n_layer * cfg.d_model * avg_keys
-
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.t0 is None:
             self.t0 = time.perf_counter()
@@ -152,10 +148,10 @@ class ThroughputMonitor(L.Callback):
         tps = self.tokens * trainer.world_size / dt
         metrics = {"throughput/tokens_per_s": tps}
         if pl_module.device.type == "cuda":
-            name = torch.cuda.get_device_name(pl_module.device)
-            peak = next((v for k, v in PEAK_FLOPS.items() if k in name), None)
+            peak = peak_flops(torch.cuda.get_device_name(pl_module.device))
             if peak:
-                metrics["throughput/mfu"] = tps * self.flops_per_token(pl_module) / (peak * trainer.world_size)
+                fpt = pl_module.model.flops_per_token(batch[0].shape[1])
+                metrics["throughput/mfu"] = tps * fpt / (peak * trainer.world_size)
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
         self.t0, self.tokens = time.perf_counter(), 0
 

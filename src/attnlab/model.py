@@ -128,6 +128,13 @@ class GPT(nn.Module):
         n = sum(p.numel() for p in self.parameters())
         return n - self.pos_emb.weight.numel() if non_embedding else n
 
+    def flops_per_token(self, seq_len: int | None = None) -> float:
+        """Training FLOPs per token (forward + backward): 6 x parameters for the matmuls, plus attention's
+        12 x layers x d_model x (keys a query attends to, on average, under this attention pattern)."""
+        T = seq_len or self.cfg.context
+        avg_keys = self.attention.attended_keys(T) / T
+        return 6 * self.num_params() + 12 * self.cfg.n_layer * self.cfg.d_model * avg_keys
+
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         """idx: (B, T) token ids -> logits (B, T, V)."""
         if idx.dim() != 2:

@@ -14,7 +14,6 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from attnlab.attention import build_attention
-from attnlab.data.corpus import DataError
 from attnlab.lit import LitGPT
 
 log = logging.getLogger(__name__)

@@ -35,15 +35,16 @@ class AttentionType:
         return self.backends[0]
 
     # --- shared --------------------------------------------------------------------------------------
-    def check(self, context: int, n_head: int, device: torch.device | str = "cpu") -> None:
-        """All the checks that can run before training: backend known, usable on the device, pattern valid."""
-        device = torch.device(device)
+    def check(self, context: int, n_head: int, device: torch.device | str | None = None) -> None:
+        """All the checks that can run before training: backend known and supported, pattern valid, and, when
+        ``device`` is given, the backend usable there (the model is built on the CPU before it moves, so
+        construction checks the settings only; ``train`` checks the device it will run on)."""
         if self.backend != "auto":
             get_backend(self.backend)  # unknown names list the valid ones
             if self.backend not in self.backends:
                 raise ValueError(f"attention {self.name!r} does not support backend {self.backend!r}; "
                                  f"valid: {list(self.backends) + ['auto']}")
-            reason = get_backend(self.backend).unavailable_reason(device)
+            reason = get_backend(self.backend).unavailable_reason(torch.device(device)) if device else None
             if reason:
                 raise ValueError(f"attention backend {self.backend!r} is not available: {reason}")
         if self.block_size < 1:

@@ -30,11 +30,6 @@ class BlockLayout:
     def n_blocks(self) -> int:
         return self.kept.shape[-1]
 
-    @property
-    def density(self) -> float:
-        """Fraction of the n_blocks^2 blocks that are kept (1.0 = dense bidirectional)."""
-        return self.kept.float().mean().item()
-
     def kept_pairs(self) -> int:
         """Number of kept (head, query block, key block) triples, per layout head."""
         return int(self.kept.sum())

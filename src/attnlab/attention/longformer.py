@@ -7,7 +7,7 @@ every key they may see and are seen by every query (subject to causality). Time 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 

@@ -78,6 +78,26 @@ def kernel_layout(pattern: Pattern, seq_len: int, block: int, n_heads: int, devi
 
 
 @triton.jit
+def _rows(ptr, b, h, sb, sh, sn, offs, offs_d, N, D):
+    """Pointers and bounds of a (rows x head dim) tile of a (B, H, N, D) tensor: rows past N and columns past D
+    (head dims padded to a power of two) are masked."""
+    return (ptr + b * sb + h * sh + offs[:, None] * sn + offs_d[None, :],
+            (offs[:, None] < N) & (offs_d[None, :] < D))
+
+
+@triton.jit
+def _load_rows(ptr, b, h, sb, sh, sn, offs, offs_d, N, D):
+    p, m = _rows(ptr, b, h, sb, sh, sn, offs, offs_d, N, D)
+    return tl.load(p, mask=m, other=0.0)
+
+
+@triton.jit
+def _store_rows(ptr, x, b, h, sb, sh, sn, offs, offs_d, N, D):
+    p, m = _rows(ptr, b, h, sb, sh, sn, offs, offs_d, N, D)
+    tl.store(p, x.to(ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, KV_TILE, TILES,
                 sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
                 H, N, D, HL, NB, MAXK, qk_scale,
@@ -90,8 +110,7 @@ def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, KV_TILE, TILES,
     offs_m = pid_m * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     offs_t = tl.arange(0, BLOCK)
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :],
-                mask=(offs_m[:, None] < N) & (offs_d[None, :] < D), other=0.0)
+    q = _load_rows(Q, b, h, sqb, sqh, sqn, offs_m, offs_d, N, D)
     m_i = tl.full([BLOCK], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK], tl.float32)
     acc = tl.zeros([BLOCK, BLOCK_D], tl.float32)
@@ -101,8 +120,7 @@ def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, KV_TILE, TILES,
         kb = tl.load(KV_IDX + row * MAXK + t)
         tile = tl.load(KV_TILE + row * MAXK + t)
         offs_n = kb * BLOCK + tl.arange(0, BLOCK)
-        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :],
-                    mask=(offs_n[:, None] < N) & (offs_d[None, :] < D), other=0.0)
+        k = _load_rows(K, b, h, skb, skh, skn, offs_n, offs_d, N, D)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # (BLOCK, BLOCK) scores in log2 units
         s = tl.where(offs_n[None, :] < N, s, float("-inf"))
         if tile >= 0:  # partial block: the predicate, element-wise
@@ -113,15 +131,13 @@ def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, KV_TILE, TILES,
         p = tl.exp2(s - m_safe[:, None])
         alpha = tl.exp2(m_i - m_safe)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :],
-                    mask=(offs_n[:, None] < N) & (offs_d[None, :] < D), other=0.0)
+        v = _load_rows(V, b, h, svb, svh, svn, offs_n, offs_d, N, D)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PREC)
         m_i = m_new
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     lse = tl.where(empty, float("inf"), m_i + tl.log2(tl.where(empty, 1.0, l_i)))  # log2 units; +inf: p = 0
-    tl.store(O + b * sob + h * soh + offs_m[:, None] * son + offs_d[None, :], out.to(O.dtype.element_ty),
-             mask=(offs_m[:, None] < N) & (offs_d[None, :] < D))
+    _store_rows(O, out, b, h, sob, soh, son, offs_m, offs_d, N, D)
     tl.store(LSE + pid_bh * N + offs_m, lse, mask=offs_m < N)
 
 
@@ -151,9 +167,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, Q_IDX, Q_CNT, Q_TILE, TILE
     hl = h % HL
     offs_n = pid_n * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
-    kv_mask = (offs_n[:, None] < N) & (offs_d[None, :] < D)
-    k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
+    k = _load_rows(K, b, h, skb, skh, skn, offs_n, offs_d, N, D)
+    v = _load_rows(V, b, h, svb, svh, svn, offs_n, offs_d, N, D)
     dk = tl.zeros([BLOCK, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK, BLOCK_D], tl.float32)
     row = hl * NB + pid_n
@@ -162,9 +177,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, Q_IDX, Q_CNT, Q_TILE, TILE
         qb = tl.load(Q_IDX + row * MAXQ + t)
         tile = tl.load(Q_TILE + row * MAXQ + t)
         offs_m = qb * BLOCK + tl.arange(0, BLOCK)
-        q_mask = (offs_m[:, None] < N) & (offs_d[None, :] < D)
-        q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=q_mask, other=0.0)
-        do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdn + offs_d[None, :], mask=q_mask, other=0.0)
+        q = _load_rows(Q, b, h, sqb, sqh, sqn, offs_m, offs_d, N, D)
+        do = _load_rows(DO, b, h, sdb, sdh, sdn, offs_m, offs_d, N, D)
         lse = tl.load(LSE + pid_bh * N + offs_m, mask=offs_m < N, other=float("inf"))
         delta = tl.load(DELTA + pid_bh * N + offs_m, mask=offs_m < N, other=0.0)
         p = _probs(q, k, lse, offs_n, N, tile, TILES, qk_scale, BLOCK, PREC)  # (BLOCK_M, BLOCK_N)
@@ -172,8 +186,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, Q_IDX, Q_CNT, Q_TILE, TILE
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None]) * sm_scale
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
-    tl.store(DK + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], dk.to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], dv.to(DV.dtype.element_ty), mask=kv_mask)
+    _store_rows(DK, dk, b, h, skb, skh, skn, offs_n, offs_d, N, D)
+    _store_rows(DV, dv, b, h, svb, svh, svn, offs_n, offs_d, N, D)
 
 
 @triton.jit
@@ -188,9 +202,8 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, KV_IDX, KV_CNT, KV_TILE, TILES,
     hl = h % HL
     offs_m = pid_m * BLOCK + tl.arange(0, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
-    q_mask = (offs_m[:, None] < N) & (offs_d[None, :] < D)
-    q = tl.load(Q + b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :], mask=q_mask, other=0.0)
-    do = tl.load(DO + b * sdb + h * sdh + offs_m[:, None] * sdn + offs_d[None, :], mask=q_mask, other=0.0)
+    q = _load_rows(Q, b, h, sqb, sqh, sqn, offs_m, offs_d, N, D)
+    do = _load_rows(DO, b, h, sdb, sdh, sdn, offs_m, offs_d, N, D)
     lse = tl.load(LSE + pid_bh * N + offs_m, mask=offs_m < N, other=float("inf"))
     delta = tl.load(DELTA + pid_bh * N + offs_m, mask=offs_m < N, other=0.0)
     dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
@@ -200,14 +213,13 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, KV_IDX, KV_CNT, KV_TILE, TILES,
         kb = tl.load(KV_IDX + row * MAXK + t)
         tile = tl.load(KV_TILE + row * MAXK + t)
         offs_n = kb * BLOCK + tl.arange(0, BLOCK)
-        kv_mask = (offs_n[:, None] < N) & (offs_d[None, :] < D)
-        k = tl.load(K + b * skb + h * skh + offs_n[:, None] * skn + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(V + b * svb + h * svh + offs_n[:, None] * svn + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = _load_rows(K, b, h, skb, skh, skn, offs_n, offs_d, N, D)
+        v = _load_rows(V, b, h, svb, svh, svn, offs_n, offs_d, N, D)
         p = _probs(q, k, lse, offs_n, N, tile, TILES, qk_scale, BLOCK, PREC)
         dp = tl.dot(do, tl.trans(v), input_precision=PREC)
         ds = p * (dp - delta[:, None]) * sm_scale
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
-    tl.store(DQ + b * sqb + h * sqh + offs_m[:, None] * sqn + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=q_mask)
+    _store_rows(DQ, dq, b, h, sqb, sqh, sqn, offs_m, offs_d, N, D)
 
 
 def _precision(q: torch.Tensor) -> str:
