@@ -3,6 +3,10 @@
     python bench/attention.py                         # CPU defaults: lengths 256..16384, forward and fwd+bwd
     python bench/attention.py --lengths 1024 4096 --types full longformer --modes fwdbwd
     python bench/attention.py --device cuda --dtype bfloat16 --heads 16 --dim 128 --lengths 1024 2048 ... 32768
+    python bench/attention.py --set longformer.window=512 --set sparse.summary=16   # change a type's settings
+
+Every registered attention type is measured at its own example settings for each length
+(``AttentionType.example(n)``; e.g. sparse with l ~ sqrt(n)), on every backend that computes it here.
 
 Each (type, backend, mode) runs in its own worker process, lengths ascending, until the next length would
 exceed --max-seconds or --max-gib (recorded as "stopped", not crashed). CPU peak memory is the growth of
@@ -26,34 +30,43 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 from attnlab.memory import fmt_bytes  # noqa: E402  (light: no torch import)
 
-TYPES = ["full", "flash", "sparse", "longformer"]
+
+
+def registered_types() -> list[str]:
+    from attnlab.attention import ATTENTION_TYPES
+    return list(ATTENTION_TYPES)
+
+
+def parse_sets(items: list[str]) -> dict[str, dict]:
+    """['longformer.window=512', ...] -> {'longformer': {'window': 512}} (values parsed as YAML scalars)."""
+    import yaml
+    out: dict[str, dict] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        name, dot, setting = key.partition(".")
+        if not sep or not dot:
+            raise SystemExit(f"--set {item!r}: expected TYPE.SETTING=VALUE, e.g. longformer.window=512")
+        out.setdefault(name, {})[setting] = yaml.safe_load(value)
+    return out
 
 
 def attention_config(name: str, backend: str, n: int, args) -> dict:
-    """Each type at the settings it exists for; sparse uses l ~ sqrt(n), the paper's choice."""
-    cfg = {"name": name, "backend": backend, "causal": not args.bidirectional}
-    if name == "flash":
-        cfg["block_size"] = args.block
-    if name == "sparse":
-        blk = args.sparse_block
-        l = max(blk, round(math.sqrt(n) / blk) * blk)  # l ~ sqrt(n), a multiple of the block so blocks stay full
-        cfg.update(pattern_kind="fixed", stride=l, summary=min(args.summary, l), block_size=blk)
-    if name == "longformer":
-        cfg.update(window=min(args.window, n), global_tokens=min(args.n_global, n), block_size=args.block)
-    return cfg
+    """The type's own example settings for length n, with --set overrides."""
+    from attnlab.attention import ATTENTION_TYPES
+    return {"name": name, **ATTENTION_TYPES[name].example(n), **parse_sets(args.set).get(name, {}),
+            "backend": backend, "causal": not args.bidirectional}
 
 
 def backends_for(name: str, device: str) -> list[str]:
-    from attnlab.attention import ATTENTION_TYPES
-    from attnlab.attention.implementations import get_backend
+    """Every backend that computes the type and runs on the device; a sparse type's dense backend is left out
+    (it costs what full attention costs), unless the type itself is dense."""
     import torch
-    out = []
-    for b in ATTENTION_TYPES[name].backends:
-        if get_backend(b).unavailable_reason(torch.device(device)) is None:
-            if name in ("sparse", "longformer") and b == "dense":
-                continue  # the dense reference of a sparse pattern is full attention's cost again
-            out.append(b)
-    if device == "cuda" and name in ("full", "flash"):
+    from attnlab.attention import BACKENDS, example_attention
+    att = example_attention(name, 1024)
+    dev = torch.device(device)
+    out = [b for b in att.backends() if BACKENDS[b].unavailable_reason(dev) is None
+           and (b != "dense" or att.auto_backend(dev) == "dense")]
+    if device == "cuda" and "sdpa" in out:
         out += ["sdpa-flash", "sdpa-cudnn"]  # PyTorch's FA2 and cuDNN kernels, pinned
     return out
 
@@ -68,8 +81,8 @@ def _reset_peak_rss() -> None:
 def worker(args) -> None:
     import torch
     from attnlab.attention import build_attention
-    from attnlab.attention.layout import block_layout
-    from attnlab.callbacks import peak_rss_bytes, rss_bytes
+    from attnlab.attention.backends.layout import block_layout
+    from attnlab.memory import peak_rss_bytes, rss_bytes
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads or torch.get_num_threads())
@@ -89,7 +102,7 @@ def worker(args) -> None:
         if prev_time is not None and prev_time * (n / prev_n) ** 2 * (args.repeats + 1) > args.max_seconds * 4:
             print(json.dumps({"length": n, "stopped": "time budget"}), flush=True)
             break
-        pattern = att.cached_pattern(n)
+        pattern = att.pattern(n)
         if backend in ("blocked", "triton", "flex"):
             block_layout(pattern, n, att.block_size, args.heads)  # built once per shape, outside the timing
         q, k, v = (torch.randn(B, args.heads, n, args.dim, device=dev, dtype=dtype, requires_grad=mode == "fwdbwd")
@@ -177,7 +190,8 @@ def machine() -> dict:
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--types", nargs="+", default=TYPES, choices=TYPES)
+    types = registered_types()
+    p.add_argument("--types", nargs="+", default=types, choices=types)
     p.add_argument("--backends", nargs="+", default=None, help="default: every backend available here")
     p.add_argument("--lengths", nargs="+", type=int, default=[256, 512, 1024, 2048, 4096, 8192, 16384])
     p.add_argument("--modes", nargs="+", default=["fwd", "fwdbwd"], choices=["fwd", "fwdbwd"])
@@ -188,11 +202,8 @@ def main(argv=None):
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--dtype", default="float32")
     p.add_argument("--device", default="cuda" if _cuda() else "cpu")
-    p.add_argument("--block", type=int, default=128)
-    p.add_argument("--sparse-block", type=int, default=16)
-    p.add_argument("--summary", type=int, default=8)
-    p.add_argument("--window", type=int, default=256)
-    p.add_argument("--n-global", type=int, default=16)
+    p.add_argument("--set", action="append", default=[], metavar="TYPE.SETTING=VALUE",
+                   help="override a type's example settings, e.g. longformer.window=512 (repeatable)")
     p.add_argument("--bidirectional", action="store_true")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", type=int, default=0)
@@ -206,6 +217,7 @@ def main(argv=None):
     if args.worker:
         return worker(args)
 
+    parse_sets(args.set)  # bad --set values fail here, before any worker starts
     info = machine()
     results = []
     series = [(t, b, m) for t in args.types for b in (args.backends or backends_for(t, args.device))
@@ -252,6 +264,7 @@ def _cuda() -> bool:
 
 
 def render_table(results, args) -> str:
+    types = registered_types()
     lengths = sorted({r["length"] for r in results if "seconds" in r})
     lines = []
     for metric, title in (("seconds", "time (ms, median)"), ("peak_bytes", "peak memory"),
@@ -261,7 +274,7 @@ def render_table(results, args) -> str:
             lines.append("| type / backend | " + " | ".join(str(n) for n in lengths) + " |")
             lines.append("|---|" + "---|" * len(lengths))
             keys = sorted({(r["type"], r["backend"]) for r in results if r["mode"] == mode},
-                          key=lambda k: (TYPES.index(k[0]), k[1]))
+                          key=lambda k: (types.index(k[0]), k[1]))
             for t, b in keys:
                 cells = []
                 for n in lengths:
@@ -276,13 +289,14 @@ def render_table(results, args) -> str:
 
 
 def plot(results, info, args, path: Path) -> None:
+    types = registered_types()
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig, axes = plt.subplots(len(args.modes), 2, figsize=(12, 4.5 * len(args.modes)), squeeze=False)
     for row, mode in enumerate(args.modes):
         keys = sorted({(r["type"], r["backend"]) for r in results if r["mode"] == mode},
-                      key=lambda k: (TYPES.index(k[0]), k[1]))
+                      key=lambda k: (types.index(k[0]), k[1]))
         for col, (metric, label) in enumerate((("seconds", "time (s)"), ("peak_bytes", "peak memory (bytes)"))):
             ax = axes[row][col]
             for t, b in keys:

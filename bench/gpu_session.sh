@@ -25,8 +25,9 @@ for step in $STEPS; do
   attention)  # issue #4's table: causal, bf16, fwd+bwd, batch x length = 16k tokens, hidden 2048
     for d in 64 128; do
       timeout 240 python3 bench/attention.py --device cuda --dtype bfloat16 --modes fwdbwd --tokens 16384 \
-        --hidden 2048 --dim $d --lengths 1024 2048 4096 8192 16384 32768 --block 128 --sparse-block 128 \
-        --window 512 --n-global 16 --summary 16 --repeats 20 --out "$OUT" 2>&1 | grep -A12 "TFLOP/s" ;
+        --hidden 2048 --dim $d --lengths 1024 2048 4096 8192 16384 32768 --set flash.block_size=128 \
+        --set sparse.block_size=128 --set sparse.stride=512 --set sparse.summary=16 --set longformer.window=512 \
+        --set longformer.global_tokens=16 --set longformer.block_size=128 --repeats 20 --out "$OUT" 2>&1 | grep -A12 "TFLOP/s" ;
     done ;;
   throughput)  # issue #5: nanoGPT shakespeare_char shape and GPT-2 124M, all four types, raw vs Lightning
     timeout 200 python3 bench/throughput.py --preset nanogpt --compile --precision bf16 --steps 50 --out "$OUT" 2>&1 | tail -10

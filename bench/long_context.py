@@ -17,18 +17,22 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-ATTN = {"full": {"name": "full", "backend": "dense"}, "flash": {"name": "flash"},
-        "sparse": {"name": "sparse", "stride": 256, "summary": 16, "block_size": 128},
-        "longformer": {"name": "longformer", "window": 512, "global_tokens": 16, "block_size": 128}}
+def registered_types() -> list[str]:
+    from attnlab.attention import ATTENTION_TYPES
+    return list(ATTENTION_TYPES)
+
+
+def attention_config(name: str, n: int) -> dict:
+    """Each registered type at its own example settings for length n (Longformer: w 256 + 16 global from 2k on)."""
+    from attnlab.attention import ATTENTION_TYPES
+    return {"name": name, **ATTENTION_TYPES[name].example(n)}
 
 
 def one_step(name, n, device, precision):
     import torch
     import torch.nn.functional as F
     from attnlab.model import GPT, GPTConfig
-    cfg = dict(ATTN[name])
-    if name == "longformer":
-        cfg["window"] = min(cfg["window"], n)
+    cfg = attention_config(name, n)
     model = GPT(GPTConfig(vocab_size=2048, context=n, n_layer=6, n_head=6, d_model=384), cfg).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x = torch.randint(0, 2048, (1, n), device=device)
@@ -48,7 +52,7 @@ def one_step(name, n, device, precision):
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    from attnlab.callbacks import peak_rss_bytes
+    from attnlab.memory import peak_rss_bytes
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else peak_rss_bytes()
     return times[-1], peak
 
@@ -57,7 +61,7 @@ def main(argv=None):
     import subprocess
     import torch
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--attention", nargs="+", default=list(ATTN), choices=list(ATTN))
+    ap.add_argument("--attention", nargs="+", default=registered_types(), choices=registered_types())
     ap.add_argument("--start", type=int, default=1024)
     ap.add_argument("--max-context", type=int, default=262144 if torch.cuda.is_available() else 8192)
     ap.add_argument("--precision", default="bf16" if torch.cuda.is_available() else "32")

@@ -29,16 +29,15 @@ PRESETS = {
     "nanogpt": (6, 6, 384, 256, 64, 65, 0.2),  # nanoGPT config/train_shakespeare_char.py
     "gpt2": (12, 12, 768, 1024, 12, 50304, 0.0),  # nanoGPT bench.py: GPT-2 124M, vocab padded to 50304
 }
-ATTN = ["full", "flash", "sparse", "longformer"]
+def registered_types() -> list[str]:
+    from attnlab.attention import ATTENTION_TYPES
+    return list(ATTENTION_TYPES)
 
 
 def attention_config(name: str, T: int) -> dict:
-    """Each type at settings scaled to the context T: sparse l ~ sqrt(T), Longformer window T/8 (>= 16)."""
-    l = max(16, 2 ** round(math.log2(math.sqrt(T))))
-    return {"full": {"name": "full", "backend": "dense"}, "flash": {"name": "flash"},
-            "sparse": {"name": "sparse", "stride": l, "summary": min(8, l), "block_size": min(64, l)},
-            "longformer": {"name": "longformer", "window": max(16, T // 8), "global_tokens": 1,
-                           "block_size": min(64, max(16, T // 8))}}[name]
+    """Each registered type at its own example settings for the context T (e.g. sparse l ~ sqrt(T))."""
+    from attnlab.attention import ATTENTION_TYPES
+    return {"name": name, **ATTENTION_TYPES[name].example(T)}
 
 
 def bench_raw(args, preset, attn_cfg, device):
@@ -113,7 +112,7 @@ def main(argv=None):
     import torch
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="nanogpt", choices=sorted(PRESETS))
-    ap.add_argument("--attention", nargs="+", default=list(ATTN), choices=list(ATTN))
+    ap.add_argument("--attention", nargs="+", default=registered_types(), choices=registered_types())
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--compile", action="store_true")

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from attnlab.attention import ATTENTION_TYPES
 from conftest import ROOT
 
 pytestmark = pytest.mark.slow
@@ -19,13 +20,14 @@ def run(script, *args, tmp_path):
 
 def test_attention_benchmark_writes_table_json_and_plot(tmp_path):
     out = run("attention.py", "--lengths", "64", "256", "--repeats", "1", "--heads", "2", "--dim", "16",
-              "--block", "32", "--window", "32", tmp_path=tmp_path)
+              "--set", "longformer.window=32", tmp_path=tmp_path)
     assert "| full / dense |" in out and "| longformer / blocked |" in out
+    assert all(f"| {name} / " in out for name in ATTENTION_TYPES)  # every registered type, no list here
     [js] = tmp_path.glob("attention-cpu-*.json")
     data = json.loads(js.read_text())
     assert data["machine"]["date"] and data["machine"]["cpu"]
     timed = [r for r in data["results"] if "seconds" in r]
-    assert {(r["type"], r["length"]) for r in timed} >= {(t, n) for t in ("full", "flash", "sparse", "longformer")
+    assert {(r["type"], r["length"]) for r in timed} >= {(t, n) for t in ATTENTION_TYPES
                                                          for n in (64, 256)}
     full = {r["length"]: r["attended_pairs"] for r in timed if r["type"] == "full"}
     assert full[256] == 256 * 257 // 2
@@ -33,9 +35,15 @@ def test_attention_benchmark_writes_table_json_and_plot(tmp_path):
 
 
 def test_throughput_benchmark_raw_and_lightning(tmp_path):
-    out = run("throughput.py", "--preset", "tiny", "--steps", "2", "--warmup", "1", "--attention", "full",
-              "longformer", tmp_path=tmp_path)
-    assert "| full | raw |" in out and "| longformer | lightning |" in out
+    out = run("throughput.py", "--preset", "tiny", "--steps", "2", "--warmup", "1", tmp_path=tmp_path)
+    assert all(f"| {name} | raw |" in out and f"| {name} | lightning |" in out for name in ATTENTION_TYPES)
+
+
+def test_overview_picture_has_a_panel_per_registered_type(tmp_path):
+    from attnlab.attention.pictures import save_overview
+    import matplotlib.image
+    img = matplotlib.image.imread(save_overview(tmp_path / "overview.png"))
+    assert img.shape[1] > img.shape[0] * len(ATTENTION_TYPES) / 4  # one column per type, two rows
 
 
 def test_long_context_benchmark_doubles_until_the_limit(tmp_path):

@@ -10,8 +10,8 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from attnlab.attention import build_attention  # noqa: E402
-from attnlab.attention.dense import masked_attention  # noqa: E402
+from attnlab.attention import ATTENTION_TYPES, build_attention  # noqa: E402
+from attnlab.attention.backends.dense import masked_attention  # noqa: E402
 
 GPU = torch.cuda.is_available()
 DEVICE = "cuda" if GPU else "cpu"
@@ -20,40 +20,33 @@ if not GPU and os.environ.get("TRITON_INTERPRET") != "1":
 
 TOL = {torch.float32: (2e-5, 1e-4), torch.float16: (3e-3, 3e-3), torch.bfloat16: (2e-2, 2e-2)}
 
-CONFIGS = {
-    "flash": {"name": "flash"},
-    "sparse-fixed": {"name": "sparse", "pattern_kind": "fixed", "stride": 32, "summary": 4},
-    "sparse-strided-split": {"name": "sparse", "pattern_kind": "strided", "stride": 8, "heads": "split"},
-    "longformer": {"name": "longformer", "window": 24, "global_tokens": 3},
-    "longformer-list": {"name": "longformer", "window": 9, "global_tokens": [0, 40], "dilation": 2},
-}
 
-# (config, causal, head dim, dtype, length, block): head dims 32/64/128, fp32 and fp16 (bf16 on GPU),
-# lengths not divisible by the block, length 1; interpreter sizes small, GPU sizes larger. bf16 is tested on
-# a GPU only: Triton's CPU interpreter computes bf16 tl.dot wrongly (checked on a plain 16x16 product).
-CASES = [
-    ("flash", True, 32, torch.float32, 70, 16),
-    ("flash", False, 64, torch.float32, 33, 32),
-    ("flash", True, 128, torch.float16, 50, 16),
-    ("flash", True, 64, torch.float32, 1, 16),
-    ("sparse-fixed", True, 32, torch.float32, 100, 16),
-    ("sparse-strided-split", False, 64, torch.float32, 45, 16),
-    ("sparse-fixed", True, 64, torch.float16, 64, 32),
-    ("longformer", True, 64, torch.float32, 90, 16),
-    ("longformer", False, 32, torch.float32, 61, 32),
-    ("longformer-list", True, 128, torch.float32, 50, 16),
-    ("longformer", True, 32, torch.float16, 77, 16),
-]
-if GPU:
-    CASES += [(c, causal, d, torch.bfloat16, n, 64) for c in CONFIGS for causal in (True, False)
-              for d in (64, 128) for n in (1000, 2048)]
-    CASES += [(c, True, d, torch.float16, 3000, 128) for c in CONFIGS for d in (32, 64, 128)]
-
-
+def triton_cases():
+    """Every registered type and settings variant that the triton backend claims, from the registry. In the
+    interpreter: small sizes, lengths not divisible by the block, length 1, head dims 32/64/128, fp32 and fp16
+    (bf16 only on a GPU: the interpreter computes bf16 tl.dot wrongly, checked on a plain 16x16 product).
+    On a GPU: larger sizes and bf16 too."""
+    cases, i = [], 0
+    for name, cls in ATTENTION_TYPES.items():
+        for j, settings in enumerate(cls.variants(64)):
+            if "triton" not in build_attention({"name": name, **settings}).backends():
+                continue
+            d = (32, 64, 128)[i % 3]
+            dtype = torch.float16 if i % 4 == 3 else torch.float32
+            n = (70, 33, 1, 90, 50, 61)[i % 6]
+            block = 32 if i % 5 == 4 else 16
+            cases.append(pytest.param(name, settings, i % 3 != 1, d, dtype, n, block,
+                                      id=f"{name}-v{j}-d{d}-{str(dtype)[6:]}-n{n}"))
+            if GPU:
+                cases += [pytest.param(name, settings, causal, d, dt, n, 64, id=f"gpu-{name}-v{j}-{causal}-{d}-{dt}-{n}")
+                          for causal in (True, False) for d in (64, 128) for dt in (torch.bfloat16, torch.float16)
+                          for n in (1000, 2048)]
+            i += 1
+    return cases
 @pytest.fixture
 def poisoned_buffers(monkeypatch):
     """Every output buffer the kernels write starts as NaN, so an element left unwritten shows up."""
-    from attnlab.attention import triton_kernel
+    from attnlab.attention.backends import triton_kernel
 
     def nan_buffer(like, shape=None, dtype=None):
         return torch.full(shape or like.shape, float("nan"), device=like.device, dtype=dtype or like.dtype)
@@ -61,10 +54,10 @@ def poisoned_buffers(monkeypatch):
     monkeypatch.setattr(triton_kernel, "_new_buffer", nan_buffer)
 
 
-@pytest.mark.parametrize("config,causal,d,dtype,n,block", CASES)
-def test_triton_equals_dense_reference(config, causal, d, dtype, n, block, poisoned_buffers):
+@pytest.mark.parametrize("name,settings,causal,d,dtype,n,block", triton_cases())
+def test_triton_equals_dense_reference(name, settings, causal, d, dtype, n, block, poisoned_buffers):
     torch.manual_seed(n + d)
-    att = build_attention({**CONFIGS[config], "backend": "triton", "causal": causal, "block_size": block})
+    att = build_attention({"name": name, **settings, "backend": "triton", "causal": causal, "block_size": block})
     att.check(max(n, 64), 4, DEVICE)
     B, H = 2, 2
     q, k, v = (torch.randn(B, H, n, d, device=DEVICE, dtype=dtype, requires_grad=True) for _ in range(3))
@@ -73,7 +66,7 @@ def test_triton_equals_dense_reference(config, causal, d, dtype, n, block, poiso
     g = torch.randn_like(out)
     grads = torch.autograd.grad(out, (q, k, v), g)
     qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
-    mask = att.cached_pattern(n).dense(n, n_heads=H, device=DEVICE)  # (H, n, n)
+    mask = att.pattern(n).dense(n, n_heads=H, device=DEVICE)  # (H, n, n)
     ref = masked_attention(qd, kd, vd, mask.unsqueeze(0))
     ref_grads = torch.autograd.grad(ref, (qd, kd, vd), g.double())
     atol, rtol = TOL[dtype]
@@ -100,7 +93,7 @@ def test_triton_trains_a_model_step():
 
 def test_block_must_be_a_power_of_two():
     from attnlab.attention.patterns import causal
-    from attnlab.attention.triton_kernel import triton_attention
+    from attnlab.attention.backends.triton_kernel import triton_attention
     q = torch.randn(1, 1, 8, 16, device=DEVICE)
     with pytest.raises(ValueError, match="attention.block_size=24: the triton backend needs a power of two"):
         triton_attention(q, q, q, causal(), 24)

@@ -7,6 +7,7 @@ the measured peak so the difference is visible.
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 BYTES = {"32": 4, "32-true": 4, "16-mixed": 2, "bf16-mixed": 2, "bf16-true": 2, "16-true": 2, "64": 8}
@@ -67,3 +68,26 @@ def estimate(n_params: int, batch: int, context: int, d_model: int, n_layer: int
     return MemoryEstimate(
         parameters=4 * n_params, gradients=4 * n_params, optimizer=8 * n_params,
         activations=L * per_layer, attention=attn, logits=logits, score_matrix=B * H * T * T * act)
+
+
+# --- measured memory on the CPU (Linux /proc; 0 elsewhere) ---------------------------------------------------
+
+def rss_bytes() -> int:
+    """Resident set size of this process now."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process (VmHWM)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0

@@ -56,12 +56,15 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.proj.is_residual_out = True  # scaled init, see GPT._init_weights
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        self._attend, self._attend_device = None, None  # the backend, resolved once for the device it runs on
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
-        y = self.attention(q, k, v, self.layer)  # (B, H, T, D)
+        if self._attend_device != q.device:  # built on the CPU, then moved: resolve where it runs, once
+            self._attend, self._attend_device = self.attention.bind(q.device, self.layer), q.device
+        y = self._attend(q, k, v)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.proj(y))  # (B, T, C)
 

@@ -1,79 +1,98 @@
 """An attention type = a pattern (which keys each query sees) x a backend (how the scores are computed).
 
-Subclasses are small dataclasses: their fields are the pattern's parameters (as in ``conf/attention/*.yaml``),
-``pattern()`` builds the predicate, ``validate()`` rejects settings that make no pattern, and
-``auto_backend()`` says which backend ``backend: auto`` means on a device.
+A type is a small dataclass in ``types/``: its fields are its settings (as in ``conf/attention/<name>.yaml``),
+``pattern()`` builds its predicate from the primitives in ``patterns.py``, ``validate()`` rejects settings
+that make no pattern, ``auto_backend()`` says what ``backend: auto`` means on a device, and ``example()`` /
+``variants()`` give settings for a length that the tests, benchmarks and pictures use. Which backends can
+compute it follows from its pattern (``backends.backends_for``). Registering it in ``registry.py`` makes it
+trained, tested, benchmarked and drawn.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 
-from attnlab.attention.implementations import get_backend
+from attnlab.attention.backends import backends_for, get_backend
+from attnlab.attention.backends.layout import allowed_pairs
 from attnlab.attention.patterns import Pattern
 
 
 @dataclass
 class AttentionType:
     causal: bool = True  # language models are causal; false gives the encoder (bidirectional) variant
-    backend: str = "auto"  # one of BACKENDS or 'auto' (the fastest this type supports on the device)
+    backend: str = "auto"  # a registered backend, or 'auto' (the fastest exact one on the device)
     block_size: int = 64  # tile edge of the blocked / Triton / Flex backends; dense and sdpa ignore it
 
     name: ClassVar[str] = "?"
-    backends: ClassVar[tuple[str, ...]] = ()  # the backends that compute this type exactly and efficiently
 
-    # --- to override -------------------------------------------------------------------------------
+    # --- what a type defines ----------------------------------------------------------------------------
     def pattern(self, seq_len: int, layer: int = 0) -> Pattern:
         raise NotImplementedError
 
     def validate(self, context: int, n_head: int) -> None:
-        """Raise ValueError with the bad value and what is allowed."""
+        """Raise ValueError naming the bad setting and what is allowed."""
 
     def auto_backend(self, device: torch.device) -> str:
-        return self.backends[0]
+        return "blocked"
 
-    # --- shared --------------------------------------------------------------------------------------
+    @classmethod
+    def example(cls, n: int) -> dict[str, Any]:
+        """Representative settings at sequence length n (benchmarks, pictures, scaling tests)."""
+        return {}
+
+    @classmethod
+    def variants(cls, n: int) -> list[dict[str, Any]]:
+        """Settings that together exercise every option at length n (the equivalence tests)."""
+        return [cls.example(n)]
+
+    # --- shared -------------------------------------------------------------------------------------
+    def backends(self) -> list[str]:
+        """The backends that compute this type exactly (its pattern decides)."""
+        return backends_for(self.pattern(16))
+
     def check(self, context: int, n_head: int, device: torch.device | str | None = None) -> None:
-        """All the checks that can run before training: backend known and supported, pattern valid, and, when
-        ``device`` is given, the backend usable there (the model is built on the CPU before it moves, so
-        construction checks the settings only; ``train`` checks the device it will run on)."""
-        if self.backend != "auto":
-            get_backend(self.backend)  # unknown names list the valid ones
-            if self.backend not in self.backends:
-                raise ValueError(f"attention {self.name!r} does not support backend {self.backend!r}; "
-                                 f"valid: {list(self.backends) + ['auto']}")
-            reason = get_backend(self.backend).unavailable_reason(torch.device(device)) if device else None
-            if reason:
-                raise ValueError(f"attention backend {self.backend!r} is not available: {reason}")
+        """Every check that can run before training: backend known and able to compute this pattern, the
+        block size usable, the settings valid and, when ``device`` is given, the backend usable there (the
+        model is built on the CPU before it moves, so construction checks the settings only)."""
         if self.block_size < 1:
             raise ValueError(f"attention.block_size must be >= 1, got {self.block_size}")
-        if self.backend == "triton" and (self.block_size < 16 or self.block_size & (self.block_size - 1)):
-            raise ValueError(f"attention.block_size={self.block_size}: the triton backend needs a power of two >= 16")
         self.validate(context, n_head)
+        if self.backend == "auto":
+            return
+        backend = get_backend(self.backend)  # unknown names list the valid ones
+        if self.backend not in self.backends():
+            raise ValueError(f"attention {self.name!r} does not support backend {self.backend!r}; "
+                             f"valid: {self.backends() + ['auto']}")
+        bad_block = backend.bad_block(self.block_size)
+        if bad_block:
+            raise ValueError(bad_block)
+        reason = backend.unavailable_reason(torch.device(device)) if device is not None else None
+        if reason:
+            raise ValueError(f"attention backend {self.backend!r} is not available: {reason}")
 
-    def resolved_backend(self, device: torch.device) -> str:
-        return self.auto_backend(device) if self.backend == "auto" else self.backend
+    def resolved_backend(self, device: torch.device | str) -> str:
+        return self.auto_backend(torch.device(device)) if self.backend == "auto" else self.backend
+
+    def bind(self, device: torch.device | str, layer: int = 0) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The attention of one layer as a function of (q, k, v), with the backend resolved once for a device."""
+        fn, block = get_backend(self.resolved_backend(device)).fn, self.block_size
+
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+            return fn(q, k, v, self.pattern(q.shape[2], layer), block)  # (B, H, N, D)
+        return attend
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int = 0) -> torch.Tensor:
-        """q, k, v: (B, H, N, D) -> (B, H, N, D)."""
-        backend = get_backend(self.resolved_backend(q.device))
-        return backend.fn(q, k, v, self.cached_pattern(q.shape[2], layer), self.block_size)
+        """q, k, v: (B, H, N, D) -> (B, H, N, D); resolves the backend on every call (tests, benchmarks)."""
+        return self.bind(q.device, layer)(q, k, v)
 
-    def cached_pattern(self, seq_len: int, layer: int = 0) -> Pattern:
-        """One Pattern object per (length, layer), so layouts and block masks cached on it are reused."""
-        cache = self.__dict__.setdefault("_pattern_cache", {})
-        key = (seq_len, layer)
-        if key not in cache:
-            cache[key] = self.pattern(seq_len, layer)
-        return cache[key]
+    def settings(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
-    def describe(self) -> dict:
-        return {"name": self.name, **{f.name: getattr(self, f.name) for f in fields(self)}}
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, **self.settings()}
 
     def attended_keys(self, seq_len: int, layer: int = 0) -> int:
         """Number of allowed (query, key) pairs per head (averaged over heads): what the scores cost."""
-        from attnlab.attention.layout import block_layout
-        lay = block_layout(self.cached_pattern(seq_len, layer), seq_len, 128, 2)
-        return lay.allowed_pairs // lay.n_heads
+        return allowed_pairs(self.pattern(seq_len, layer), seq_len, 2)

@@ -1,7 +1,7 @@
 """Our block-sparse flash-attention kernel in Triton: one kernel for flash, sparse and Longformer.
 
 The kernel visits, for each (batch, head, query block), only the key blocks its layout keeps (a per-row
-list built from the mask predicate, see ``layout.py``). Full blocks need no mask; a *partial* block loads a
+list built from the mask predicate, see ``backends/layout.py``). Full blocks need no mask; a *partial* block loads a
 precomputed BLOCK x BLOCK tile of the predicate (evaluated once per shape from the same predicate), so any
 pattern the predicates express runs exactly. Forward: online softmax in base 2 (running max ``m`` and sum
 ``l``), output and the row log-sum-exp saved. Backward: FlashAttention-2 style, recomputing each tile from
@@ -19,7 +19,7 @@ import torch
 import triton
 import triton.language as tl
 
-from attnlab.attention.layout import BlockLayout, block_layout, mask_tiles
+from attnlab.attention.backends.layout import DERIVED, block_layout, key_lists, mask_tiles, query_lists
 from attnlab.attention.patterns import Pattern
 
 LOG2E = 1.4426950408889634
@@ -27,12 +27,10 @@ LOG2E = 1.4426950408889634
 
 @dataclass(frozen=True)
 class KernelLayout:
-    """The layout as the kernel reads it. All index tensors are int32 on the kernel's device.
-
-    kv_idx[h, m, t]: t-th kept key block of query block m; kv_cnt[h, m]: how many; kv_tile[h, m, t]: index of
-    its mask tile in ``tiles`` or -1 for a full block. q_idx / q_cnt / q_tile: the transpose (query blocks
-    that see key block n), for the dK/dV kernel. tiles: (P, BLOCK, BLOCK) int8 masks of the partial blocks.
-    """
+    """The layout as the kernel reads it: the shared kept-block lists (``layout.kept_lists``) as int32 on the
+    kernel's device. kv_*: for each query block, the key blocks it sees (forward, dQ); q_*: for each key
+    block, the query blocks that see it (dK/dV). *_tile: mask tile index, -1 for a full block. tiles:
+    (P, BLOCK, BLOCK) int8 masks of the partial blocks."""
 
     kv_idx: torch.Tensor
     kv_cnt: torch.Tensor
@@ -45,36 +43,18 @@ class KernelLayout:
     block: int
 
 
-def _lists(kept: torch.Tensor, tile_id: torch.Tensor):
-    """kept (H, R, C) bool -> per-row lists of kept columns (H, R, max) int32, counts, and their tile ids."""
-    H, R, C = kept.shape
-    cnt = kept.sum(-1)  # (H, R)
-    max_k = max(1, int(cnt.max()))
-    cols = torch.arange(C).expand(H, R, C)
-    order = torch.where(kept, cols, cols + C).sort(-1).values[..., :max_k]  # kept columns first, ascending
-    valid = order < C
-    idx = torch.where(valid, order, torch.zeros_like(order))
-    tiles = torch.gather(tile_id, 2, idx).masked_fill(~valid, -1)
-    return idx.int(), cnt.int(), tiles.int()
-
-
-_KERNEL_LAYOUTS: dict = {}
-
-
 def kernel_layout(pattern: Pattern, seq_len: int, block: int, n_heads: int, device) -> KernelLayout:
-    key = (pattern, seq_len, block, n_heads if pattern.per_head else 1, str(device))
-    if key in _KERNEL_LAYOUTS:
-        return _KERNEL_LAYOUTS[key]
-    lay: BlockLayout = block_layout(pattern, seq_len, block, n_heads)
-    mt = mask_tiles(pattern, lay)  # the predicate inside partial blocks, shared with the blocked backend
-    tile_id, tiles = mt.tile_id, mt.tiles.to(torch.int8)  # (Hl, nb, nb) with -1 = full, (P, block, block)
-    kv = _lists(lay.kept, tile_id)
-    qt = _lists(lay.kept.transpose(1, 2), tile_id.transpose(1, 2))
-    kl = KernelLayout(*(t.contiguous().to(device) for t in (*kv, *qt, tiles)), lay.n_heads, block)
-    if len(_KERNEL_LAYOUTS) > 256:
-        _KERNEL_LAYOUTS.clear()
-    _KERNEL_LAYOUTS[key] = kl
-    return kl
+    return DERIVED.get(("triton_layout", pattern, seq_len, block, n_heads, str(device)),
+                       lambda: _build_kernel_layout(pattern, seq_len, block, n_heads, device))
+
+
+def _build_kernel_layout(pattern: Pattern, seq_len: int, block: int, n_heads: int, device) -> KernelLayout:
+    lay = block_layout(pattern, seq_len, block, n_heads)
+    tiles = mask_tiles(pattern, lay).tiles.to(torch.int8)  # shared with the blocked backend
+    by_query, by_key = query_lists(pattern, seq_len, block, n_heads), key_lists(pattern, seq_len, block, n_heads)
+    lists = (by_query.block_idx, by_query.count, by_query.tile, by_key.block_idx, by_key.count, by_key.tile)
+    return KernelLayout(*(t.int().contiguous().to(device) for t in lists), tiles.contiguous().to(device),
+                        lay.n_heads, block)
 
 
 @triton.jit
@@ -142,17 +122,21 @@ def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, KV_TILE, TILES,
 
 
 @triton.jit
-def _probs(q, k, lse, offs_n, N, tile, TILES, qk_scale, BLOCK: tl.constexpr, PREC: tl.constexpr):
-    """Recompute one tile of probabilities P = exp2(S - lse) from the saved log-sum-exp, masked by the
-    sequence end and, for a partial block, by its predicate tile (stored as (query, key))."""
+def _backward_tile(q, k, v, do, lse, delta, offs_n, N, tile, TILES, qk_scale, sm_scale,
+                   BLOCK: tl.constexpr, PREC: tl.constexpr):
+    """The body both backward passes share: recompute one tile of probabilities P = exp2(S - lse) from the
+    saved log-sum-exp (masked by the sequence end and, for a partial block, by its predicate tile, stored as
+    (query, key)), and dS = P * (dP - delta) with dP = dO V^T. Returns (P, dS), each (BLOCK_M, BLOCK_N)."""
     offs_t = tl.arange(0, BLOCK)
-    s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # (BLOCK_M, BLOCK_N)
+    s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # (BLOCK_M, BLOCK_N) scores in log2 units
     p = tl.exp2(s - lse[:, None])
     p = tl.where(offs_n[None, :] < N, p, 0.0)
     if tile >= 0:
         allowed = tl.load(TILES + tile * BLOCK * BLOCK + offs_t[:, None] * BLOCK + offs_t[None, :])
         p = tl.where(allowed != 0, p, 0.0)
-    return p
+    dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # (BLOCK_M, BLOCK_N)
+    ds = p * (dp - delta[:, None]) * sm_scale
+    return p, ds
 
 
 @triton.jit
@@ -181,10 +165,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, Q_IDX, Q_CNT, Q_TILE, TILE
         do = _load_rows(DO, b, h, sdb, sdh, sdn, offs_m, offs_d, N, D)
         lse = tl.load(LSE + pid_bh * N + offs_m, mask=offs_m < N, other=float("inf"))
         delta = tl.load(DELTA + pid_bh * N + offs_m, mask=offs_m < N, other=0.0)
-        p = _probs(q, k, lse, offs_n, N, tile, TILES, qk_scale, BLOCK, PREC)  # (BLOCK_M, BLOCK_N)
+        p, ds = _backward_tile(q, k, v, do, lse, delta, offs_n, N, tile, TILES, qk_scale, sm_scale, BLOCK, PREC)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        ds = p * (dp - delta[:, None]) * sm_scale
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
     _store_rows(DK, dk, b, h, skb, skh, skn, offs_n, offs_d, N, D)
     _store_rows(DV, dv, b, h, svb, svh, svn, offs_n, offs_d, N, D)
@@ -215,9 +197,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, KV_IDX, KV_CNT, KV_TILE, TILES,
         offs_n = kb * BLOCK + tl.arange(0, BLOCK)
         k = _load_rows(K, b, h, skb, skh, skn, offs_n, offs_d, N, D)
         v = _load_rows(V, b, h, svb, svh, svn, offs_n, offs_d, N, D)
-        p = _probs(q, k, lse, offs_n, N, tile, TILES, qk_scale, BLOCK, PREC)
-        dp = tl.dot(do, tl.trans(v), input_precision=PREC)
-        ds = p * (dp - delta[:, None]) * sm_scale
+        p, ds = _backward_tile(q, k, v, do, lse, delta, offs_n, N, tile, TILES, qk_scale, sm_scale, BLOCK, PREC)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
     _store_rows(DQ, dq, b, h, sqb, sqh, sqn, offs_m, offs_d, N, D)
 

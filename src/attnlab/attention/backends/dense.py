@@ -1,7 +1,6 @@
 """Dense attention: materialise the n x n scores, mask them with the predicate, softmax, multiply by V.
 
-This is ``full`` attention, O(n^2) in memory and time, and the oracle every other implementation is
-tested against.
+This is ``full`` attention, O(n^2) in memory and time, and the oracle every other backend is tested against.
 """
 from __future__ import annotations
 
@@ -22,7 +21,7 @@ def masked_attention(q, k, v, mask: torch.Tensor) -> torch.Tensor:
 
 
 def dense_attention(q, k, v, pattern: Pattern, block: int = 0) -> torch.Tensor:
-    """The dense implementation: the explicit mask comes from the same predicate as everything else."""
+    """The dense backend: the explicit mask comes from the same predicate as everything else."""
     H, N = q.shape[1], q.shape[2]
     mask = pattern.dense(N, N, H if pattern.per_head else 1, device=q.device)  # (H or 1, N, N)
-    return masked_attention(q, k, v, mask.unsqueeze(0))
+    return masked_attention(q, k, v, mask.unsqueeze(0))  # (B, H, N, D)

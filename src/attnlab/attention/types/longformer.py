@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from attnlab.attention.base import AttentionType
-from attnlab.attention.patterns import Pattern, longformer
+from attnlab.attention.patterns import Pattern, base, global_tokens, sliding_window
 
 
 @dataclass
@@ -23,25 +23,30 @@ class LongformerAttention(AttentionType):
     windows: list | None = None  # optional per-layer windows overriding ``window``; cycled if shorter than n_layer
     block_size: int = 32  # tile edge; ~window/2 keeps the band's partial blocks few
     name = "longformer"
-    backends = ("blocked", "flex", "triton", "dense")
+
+    def __post_init__(self):
+        if isinstance(self.global_tokens, (list, tuple)):
+            self.global_tokens = [int(p) for p in self.global_tokens]
+        if self.windows is not None:
+            self.windows = [int(w) for w in self.windows]
 
     def window_at(self, layer: int) -> int:
-        return int(self.windows[layer % len(self.windows)]) if self.windows else self.window
-
-    def _globals(self):
-        g = self.global_tokens
-        return int(g) if isinstance(g, int) else [int(p) for p in g]
+        return self.windows[layer % len(self.windows)] if self.windows else self.window
 
     def pattern(self, seq_len: int, layer: int = 0) -> Pattern:
-        return longformer(self.window_at(layer), self._globals(), seq_len, self.causal, self.dilation)
+        p = sliding_window(self.window_at(layer), self.causal, self.dilation)
+        g = self.global_tokens
+        if (g if isinstance(g, int) else len(g)) > 0:
+            p = p | global_tokens(g)
+        return base(self.causal) & p
 
     def validate(self, context: int, n_head: int) -> None:
         for w in (self.windows or [self.window]):
-            if not 1 <= int(w) <= context:
+            if not 1 <= w <= context:
                 raise ValueError(f"attention.window={w} must be in [1, {context}] (the context length)")
         if self.dilation < 1:
             raise ValueError(f"attention.dilation={self.dilation} must be >= 1")
-        g = self._globals()
+        g = self.global_tokens
         if isinstance(g, int):
             if not 0 <= g <= context:
                 raise ValueError(f"attention.global_tokens={g}: the number of global tokens must be in "
@@ -50,8 +55,18 @@ class LongformerAttention(AttentionType):
             bad = [p for p in g if not 0 <= p < context]
             if bad:
                 raise ValueError(f"attention.global_tokens has positions {bad} outside the context [0, {context})")
-            if len(set(g)) > context:
-                raise ValueError(f"{len(set(g))} global tokens for a context of {context}")
 
     def auto_backend(self, device: torch.device) -> str:
         return "flex" if device.type == "cuda" else "blocked"
+
+    @classmethod
+    def example(cls, n: int) -> dict:
+        # the benchmark's settings from n = 2048 on (w 256, 16 global); smaller n scale down so the pattern stays sparse
+        return {"window": min(256, max(4, n // 8)), "global_tokens": min(16, max(1, n // 32)),
+                "block_size": 128 if n >= 1024 else 16}
+
+    @classmethod
+    def variants(cls, n: int) -> list[dict]:
+        return [{"window": 7, "global_tokens": 2, "block_size": 8},
+                {"window": 4, "global_tokens": [0, max(0, n - 2)], "block_size": 16},
+                {"window": 3, "global_tokens": 0, "dilation": 2, "windows": [3, 9], "block_size": 16}]

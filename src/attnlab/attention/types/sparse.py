@@ -11,12 +11,16 @@ The fixed pattern fits blocks well when block_size divides l and c <= block_size
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from attnlab.attention.base import AttentionType
-from attnlab.attention.patterns import Pattern, child_sparse
+from attnlab.attention.patterns import Pattern, band, base, block_summaries, every_lth, same_block, split_heads
+
+KINDS = ("fixed", "strided")
+HEAD_LAYOUTS = ("alternate", "split", "union")
 
 
 @dataclass
@@ -27,24 +31,48 @@ class SparseAttention(AttentionType):
     heads: str = "union"  # union | split | alternate: how the two components share heads / layers
     block_size: int = 16  # tile edge; a divisor of stride keeps blocks full, small tiles skip more work
     name = "sparse"
-    backends = ("blocked", "flex", "triton", "dense")
+
+    def components(self) -> tuple[Pattern, Pattern]:
+        if self.pattern_kind == "strided":
+            return band(self.stride), every_lth(self.stride)
+        return same_block(self.stride), block_summaries(self.stride, self.summary)
 
     def pattern(self, seq_len: int, layer: int = 0) -> Pattern:
-        return child_sparse(self.pattern_kind, self.stride, self.summary, self.causal, self.heads, layer)
+        first, second = self.components()
+        if self.heads == "split":
+            p = split_heads(first, second)
+        elif self.heads == "alternate":
+            p = first if layer % 2 == 0 else second
+        else:
+            p = first | second
+        return base(self.causal) & p
 
     def validate(self, context: int, n_head: int) -> None:
-        if self.pattern_kind not in ("fixed", "strided"):
-            raise ValueError(f"attention.pattern_kind={self.pattern_kind!r}; valid: ['fixed', 'strided']")
+        if self.pattern_kind not in KINDS:
+            raise ValueError(f"attention.pattern_kind={self.pattern_kind!r}; valid: {sorted(KINDS)}")
         if not 1 <= self.stride <= context:
             raise ValueError(f"attention.stride={self.stride} makes no pattern: it must be in [1, {context}] "
                              f"(the context length)")
         if self.pattern_kind == "fixed" and not 1 <= self.summary <= self.stride:
             raise ValueError(f"attention.summary={self.summary} makes no pattern: it must be in "
                              f"[1, stride={self.stride}]")
-        if self.heads not in ("union", "split", "alternate"):
-            raise ValueError(f"attention.heads={self.heads!r}; valid: ['alternate', 'split', 'union']")
+        if self.heads not in HEAD_LAYOUTS:
+            raise ValueError(f"attention.heads={self.heads!r}; valid: {list(HEAD_LAYOUTS)}")
         if self.heads == "split" and n_head < 2:
             raise ValueError(f"attention.heads=split needs at least 2 heads, the model has n_head={n_head}")
 
     def auto_backend(self, device: torch.device) -> str:
         return "flex" if device.type == "cuda" else "blocked"
+
+    @classmethod
+    def example(cls, n: int) -> dict:
+        block = 16
+        stride = max(block, round(math.sqrt(n) / block) * block)  # l ~ sqrt(n), a multiple of the block
+        return {"pattern_kind": "fixed", "stride": min(stride, max(n, 1)), "summary": min(8, stride),
+                "block_size": block}
+
+    @classmethod
+    def variants(cls, n: int) -> list[dict]:
+        return [{"pattern_kind": "fixed", "stride": 8, "summary": 2, "heads": "union", "block_size": 8},
+                {"pattern_kind": "strided", "stride": 5, "heads": "split", "block_size": 16},
+                {"pattern_kind": "fixed", "stride": 6, "summary": 3, "heads": "alternate", "block_size": 16}]

@@ -1,0 +1,49 @@
+"""FlexAttention backend: the same predicate becomes a FlexAttention ``mask_mod`` and block mask.
+
+The block mask is built once per (pattern, length, heads, block, device) in the shared cache; the compiled
+kernel skips the blocks the predicate never allows, like our own block layouts. PyTorch has no
+FlexAttention backward on the CPU, so training with it needs CUDA; the forward runs anywhere (the tests
+check it on the CPU, uncompiled).
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+from attnlab.attention.backends.layout import DERIVED, layout_heads
+from attnlab.attention.patterns import Pattern
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    try:
+        from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
+    except ImportError:
+        return "torch.nn.attention.flex_attention is not in this torch (needs torch >= 2.5)"
+    if device.type != "cuda":
+        return (f"FlexAttention trains on CUDA only (PyTorch has no FlexAttention backward on CPU); "
+                f"this device is {device.type}")
+    return None
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def block_mask_for(pattern: Pattern, seq_len: int, n_heads: int, block: int, device):
+    from torch.nn.attention.flex_attention import create_block_mask
+    heads = layout_heads(pattern, n_heads)
+    return DERIVED.get(("flex_block_mask", pattern, seq_len, heads, block, str(device)),
+                       lambda: create_block_mask(pattern.fn, None, heads if pattern.per_head else None,
+                                                 seq_len, seq_len, device=device, BLOCK_SIZE=block))
+
+
+def flex_attention(q, k, v, pattern: Pattern, block: int = 128, compiled: bool = True) -> torch.Tensor:
+    """q, k, v: (B, H, N, D) -> (B, H, N, D). ``compiled=False`` runs PyTorch's unfused reference path."""
+    bm = block_mask_for(pattern, q.shape[2], q.shape[1], block, q.device)
+    if compiled:
+        return _compiled_flex()(q, k, v, block_mask=bm)
+    from torch.nn.attention.flex_attention import flex_attention as eager_flex
+    return eager_flex(q, k, v, block_mask=bm)

@@ -1,0 +1,1 @@
+"""One file per attention type; ``attnlab.attention.registry`` lists them."""
