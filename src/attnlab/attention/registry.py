@@ -1,24 +1,30 @@
 """The registry: the one list of attention types. Tests, benchmarks, pictures and configs iterate over it.
 
-Adding a type: one file in ``types/``, one yaml in ``conf/attention/``, one line below.
+Adding a type: one file in ``types/`` (ending with ``ATTENTION_TYPE = TheClass``), one yaml in
+``conf/attention/``, one line in ``TYPE_MODULES`` below.
 """
 from __future__ import annotations
 
+import importlib
 from dataclasses import fields
 from typing import Any, Mapping
 
 from attnlab.attention.base import AttentionType
-from attnlab.attention.types.flash import FlashAttention
-from attnlab.attention.types.full import FullAttention
-from attnlab.attention.types.longformer import LongformerAttention
-from attnlab.attention.types.sparse import SparseAttention
 
-ATTENTION_TYPES: dict[str, type[AttentionType]] = {
-    "full": FullAttention,
-    "flash": FlashAttention,
-    "sparse": SparseAttention,
-    "longformer": LongformerAttention,
-}
+TYPE_MODULES = [  # one line per file in types/, in the order tables and pictures show them
+    "full",
+    "flash",
+    "sparse",
+    "longformer",
+]
+
+
+def _type_of(module: str) -> type[AttentionType]:
+    """The type a module in ``types/`` declares as ``ATTENTION_TYPE``."""
+    return importlib.import_module(f"attnlab.attention.types.{module}").ATTENTION_TYPE
+
+
+ATTENTION_TYPES: dict[str, type[AttentionType]] = {t.name: t for t in map(_type_of, TYPE_MODULES)}
 
 
 def build_attention(cfg: Mapping[str, Any]) -> AttentionType:

@@ -30,3 +30,6 @@ class FlashAttention(FullAttention):
     @classmethod
     def variants(cls, n: int) -> list[dict]:
         return [{"block_size": 16}, {"block_size": 32}]
+
+
+ATTENTION_TYPE = FlashAttention

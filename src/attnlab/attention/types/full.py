@@ -28,3 +28,6 @@ class FullAttention(AttentionType):
     @classmethod
     def variants(cls, n: int) -> list[dict]:
         return [{}, {"block_size": 16}]
+
+
+ATTENTION_TYPE = FullAttention

@@ -70,3 +70,6 @@ class LongformerAttention(AttentionType):
         return [{"window": 7, "global_tokens": 2, "block_size": 8},
                 {"window": 4, "global_tokens": [0, max(0, n - 2)], "block_size": 16},
                 {"window": 3, "global_tokens": 0, "dilation": 2, "windows": [3, 9], "block_size": 16}]
+
+
+ATTENTION_TYPE = LongformerAttention

@@ -76,3 +76,6 @@ class SparseAttention(AttentionType):
         return [{"pattern_kind": "fixed", "stride": 8, "summary": 2, "heads": "union", "block_size": 8},
                 {"pattern_kind": "strided", "stride": 5, "heads": "split", "block_size": 16},
                 {"pattern_kind": "fixed", "stride": 6, "summary": 3, "heads": "alternate", "block_size": 16}]
+
+
+ATTENTION_TYPE = SparseAttention
