@@ -16,6 +16,7 @@ TYPE_MODULES = [  # one line per file in types/, in the order tables and picture
     "flash",
     "sparse",
     "longformer",
+    "bigbird",
 ]
 
 
