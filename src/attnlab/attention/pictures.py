@@ -1,6 +1,7 @@
 """Pictures of patterns: the token-by-token grid, from the same predicates every backend computes."""
 from __future__ import annotations
 
+import textwrap
 from pathlib import Path
 
 from attnlab.attention.patterns import Pattern
@@ -52,7 +53,8 @@ def save_overview(path: str | Path, n: int = 64) -> Path:
             mask = att.pattern(n).dense(n)[0]  # (n, n)
             ax = axes[row][col]
             ax.imshow(mask.numpy(), cmap="Blues", interpolation="nearest", vmin=0, vmax=1)
-            extra = ", ".join(f"{k}={v}" for k, v in ATTENTION_TYPES[name].example(n).items() if k != "block_size")
+            extra = textwrap.fill(", ".join(f"{k}={v}" for k, v in ATTENTION_TYPES[name].example(n).items()
+                                            if k != "block_size"), 38)
             ax.set_title(f"{name}{'' if causal else ' (bidirectional)'}\n{extra}\n"
                          f"{mask.float().mean():.0%} of pairs", fontsize=7)
             ax.set_xticks([]), ax.set_yticks([])
