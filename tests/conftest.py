@@ -33,6 +33,7 @@ def compose(overrides: list[str], output_dir: Path | None = None):
             cfg.hydra.runtime.output_dir = str(output_dir)
             cfg.paths.output_dir = str(output_dir)  # literal: later composes must not move this run's folder
             cfg.paths.runs_dir = str(output_dir.parent)
+            cfg.paths.outputs_root = str(output_dir.parent)
         output_dir.mkdir(parents=True, exist_ok=True)
     HydraConfig().set_config(cfg)
     return cfg

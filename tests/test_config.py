@@ -8,6 +8,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from attnlab.attention import ATTENTION_TYPES
 from conftest import ROOT, compose
 
 GROUPS = ["model", "attention", "dataset", "tokenizer", "trainer", "mode", "logger", "experiment", "optimizer",
@@ -45,14 +46,14 @@ def test_required_groups_have_their_options():
 def test_debug_mode_is_small_and_deterministic(tmp_path):
     cfg = compose(["mode=debug"], tmp_path / "run")
     assert cfg.model.name == "tiny" and cfg.trainer.limit_train_batches <= 20
-    assert cfg.trainer.enable_checkpointing is False and cfg.callbacks.checkpoint is None
+    assert cfg.callbacks.best_checkpoint is None and cfg.callbacks.last_checkpoint is None
     assert compose(["mode=debug", "model=small"], tmp_path / "r2").model.name == "small"  # the command line wins
 
 
 def test_paths_come_from_the_run_folder(tmp_path):
     cfg = compose([], tmp_path / "run")
     assert cfg.trainer.default_root_dir == str(tmp_path / "run")
-    assert cfg.callbacks.checkpoint.dirpath.startswith(str(tmp_path / "run"))
+    assert cfg.callbacks.best_checkpoint.dirpath.startswith(str(tmp_path / "run"))
 
 
 def run_train(*args, cwd=None, timeout=300):
@@ -61,22 +62,35 @@ def run_train(*args, cwd=None, timeout=300):
                           cwd=cwd, env=env, timeout=timeout)
 
 
-@pytest.mark.parametrize("args,message", [
+BAD_CONFIGS = [
     (["attention=longformer", "attention.window=0"], "attention.window=0 must be in [1, 64]"),
     (["attention=sparse", "attention.summary=99"], "attention.summary=99 makes no pattern"),
     (["attention=flash", "attention.backend=warp"], "unknown attention backend 'warp'; valid:"),
-    (["attention.name=fancy"], "unknown attention type 'fancy'; valid: ['flash', 'full', 'longformer', 'sparse']"),
+    (["attention.name=fancy"], f"unknown attention type 'fancy'; valid: {sorted(ATTENTION_TYPES)}"),
     (["trainer.precision=12"], "trainer.precision=12; valid: ['16-mixed'"),
     (["model.n_head=5"], "model.d_model=64 is not divisible by model.n_head=5"),
     (["ckpt_path=/nonexistent.ckpt"], "ckpt_path=/nonexistent.ckpt: no such file"),
+    (["ckpt_path=last"], "ckpt_path=last: no checkpoint of this run"),
+    (["init_from=/nonexistent.ckpt"], "checkpoint /nonexistent.ckpt: no such file"),
     pytest.param(["trainer=gpu"], "trainer.accelerator=gpu needs a CUDA GPU and none is visible here",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
     (["dataset=text_files", "dataset.path=/nonexistent/x.txt"], "matches no .txt file"),
-])
-def test_bad_config_one_clear_message_nonzero_exit(args, message, tmp_path):
-    r = run_train("mode=debug", *args, cwd=tmp_path)
-    assert r.returncode != 0
+]
+
+
+@pytest.mark.parametrize("args,message", BAD_CONFIGS)
+def test_bad_config_one_clear_message_before_training(args, message, make_cfg):
+    from attnlab.data.corpus import DataError
+    from attnlab.train import ConfigError, train
+    cfg = make_cfg(["mode=debug", *args])
+    with pytest.raises((ConfigError, DataError)) as e:
+        train(cfg)
+    assert message in str(e.value)
+    assert not list(Path(cfg.paths.output_dir).glob("**/*.ckpt"))
+
+
+def test_bad_config_from_the_command_line_exits_2_with_one_line(tmp_path):
+    r = run_train("mode=debug", "attention=longformer", "attention.window=0", cwd=tmp_path)
     out = r.stdout + r.stderr
-    assert message in out, out[-2000:]
-    assert "Traceback" not in out
-    assert not list(Path(tmp_path).glob("outputs/**/checkpoints/*.ckpt"))
+    assert r.returncode == 2, out[-2000:]
+    assert "attention.window=0 must be in [1, 64]" in out and "Traceback" not in out

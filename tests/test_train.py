@@ -56,12 +56,10 @@ def test_own_blocked_flash_trains(make_cfg):
 
 def _resume_cfg(make_cfg, name, max_steps, extra=()):
     return make_cfg(["mode=debug", f"trainer.max_steps={max_steps}", "trainer.max_epochs=-1",
-                     "trainer.enable_checkpointing=true", "+callbacks.checkpoint._target_="
-                     "lightning.pytorch.callbacks.ModelCheckpoint",
-                     "+callbacks.checkpoint.dirpath=${paths.output_dir}/checkpoints",
-                     "+callbacks.checkpoint.save_last=true", "+callbacks.checkpoint.every_n_train_steps=5",
-                     "+callbacks.checkpoint.save_top_k=0", "trainer.limit_val_batches=0", "test_after_fit=false",
-                     "trainer.log_every_n_steps=1", "scheduler.total_steps=20", *extra], name)
+                     "+callbacks.last_checkpoint._target_=attnlab.callbacks.LastCheckpoint",
+                     "+callbacks.last_checkpoint.dirpath=${paths.checkpoint_dir}",
+                     "+callbacks.last_checkpoint.every_n_train_steps=5", "trainer.limit_val_batches=0",
+                     "test_after_fit=false", "trainer.log_every_n_steps=1", "scheduler.total_steps=20", *extra], name)
 
 
 @pytest.mark.parametrize("stop", [10, 15])  # mid-epoch and at the end of the first epoch (15 batches each)
@@ -80,8 +78,9 @@ def test_resume_continues_at_the_right_step_and_data_position(make_cfg, stop):
     rows = metrics_of(Path(resumed.paths.output_dir))
     steps = [int(r["step"]) for r in rows if r.get("train/loss")]
     assert min(steps) >= stop and max(steps) == 19  # continued from the saved step, not from 0
+    assert not column(rows, "init/loss")  # a resumed run is not at initialisation: no check, no false warning
     a = torch.load(Path(straight.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(Path(resumed.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
+    b = torch.load(last, weights_only=False)  # the resumed job goes on writing into its own checkpoint folder
     assert a["global_step"] == b["global_step"] == 20
     for k in a["state_dict"]:  # same data, same order, same optimizer state: same weights
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], atol=1e-5, rtol=1e-4)
@@ -104,41 +103,6 @@ def test_multirun_runs_each_job_in_its_own_folder(tmp_path):
     assert len(jobs) == 2 and jobs[0].startswith("0-attention=full,seed=1") and jobs[1].startswith("1-attention=full,seed=2"), jobs
     for job in (tmp_path / "outputs" / "multirun").glob("*/*-attention*"):
         assert (job / "csv" / "metrics.csv").exists() and (job / ".hydra" / "config.yaml").exists()
-
-
-def test_ckpt_path_last_finds_the_newest_and_bad_files_are_refused(tmp_path):
-    import os
-    import time
-    from attnlab.train import ConfigError, find_last_checkpoint, resolve_checkpoint
-    from omegaconf import OmegaConf
-    with pytest.raises(ConfigError, match="ckpt_path=last: no checkpoints/last.ckpt under"):
-        find_last_checkpoint(tmp_path)
-    for i, name in enumerate(("2026-01-01_10-00-00", "2026-01-02_10-00-00")):
-        d = tmp_path / name / "checkpoints"
-        d.mkdir(parents=True)
-        torch.save({"state_dict": {}}, d / "last.ckpt")
-        os.utime(d / "last.ckpt", (time.time() + i, time.time() + i))
-    assert find_last_checkpoint(tmp_path).parent.parent.name == "2026-01-02_10-00-00"
-    bad = tmp_path / "broken.ckpt"
-    bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(ConfigError, match="is not a readable checkpoint"):
-        resolve_checkpoint(OmegaConf.create({"ckpt_path": str(bad), "paths": {"runs_dir": str(tmp_path)}}))
-
-
-def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
-    from attnlab.train import AtomicCheckpointIO
-    io = AtomicCheckpointIO()
-    target = tmp_path / "ckpt" / "last.ckpt"
-    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}}, target)
-    before = target.read_bytes()
-
-    def crash(*a, **k):
-        raise KeyboardInterrupt("power loss")
-    monkeypatch.setattr(torch, "save", crash)
-    with pytest.raises(KeyboardInterrupt):
-        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}}, target)
-    assert target.read_bytes() == before  # the old checkpoint is intact
-    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]  # no temporary left behind
 
 
 def test_default_wandb_logger_goes_offline_and_groups_by_attention(make_cfg, monkeypatch):

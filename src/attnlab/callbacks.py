@@ -1,7 +1,9 @@
-"""Callbacks: gradient norm, memory (estimate vs measured), throughput (tokens/s, MFU), attention pictures."""
+"""Callbacks: last checkpoint, loss at initialisation, gradient norm, memory (estimate vs measured), throughput
+(tokens/s, MFU), attention pictures."""
 from __future__ import annotations
 
 import logging
+import math
 import time
 from pathlib import Path
 
@@ -26,6 +28,58 @@ def log_now(trainer, metrics: dict[str, float]) -> None:
     if trainer.is_global_zero:
         for lg in trainer.loggers:
             lg.log_metrics({k: float(v) for k, v in metrics.items()}, step=trainer.global_step)
+
+
+class LastCheckpoint(L.Callback):
+    """``last.ckpt`` every ``every_n_train_steps`` steps from the first step on, at every epoch end and when
+    training ends, whether or not a validation has run yet: a crash loses at most N steps. (Ranking the best
+    checkpoint is the ModelCheckpoint's job, right after each validation, with its own score.)"""
+
+    def __init__(self, dirpath: str, every_n_train_steps: int = 500, filename: str = "last.ckpt"):
+        self.path = Path(dirpath) / filename
+        self.every = every_n_train_steps
+        self.saved_step = -1
+
+    def _save(self, trainer) -> None:
+        if trainer.global_step != self.saved_step and not trainer.sanity_checking:
+            trainer.save_checkpoint(self.path)  # through the project's atomic CheckpointIO
+            self.saved_step = trainer.global_step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.every and trainer.global_step % self.every == 0:
+            self._save(trainer)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._save(trainer)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._save(trainer)
+
+
+class InitLossCheck(L.Callback):
+    """The course's tip: is the loss at initialisation what it should be? Before the first step of a new run
+    (not a resumed one), log it next to ln(vocab_size) and warn when they differ."""
+
+    def __init__(self, batches: int = 1, tolerance: float = 0.15):
+        self.batches, self.tolerance = batches, tolerance
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        if trainer.ckpt_path is not None or trainer.datamodule is None:
+            return  # a resumed run is not at initialisation
+        x, y = next(iter(trainer.datamodule.train_dataloader()))
+        was_training = pl_module.training
+        pl_module.eval()
+        with torch.no_grad():
+            loss, _ = pl_module.loss((x[:8].to(pl_module.device), y[:8].to(pl_module.device)))
+        pl_module.train(was_training)
+        expected = math.log(pl_module.cfg.vocab_size)
+        log_now(trainer, {"init/loss": loss.item(), "init/expected_loss": expected})
+        msg = (f"loss at initialisation {loss.item():.3f}, expected ln(vocab_size={pl_module.cfg.vocab_size}) = "
+               f"{expected:.3f}")
+        if abs(loss.item() - expected) > max(0.5, self.tolerance * expected):
+            log.warning(msg + ": far off; check the initialisation, the labels and the vocabulary")
+        else:
+            log.info(msg)
 
 
 class GradNormMonitor(L.Callback):

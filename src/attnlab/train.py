@@ -1,195 +1,149 @@
-"""train(cfg): compose datamodule, model, callbacks, loggers and trainer from the Hydra config and fit."""
+"""train(cfg): compose datamodule, model, callbacks, loggers and trainer from the Hydra config and fit.
+
+Everything is built once and passed on: the model config and the attention type are built and checked
+before any data is read, the checkpoint to resume is read once (and handed to Lightning from memory).
+"""
 from __future__ import annotations
 
 import logging
-import os
-import socket
 from pathlib import Path
 from typing import Any
 
 import hydra
 import lightning as L
 import torch
-from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
-from attnlab.attention import build_attention
+from attnlab import checkpoints, wandb_run
+from attnlab.attention import AttentionType, build_attention
 from attnlab.lit import LitGPT
+from attnlab.model import GPTConfig
 
 log = logging.getLogger(__name__)
+VALID_PRECISION = {"32", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64", "64-true"}
 
 
 class ConfigError(ValueError):
-    """A bad configuration value; the message names it and what is allowed."""
+    """A bad configuration value, checkpoint or resume; the message names it and what is allowed."""
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Checkpoints are written to a temporary file and renamed into place: a crash or power loss mid-write
-    leaves the previous checkpoint intact, never a half-written one."""
-
-    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+def run_device(cfg: DictConfig) -> str:
+    accel = str(cfg.trainer.accelerator)
+    if accel in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={accel} needs a CUDA GPU and none is visible here; "
+                          f"use trainer=default (picks the device) or trainer=cpu")
+    return "cuda" if accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available()) else "cpu"
 
 
-def find_last_checkpoint(runs_dir: str | Path) -> Path:
-    """The newest ``checkpoints/last.ckpt`` under this run name's folders."""
-    found = sorted(Path(runs_dir).glob("**/checkpoints/last*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise ConfigError(f"ckpt_path=last: no checkpoints/last.ckpt under {runs_dir}; "
-                          f"give a path (ckpt_path=/path/to/file.ckpt) or start a new run")
-    return found[-1]
-
-
-def resolve_checkpoint(cfg: DictConfig) -> str | None:
-    ckpt = cfg.get("ckpt_path")
-    if not ckpt:
-        return None
-    path = find_last_checkpoint(cfg.paths.runs_dir) if ckpt == "last" else Path(str(ckpt))
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt}: no such file")
+def build_model_parts(cfg: DictConfig) -> tuple[dict, AttentionType]:
+    """The model settings and the attention type, built once and checked before any data is read."""
+    if str(cfg.trainer.precision) not in VALID_PRECISION:
+        raise ConfigError(f"trainer.precision={cfg.trainer.precision!r}; valid: {sorted(VALID_PRECISION)}")
+    if cfg.data.batch_size < 1:
+        raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be >= 1")
+    model_cfg = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise ConfigError(f"ckpt_path={path} is not a readable checkpoint ({type(e).__name__}: {e})") from e
-    if not isinstance(state, dict) or "state_dict" not in state:
-        raise ConfigError(f"ckpt_path={path} is not a Lightning checkpoint (no state_dict)")
-    return str(path)
+        GPTConfig(**{**model_cfg, "vocab_size": 1})  # dimension checks; the vocabulary comes from the data
+        attention = build_attention(OmegaConf.to_container(cfg.attention, resolve=True))
+        attention.check(cfg.model.context, cfg.model.n_head, run_device(cfg))
+    except ConfigError:
+        raise
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    return model_cfg, attention
 
 
-def wandb_reachable(timeout: float = 2.0) -> bool:
-    try:
-        socket.create_connection(("api.wandb.ai", 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def wandb_has_key() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
-    return netrc.is_file() and "api.wandb.ai" in netrc.read_text(errors="ignore")
-
-
-def sweep_info() -> tuple[bool, str]:
-    from hydra.core.hydra_config import HydraConfig
-    if not HydraConfig.initialized():
-        return False, ""
-    hc = HydraConfig.get()
-    multirun = str(hc.mode) == "RunMode.MULTIRUN"
-    return multirun, Path(hc.sweep.dir).name if multirun else ""
-
-
-def build_loggers(cfg: DictConfig, wandb_run_id: str | None) -> list:
+def build_loggers(cfg: DictConfig, resume_id: str | None) -> list:
     loggers = []
-    for key, lg_cfg in (cfg.get("logger") or {}).items():
+    for lg_cfg in (cfg.get("logger") or {}).values():
         if lg_cfg is None or "_target_" not in lg_cfg:
             continue
         lg_cfg = OmegaConf.to_container(lg_cfg, resolve=True)
         if lg_cfg["_target_"].endswith("WandbLogger"):
-            offline = lg_cfg.pop("offline", "auto")
-            if offline == "auto":
-                offline = not (wandb_has_key() and wandb_reachable())
-            multirun, sweep = sweep_info()
-            overrides = _overrides_name()
-            lg_cfg["offline"] = bool(offline)
-            lg_cfg["name"] = lg_cfg.get("name") or (cfg.run_name + (f"[{overrides}]" if overrides else ""))
-            lg_cfg["group"] = lg_cfg.get("group") or (f"sweep-{sweep}" if multirun else cfg.attention.name)
-            lg_cfg["job_type"] = cfg.attention.name
-            lg_cfg["tags"] = sorted(set(lg_cfg.get("tags") or []) | {cfg.attention.name, cfg.model.name,
-                                                                      cfg.dataset.name, cfg.get("mode_name", "run")})
-            if wandb_run_id:
-                lg_cfg["id"], lg_cfg["resume"] = wandb_run_id, "allow"
-            Path(lg_cfg["save_dir"]).mkdir(parents=True, exist_ok=True)
-            lg = hydra.utils.instantiate(lg_cfg)
-            run = lg.experiment  # starts the run now, so its folder can be printed
-            resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-                        for k in cfg if k != "hydra"}
-            lg.experiment.config.update(resolved, allow_val_change=True)
-            if offline:
-                log.info("W&B is offline (no API key or no network). Upload later with:  wandb sync %s",
-                         getattr(run, "dir", lg_cfg["save_dir"]).rsplit("/files", 1)[0])
-            loggers.append(lg)
+            loggers.append(wandb_run.build_logger(cfg, lg_cfg, resume_id))
         else:
             loggers.append(hydra.utils.instantiate(lg_cfg))
     return loggers
 
 
-def _overrides_name() -> str:
-    from hydra.core.hydra_config import HydraConfig
-    if not HydraConfig.initialized():
-        return ""
-    return HydraConfig.get().job.override_dirname
-
-
-def check_config(cfg: DictConfig) -> None:
-    """Everything that can be checked before data or model are built, with messages that name the value."""
-    valid_prec = {"32", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64", "64-true"}
-    if str(cfg.trainer.precision) not in valid_prec:
-        raise ConfigError(f"trainer.precision={cfg.trainer.precision!r}; valid: {sorted(valid_prec)}")
-    if cfg.data.batch_size < 1:
-        raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be >= 1")
-    from attnlab.model import GPTConfig
-    model_cfg = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
-    GPTConfig(**{**model_cfg, "vocab_size": 1})  # dimension checks before any data is read
-    att = build_attention(OmegaConf.to_container(cfg.attention, resolve=True))
-    accel = str(cfg.trainer.accelerator)
-    if accel in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.accelerator={accel} needs a CUDA GPU and none is visible here; "
-                          f"use trainer=default (picks the device) or trainer=cpu")
-    device = "cuda" if accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available()) else "cpu"
-    att.check(cfg.model.context, cfg.model.n_head, device)
+def load_initial_weights(model: LitGPT, path: str) -> None:
+    """init_from=<ckpt>: start from a checkpoint's weights (e.g. another attention type's), with a fresh
+    optimizer, schedule and step count."""
+    try:
+        state = checkpoints.safe_load(path)["state_dict"]
+        model.load_state_dict(state, strict=True)
+    except checkpoints.CheckpointError as e:
+        raise ConfigError(str(e)) from e
+    except RuntimeError as e:
+        raise ConfigError(f"init_from={path}: its weights do not fit this model "
+                          f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from e
+    log.info("initial weights from %s", path)
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit (and test) one model; returns the final metrics."""
+    """Fit (and test) one model; returns the final metrics. The W&B run is finished whatever happens."""
+    failed = True
     try:
-        check_config(cfg)
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
-    if not cfg.attention.get("causal", True):
+        metrics = _train(cfg)
+        failed = False
+        return metrics
+    finally:
+        wandb_run.finish(failed=failed)
+
+
+def _train(cfg: DictConfig) -> dict[str, Any]:
+    model_cfg, attention = build_model_parts(cfg)
+    if not attention.causal:
         log.warning("attention.causal=false: every position sees the token it is trained to predict, so the "
                     "next-token loss will collapse towards 0 without learning; bidirectional patterns are for "
                     "encoder use")
+    try:
+        resume = checkpoints.resolve(cfg)
+    except checkpoints.CheckpointError as e:
+        raise ConfigError(str(e)) from e
+    key = checkpoints.run_key(cfg)
+    checkpoint_dir = Path(cfg.paths.checkpoint_dir)
+    resume_id = None
+    if resume:
+        resume_path, state = resume
+        checkpoint_dir = Path(resume_path).parent  # the same job goes on writing into its own checkpoint folder
+        resume_id = state.get("attnlab", {}).get("wandb_run_id")
+        log.info("resuming from %s (step %s)", resume_path, state.get("global_step"))
+    checkpoints.write_run_file(cfg.paths.output_dir, key, checkpoint_dir)
     L.seed_everything(cfg.seed, workers=True)
-    ckpt_path = resolve_checkpoint(cfg)
-    wandb_run_id = None
-    if ckpt_path:
-        wandb_run_id = torch.load(ckpt_path, map_location="cpu", weights_only=False).get("attnlab", {}).get("wandb_run_id")
-        log.info("resuming from %s", ckpt_path)
 
     datamodule = hydra.utils.instantiate(cfg.data, dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
                                          tokenizer=OmegaConf.to_container(cfg.tokenizer, resolve=True))
     datamodule.prepare_data()
     log.info("data: %s", {k: v for k, v in datamodule.info.items() if k != "plays"})
-    model = LitGPT(model=OmegaConf.to_container(cfg.model, resolve=True),
-                   attention=OmegaConf.to_container(cfg.attention, resolve=True),
+    model = LitGPT(GPTConfig(**{**model_cfg, "vocab_size": datamodule.vocab_size}), attention,
                    optimizer=hydra.utils.instantiate(cfg.optimizer),
-                   scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True),
-                   compile=cfg.compile, vocab_size=datamodule.vocab_size)
-    log.info("model: %.2fM parameters, %s attention (%s)", model.model.num_params() / 1e6,
-             model.model.attention.name, model.model.attention.describe())
+                   scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True), compile=cfg.compile,
+                   run_info={"run_key": key, "settings": checkpoints.settings_of(cfg)})
+    if cfg.get("init_from"):
+        load_initial_weights(model, str(cfg.init_from))
+    log.info("model: %.2fM parameters, %s attention (%s)", model.model.num_params() / 1e6, attention.name,
+             attention.describe())
 
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values()
-                 if c is not None and "_target_" in c]
-    loggers = build_loggers(cfg, wandb_run_id)
-    for lg in loggers:
-        if type(lg).__name__ == "WandbLogger":
-            model.wandb_run_id = lg.experiment.id
-    trainer: L.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                                 plugins=[AtomicCheckpointIO()])
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    callbacks = []
+    for name, c in (cfg.get("callbacks") or {}).items():
+        if c is None or "_target_" not in c:
+            continue
+        overrides = {"dirpath": str(checkpoint_dir)} if "dirpath" in c and name.endswith("checkpoint") else {}
+        callbacks.append(hydra.utils.instantiate(c, **overrides))
+    loggers = build_loggers(cfg, resume_id)
+    model.wandb_run_id = wandb_run.run_id(loggers)
+    trainer: L.Trainer = hydra.utils.instantiate(
+        cfg.trainer, callbacks=callbacks, logger=loggers or False,
+        plugins=[checkpoints.CheckpointIO(preloaded=resume)])
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume[0] if resume else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if cfg.get("test_after_fit"):
-        best = getattr(trainer.checkpoint_callback, "best_model_path", "") if trainer.checkpoint_callback else ""
-        trainer.test(model, datamodule=datamodule, ckpt_path=best or None, verbose=True)
+        best = next((c.best_model_path for c in callbacks
+                     if isinstance(c, L.pytorch.callbacks.ModelCheckpoint) and c.monitor and c.best_model_path), None)
+        if best:
+            log.info("testing the best checkpoint %s", best)
+        trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=True)
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
     log.info("outputs in %s", cfg.paths.output_dir)
     return metrics

@@ -195,7 +195,21 @@ class TextDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._eval_loader("test")
 
-    # -- resume: where in the data we were ---------------------------------------------------------------
-    def resume_from(self, epoch: int, batches_done: int) -> None:
+    # -- resume: where in the data we were (saved in every checkpoint by Lightning) -----------------------
+    def state_dict(self) -> dict:
+        """The data position: this epoch's order and how many of its batches were trained on."""
+        if self.trainer is None:
+            return {}
+        epoch_loop = self.trainer.fit_loop.epoch_loop
+        done = int(epoch_loop.batch_progress.current.processed)  # includes the batch just processed
+        return {"epoch": int(self.trainer.current_epoch), "batches_in_epoch": done,
+                "batches_per_epoch": int(self.trainer.num_training_batches)}
+
+    def load_state_dict(self, state: dict) -> None:
         """Called from a checkpoint before the train loader is built: same epoch order, seen batches skipped."""
-        self.resume_at = (epoch, batches_done)
+        if not state:
+            return
+        epoch, done, per_epoch = state["epoch"], state["batches_in_epoch"], state["batches_per_epoch"]
+        if done >= per_epoch:  # saved at the end of an epoch: the next one starts from its first batch
+            epoch, done = epoch + 1, 0
+        self.resume_at = (epoch, done)

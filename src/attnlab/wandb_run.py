@@ -1,0 +1,111 @@
+"""Weights & Biases, owned in one place: online or offline, one run per Hydra job, its name, group, tags,
+config, resume id, and finishing it when the job ends.
+
+Online or offline (``logger.wandb.offline: auto``): ``WANDB_MODE`` decides when set (offline / disabled:
+no network call at all); otherwise W&B goes online only with an API key for the configured server
+(``WANDB_BASE_URL``, self-hosted ones included) and that server answering; else offline, and the folder
+to ``wandb sync`` later is printed.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+DEFAULT_BASE_URL = "https://api.wandb.ai"
+
+
+def base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
+
+
+def server() -> tuple[str, int]:
+    url = urlparse(base_url())
+    return url.hostname or "api.wandb.ai", url.port or (80 if url.scheme == "http" else 443)
+
+
+def has_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+    return netrc.is_file() and server()[0] in netrc.read_text(errors="ignore")
+
+
+def reachable(timeout: float = 2.0) -> bool:
+    try:
+        socket.create_connection(server(), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def decide_offline(setting) -> bool:
+    """``setting``: true / false / 'auto'. Under ``WANDB_MODE=offline|disabled|dryrun`` no network is touched."""
+    mode = os.environ.get("WANDB_MODE", "").lower()
+    if mode in ("offline", "disabled", "dryrun"):
+        return True
+    if mode == "online" or setting is False:
+        return False
+    if setting is True:
+        return True
+    return not (has_key() and reachable())
+
+
+def job_info() -> dict:
+    """Multirun or not, the sweep folder, and this job's overrides (its name within the sweep)."""
+    from hydra.core.hydra_config import HydraConfig
+    if not HydraConfig.initialized():
+        return {"multirun": False, "sweep": "", "overrides": "", "job_num": None}
+    hc = HydraConfig.get()
+    multirun = str(hc.mode) == "RunMode.MULTIRUN"
+    return {"multirun": multirun, "sweep": Path(hc.sweep.dir).name if multirun else "",
+            "overrides": hc.job.override_dirname, "job_num": hc.job.get("num") if multirun else None}
+
+
+def build_logger(cfg: DictConfig, lg_cfg: dict, resume_id: str | None):
+    """A WandbLogger for this job: a new run (or the resumed one), never the previous job's."""
+    import wandb
+    if wandb.run is not None:  # a previous job of this process left its run open: it must not receive our data
+        wandb.finish()
+    offline = decide_offline(lg_cfg.pop("offline", "auto"))
+    job = job_info()
+    lg_cfg["offline"] = offline
+    lg_cfg["name"] = lg_cfg.get("name") or (cfg.run_name + (f"[{job['overrides']}]" if job["overrides"] else ""))
+    lg_cfg["group"] = lg_cfg.get("group") or (f"sweep-{job['sweep']}" if job["multirun"] else cfg.attention.name)
+    lg_cfg["job_type"] = cfg.attention.name
+    lg_cfg["tags"] = sorted(set(lg_cfg.get("tags") or []) | {cfg.attention.name, cfg.model.name, cfg.dataset.name,
+                                                           cfg.get("mode_name", "run")})
+    if resume_id:
+        lg_cfg["id"], lg_cfg["resume"] = resume_id, "allow"
+    Path(lg_cfg["save_dir"]).mkdir(parents=True, exist_ok=True)
+    logger = hydra.utils.instantiate(lg_cfg)
+    run = logger.experiment  # starts the run now: its id goes into checkpoints, its folder is printed
+    resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+                for k in cfg if k != "hydra"}
+    run.config.update(resolved, allow_val_change=True)
+    if offline:
+        log.info("W&B is offline. Upload later with:  wandb sync %s", Path(run.dir).parent)
+    return logger
+
+
+def finish(failed: bool = False) -> None:
+    """End this job's run (marked failed when the job raised), so the next job of a sweep starts its own."""
+    try:
+        import wandb
+    except ImportError:
+        return
+    if wandb.run is not None:
+        wandb.finish(exit_code=1 if failed else 0)
+
+
+def run_id(loggers) -> str | None:
+    for lg in loggers:
+        if type(lg).__name__ == "WandbLogger":
+            return lg.experiment.id
+    return None
