@@ -68,7 +68,7 @@ def test_cache_detects_corruption_and_rebuilds(tmp_path):
     dm = TextDataModule({"name": "shakespeare", "source": "shakespeare"}, {"name": "char"}, 32, 4, str(tmp_path))
     dm.prepare_data()
     entry = tmp_path / "tokens"
-    [entry] = list(entry.iterdir())
+    [entry] = [p for p in entry.iterdir() if p.is_dir()]
     n_train = len(dm.tokens["train"])
     (entry / "train.bin").write_bytes(b"\0" * 10)  # truncated
     assert cache.load(entry) is None and not entry.exists()  # rejected and removed
@@ -107,3 +107,35 @@ def test_text_files_split(tmp_path):
     assert "".join(s["train"] + s["val"] + s["test"]) == one.read_text()
     with pytest.raises(DataError, match=r"dataset.path='/nonexistent/\*.txt' matches no .txt file"):
         text_file_splits("/nonexistent/*.txt")
+
+
+def _build(cache_dir):
+    dm = TextDataModule({"name": "shakespeare", "source": "shakespeare"}, {"name": "char"}, 32, 4, str(cache_dir))
+    dm.prepare_data()
+    return dm
+
+
+def test_a_damaged_tokenizer_is_caught_and_the_entry_rebuilt(tmp_path):
+    dm = _build(tmp_path)
+    [entry] = [p for p in (tmp_path / "tokens").iterdir() if p.is_dir()]
+    (entry / "tokenizer.json").write_text('{"kind": "char", "itos": [')  # cut short
+    assert cache.load(entry) is None and not entry.exists()
+    dm2 = _build(tmp_path)
+    assert dm2.tokenizer.encode("ROMEO") == dm.tokenizer.encode("ROMEO")
+
+
+def _build_in_process(cache_dir):
+    _build(cache_dir)
+
+
+def test_concurrent_builders_of_one_entry_both_succeed(tmp_path):
+    import multiprocessing as mp
+    ctx = mp.get_context("fork")
+    procs = [ctx.Process(target=_build_in_process, args=(tmp_path,)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0, 0]
+    entries = [p for p in (tmp_path / "tokens").iterdir() if p.is_dir()]
+    assert len(entries) == 1 and cache.load(entries[0]) is not None  # one intact entry, no leftovers

@@ -128,3 +128,54 @@ def test_memory_estimate_attention_term_scales_as_the_type_says():
     assert attn(False, 4096) / attn(False, 1024) == 4  # flash / block-sparse keep O(n)
     e = estimate(10**6, 8, 256, 256, 4, 4, 1000, True)
     assert e.optimizer == 2 * e.parameters and e.total == sum(b for n, b in e.rows()[:6])
+
+
+def test_each_job_of_a_sweep_gets_its_own_wandb_run(make_cfg, monkeypatch):
+    """Hydra runs a multirun's jobs one after another in one process: each must get its own W&B run, with its
+    own config, in its own folder, finished when the job ends (not the first job's run, reused)."""
+    import wandb
+    from attnlab import wandb_run
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    runs = []
+    real = wandb_run.build_logger
+
+    def recording(cfg, lg_cfg, resume_id):
+        logger = real(cfg, lg_cfg, resume_id)
+        runs.append((logger.experiment.id, dict(logger.experiment.config["attention"]), logger.experiment.dir))
+        return logger
+    monkeypatch.setattr(wandb_run, "build_logger", recording)
+    dirs = []
+    for attention in ("full", "longformer"):
+        cfg = make_cfg(["mode=debug", "logger=wandb", f"attention={attention}", "trainer.max_epochs=1",
+                        "trainer.limit_train_batches=3", "test_after_fit=false"], f"job-{attention}")
+        train(cfg)
+        dirs.append(cfg.paths.output_dir)
+        assert wandb.run is None  # finished at the end of its job
+    assert len({r[0] for r in runs}) == 2
+    assert [r[1]["name"] for r in runs] == ["full", "longformer"]
+    for (_, _, run_dir), job_dir in zip(runs, dirs):
+        assert run_dir.startswith(job_dir)
+
+
+def test_wandb_mode_offline_makes_no_network_call_even_with_a_key(monkeypatch):
+    from attnlab import wandb_run
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    monkeypatch.setattr(wandb_run.socket, "create_connection", lambda *a, **k: pytest.fail("network touched"))
+    assert wandb_run.decide_offline("auto") is True
+
+
+def test_wandb_self_hosted_server_is_the_one_checked(monkeypatch):
+    from attnlab import wandb_run
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setenv("WANDB_BASE_URL", "http://wandb.example.internal:8080")
+    monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
+    seen = []
+    monkeypatch.setattr(wandb_run.socket, "create_connection", lambda addr, timeout: seen.append(addr) or _Closed())
+    assert wandb_run.decide_offline("auto") is False
+    assert seen == [("wandb.example.internal", 8080)]
+
+
+class _Closed:
+    def close(self):
+        pass

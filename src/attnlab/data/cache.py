@@ -1,8 +1,10 @@
 """Tokenised splits cached as flat token arrays (memory-mapped on load), keyed by corpus, tokenizer and settings.
 
 A cache entry is a folder written under a temporary name and renamed into place in one step, with a
-``meta.json`` holding each split's length and SHA-256. On load every array is checked against it; a
-partial or corrupt entry is reported, deleted and rebuilt, never used.
+``meta.json`` holding each split's length and the SHA-256 of every file in the entry (the token arrays and
+the tokenizer). On load every file is checked against it; a partial or corrupt entry is reported, deleted
+and rebuilt, never used. Builders of one entry take a lock (``building``), so two processes never write
+it at once: the second waits and reuses the first one's entry.
 """
 from __future__ import annotations
 
@@ -12,12 +14,13 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: every file of the entry is checksummed, the tokenizer included
 
 
 def _sha(path: Path) -> str:
@@ -37,6 +40,9 @@ def load(entry: Path) -> dict[str, np.ndarray] | None:
         meta = json.loads(meta_path.read_text())
         if meta.get("version") != CACHE_VERSION:
             raise ValueError(f"cache version {meta.get('version')} != {CACHE_VERSION}")
+        for name, sha in meta["files"].items():  # the tokenizer and anything else written beside the arrays
+            if _sha(entry / name) != sha:
+                raise ValueError(f"{name} checksum mismatch")
         out = {}
         for split, info in meta["splits"].items():
             f = entry / f"{split}.bin"
@@ -64,11 +70,27 @@ def save(entry: Path, splits: dict[str, np.ndarray], extra: dict, write_tokenize
             arr.tofile(f)
             meta["splits"][split] = {"length": int(arr.size), "dtype": arr.dtype.str, "sha256": _sha(f)}
         write_tokenizer(tmp)
+        meta["files"] = {f.name: _sha(f) for f in sorted(tmp.iterdir()) if not f.name.endswith(".bin")}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        if entry.exists():  # a concurrent run finished first; keep theirs
-            shutil.rmtree(tmp)
-            return
-        os.replace(tmp, entry)
+        try:
+            os.replace(tmp, entry)
+        except OSError:
+            if not entry.exists():
+                raise
+            shutil.rmtree(tmp)  # another process finished this entry first: keep theirs
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+@contextmanager
+def building(entry: Path):
+    """Hold the entry's lock while checking and building it, so concurrent runs build it once."""
+    import fcntl
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with open(entry.parent / f".{entry.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)

@@ -133,23 +133,24 @@ class TextDataModule(L.LightningDataModule):
                     "vocab_size": tok_cfg.get("vocab_size"), "eos_between_documents": True}
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         entry = self.cache_dir / "tokens" / f"{self.dataset_cfg.get('name', 'data')}-{tok_cfg.get('name')}-{key}"
-        tokens = cache.load(entry)
-        if tokens is None:
-            log.info("tokenising %s with %s (cached afterwards in %s)", self.dataset_cfg.get("name"),
-                     tok_cfg.get("name"), entry)
-            tokenizer = build_tokenizer(tok_cfg.get("name"), splits["train"], tok_cfg.get("vocab_size", 4096))
-            dtype = np.uint16 if tokenizer.vocab_size < 2 ** 16 else np.uint32
-            arrays = {}
-            for s in SPLITS:
-                ids: list[int] = []
-                for doc in splits[s]:  # documents separated by EOS so the model sees where one ends
-                    ids.extend(tokenizer.encode(doc))
-                    ids.append(tokenizer.eos_id)
-                arrays[s] = np.asarray(ids, dtype=dtype)
-            cache.save(entry, arrays, {"settings": settings, **extra}, tokenizer.save)
+        with cache.building(entry):  # one builder per entry across processes; the others reuse it
             tokens = cache.load(entry)
             if tokens is None:
-                raise DataError(f"could not write the token cache at {entry}")
+                log.info("tokenising %s with %s (cached afterwards in %s)", self.dataset_cfg.get("name"),
+                         tok_cfg.get("name"), entry)
+                tokenizer = build_tokenizer(tok_cfg.get("name"), splits["train"], tok_cfg.get("vocab_size", 4096))
+                dtype = np.uint16 if tokenizer.vocab_size < 2 ** 16 else np.uint32
+                arrays = {}
+                for s in SPLITS:
+                    ids: list[int] = []
+                    for doc in splits[s]:  # documents separated by EOS so the model sees where one ends
+                        ids.extend(tokenizer.encode(doc))
+                        ids.append(tokenizer.eos_id)
+                    arrays[s] = np.asarray(ids, dtype=dtype)
+                cache.save(entry, arrays, {"settings": settings, **extra}, tokenizer.save)
+                tokens = cache.load(entry)
+                if tokens is None:
+                    raise DataError(f"could not write the token cache at {entry}")
         self.tokens = tokens
         self.tokenizer = load_tokenizer(entry)
         self.info = {"cache_entry": str(entry), **{f"{s}_tokens": int(len(tokens[s])) for s in SPLITS},
