@@ -77,14 +77,16 @@ def bench_lightning(args, preset, attn_cfg, device):
     import lightning as L
     import torch
     from torch.utils.data import DataLoader, TensorDataset
+    from attnlab.attention import build_attention
     from attnlab.lit import LitGPT
+    from attnlab.model import GPTConfig
     L_, H, C, T, B, V, p = preset
     torch.manual_seed(0)
     n_batches = args.steps + args.warmup
     data = torch.randint(0, V, (n_batches * B, T + 1))
     loader = DataLoader(TensorDataset(data[:, :-1], data[:, 1:]), batch_size=B, pin_memory=device.type == "cuda")
-    lit = LitGPT({"n_layer": L_, "n_head": H, "d_model": C, "context": T, "dropout": p, "vocab_size": V},
-                 dict(attn_cfg), compile=args.compile)
+    lit = LitGPT(GPTConfig(n_layer=L_, n_head=H, d_model=C, context=T, dropout=p, vocab_size=V),
+                 build_attention(attn_cfg), compile=args.compile)
 
     class Timer(L.Callback):
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):

@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end at toy sizes (so they do not rot between GPU sessions)."""
 import json
+import os
 import subprocess
 import sys
 
@@ -12,14 +13,15 @@ pytestmark = pytest.mark.slow
 
 
 def run(script, *args, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}  # the interpreter is for tests, not timings
     r = subprocess.run([sys.executable, str(ROOT / "bench" / script), *args, "--out", str(tmp_path)],
-                       capture_output=True, text=True, timeout=600)
+                       capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     return r.stdout
 
 
 def test_attention_benchmark_writes_table_json_and_plot(tmp_path):
-    out = run("attention.py", "--lengths", "64", "256", "--repeats", "1", "--heads", "2", "--dim", "16",
+    out = run("attention.py", "--lengths", "64", "256", "--repeats", "1", "--heads", "2", "--dim", "16", "--modes", "fwdbwd",
               "--set", "longformer.window=32", tmp_path=tmp_path)
     assert "| full / dense |" in out and "| longformer / blocked |" in out
     assert all(f"| {name} / " in out for name in ATTENTION_TYPES)  # every registered type, no list here

@@ -83,8 +83,9 @@ class LitGPT(L.LightningModule):
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         loss, n = self.loss(batch)
         self.train_ppl.update(loss, n)
-        # Lightning's per-call logging bookkeeping costs ~1 ms a step: pay it only on the steps that are written
-        if self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+        # Lightning's per-call logging bookkeeping costs ~1 ms a step: pay it only on the steps Lightning writes,
+        # those where (optimizer steps done + 1) is a multiple of trainer.log_every_n_steps
+        if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
             self.log("train/loss", loss, prog_bar=True)
             self.log("train/ppl", torch.exp(loss.detach()), prog_bar=True)
         if batch_idx == 0:  # the metric object keeps its own state; Lightning computes and resets it per epoch
