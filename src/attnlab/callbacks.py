@@ -129,8 +129,9 @@ class MemoryMonitor(L.Callback):
             str(trainer.precision), att.block_size, cfg.d_ff)
         log.info("memory estimate for batch %d x context %d, %s attention, precision %s:\n%s", batch, cfg.context,
                  att.name, trainer.precision, self.estimate.table())
-        log_now(trainer, {f"memory_estimate/{n.split(' ')[0]}": float(b) for n, b in self.estimate.rows()
-                          if not n.startswith("(")} | {"memory_estimate/score_matrix": float(self.estimate.score_matrix)})
+        if trainer.ckpt_path is None:  # a resumed run logged its estimate at step 0 already
+            log_now(trainer, {f"memory_estimate/{n.split(' ')[0]}": float(b) for n, b in self.estimate.rows()
+                              if not n.startswith("(")} | {"memory_estimate/score_matrix": float(self.estimate.score_matrix)})
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
         self.rss_start = rss_bytes()
