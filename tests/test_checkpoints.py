@@ -83,6 +83,19 @@ def test_ckpt_path_last_resumes_this_run_only(make_cfg, tmp_path):
         checkpoints.resolve(other)
 
 
+def test_the_same_command_again_finds_its_checkpoint_in_the_earlier_run_folder(make_cfg):
+    args = ["mode=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=4", "test_after_fit=false",
+            "+callbacks.last_checkpoint._target_=attnlab.callbacks.LastCheckpoint",
+            "+callbacks.last_checkpoint.dirpath=${paths.checkpoint_dir}"]
+    first = make_cfg(args, "2026-01-01_10-00-00")
+    train(first)
+    again = make_cfg([*args, "ckpt_path=last"], "2026-01-01_11-00-00")  # a new run folder, as Hydra makes one
+    assert checkpoints.run_key(again) == checkpoints.run_key(first)
+    path, state = checkpoints.resolve(again)
+    assert Path(path) == Path(first.paths.checkpoint_dir) / "last.ckpt" and state["global_step"] == 4
+    assert checkpoints.run_key(make_cfg([*args, "seed=5"], "other")) != checkpoints.run_key(first)
+
+
 def test_a_checkpoint_with_other_settings_is_refused_naming_the_keys(make_cfg, tmp_path):
     full = make_cfg(["attention=full"], "full")
     ckdir = _fake_run(tmp_path, "a-full-run", checkpoints.run_key(full), checkpoints.settings_of(full), time.time())

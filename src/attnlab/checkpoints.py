@@ -92,9 +92,15 @@ class CheckpointIO(TorchCheckpointIO):
 # --- which run a checkpoint belongs to ------------------------------------------------------------------
 
 def run_key(cfg: DictConfig) -> str:
-    """A hash of everything that defines what the run trains (its resolved config minus paths/resume options)."""
-    resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-                for k in cfg if k not in NOT_IN_RUN_KEY}
+    """A hash of everything that defines what the run trains: its config resolved with every path replaced by
+    its name (a run's folder differs each time it starts; callbacks and the trainer point into it), without
+    the resume options and loggers."""
+    raw = OmegaConf.to_container(cfg, resolve=False)
+    raw.pop("hydra", None)
+    raw["paths"] = {k: f"<paths.{k}>" for k in raw.get("paths", {})}
+    placeholder = OmegaConf.create(raw)
+    resolved = {k: OmegaConf.to_container(placeholder[k], resolve=True) if OmegaConf.is_config(placeholder[k])
+                else placeholder[k] for k in placeholder if k not in NOT_IN_RUN_KEY}
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
