@@ -11,7 +11,9 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from attnlab.callbacks import TrainingDiverged
 from attnlab.data.corpus import DataError
+from attnlab.sweep import is_multirun, one_line
 from attnlab.train import ConfigError, train
 
 log = logging.getLogger("attnlab")
@@ -22,8 +24,19 @@ def main(cfg: DictConfig) -> float | None:
     try:
         metrics = train(cfg)
     except (ConfigError, DataError) as e:
+        if is_multirun():  # recorded in the job's status.json; the sweep goes on and reports it at the end
+            log.error("job failed: %s", e)
+            return None
         log.error("%s", e)
         sys.exit(2)
+    except Exception as e:  # out of memory, a diverged loss, a bug: one job's failure does not end a sweep
+        if not is_multirun():
+            if isinstance(e, TrainingDiverged):  # its message says what happened and what to try
+                log.error("%s", e)
+                sys.exit(1)
+            raise
+        log.exception("job failed: %s", one_line(e))
+        return None
     return metrics.get("val/ppl")  # for Hydra sweepers that optimise a value
 
 

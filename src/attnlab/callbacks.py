@@ -215,3 +215,30 @@ class AttentionPicture(L.Callback):
                     lg.log_image(key="attention/pattern", images=paths)
                 except Exception as e:  # a picture is not worth failing a run
                     log.warning("could not log the attention picture: %s", e)
+
+
+class TrainingDiverged(RuntimeError):
+    """The training loss stopped being a finite number."""
+
+
+class NonFiniteLossGuard(L.Callback):
+    """Stops a run the step its loss becomes NaN or inf, naming the step, the last finite loss and the learning
+    rate, instead of training on garbage (one scalar read back per step)."""
+
+    def __init__(self):
+        self.last_finite: tuple[int, float] | None = None
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        loss = outputs["loss"] if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        value = float(loss.detach())
+        step = trainer.global_step
+        if math.isfinite(value):
+            self.last_finite = (step, value)
+            return
+        lr = trainer.optimizers[0].param_groups[0]["lr"] if trainer.optimizers else float("nan")
+        last = (f"the last finite loss was {self.last_finite[1]:.4f} at step {self.last_finite[0]}"
+                if self.last_finite else "no finite loss before it")
+        raise TrainingDiverged(f"training loss became {value} at step {step}; {last}; learning rate {lr:.3g} "
+                               f"(lower optimizer.lr, keep trainer.gradient_clip_val, or check the data)")

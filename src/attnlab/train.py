@@ -6,6 +6,7 @@ before any data is read, the checkpoint to resume is read once (and handed to Li
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from attnlab import checkpoints, wandb_run
+from attnlab import checkpoints, sweep, wandb_run
 from attnlab.attention import AttentionType, build_attention
 from attnlab.lit import LitGPT
 from attnlab.model import GPTConfig
@@ -81,17 +82,23 @@ def load_initial_weights(model: LitGPT, path: str) -> None:
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit (and test) one model; returns the final metrics. The W&B run is finished whatever happens."""
-    failed = True
+    """Fit (and test) one model; returns the final metrics. How it ended goes to ``status.json`` in the run
+    folder, and the W&B run is finished (marked failed if it raised) whatever happens."""
+    started, progress = time.time(), {}
     try:
-        metrics = _train(cfg)
-        failed = False
-        return metrics
-    finally:
-        wandb_run.finish(failed=failed)
+        metrics = _train(cfg, progress)
+    except BaseException as e:
+        step = progress["trainer"].global_step if "trainer" in progress else 0
+        sweep.write_status(cfg.paths.output_dir, "failed", step, time.time() - started, sweep.one_line(e))
+        wandb_run.finish(failed=True)
+        raise
+    step = progress["trainer"].global_step if "trainer" in progress else 0
+    sweep.write_status(cfg.paths.output_dir, "finished", step, time.time() - started)
+    wandb_run.finish(failed=False)
+    return metrics
 
 
-def _train(cfg: DictConfig) -> dict[str, Any]:
+def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
     model_cfg, attention = build_model_parts(cfg)
     if not attention.causal:
         log.warning("attention.causal=false: every position sees the token it is trained to predict, so the "
@@ -136,6 +143,7 @@ def _train(cfg: DictConfig) -> dict[str, Any]:
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False,
         plugins=[checkpoints.CheckpointIO(preloaded=resume)])
+    progress["trainer"] = trainer
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume[0] if resume else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if cfg.get("test_after_fit"):

@@ -1,0 +1,14 @@
+"""Callbacks the sweep tests put into jobs (importable by the train.py subprocesses through PYTHONPATH)."""
+import lightning as L
+import torch
+
+
+class RaiseOOM(L.Callback):
+    """Raises an out-of-memory error at ``step`` (a step past the run's end never fires)."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.global_step == self.step:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
