@@ -78,9 +78,12 @@ class AttentionType:
     def bind(self, device: torch.device | str, layer: int = 0) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
         """The attention of one layer as a function of (q, k, v), with the backend resolved once for a device."""
         fn, block = get_backend(self.resolved_backend(device)).fn, self.block_size
+        last = [None, None]  # (length, pattern) of the previous call: training repeats one length
 
         def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-            return fn(q, k, v, self.pattern(q.shape[2], layer), block)  # (B, H, N, D)
+            if last[0] != q.shape[2]:
+                last[:] = [q.shape[2], self.pattern(q.shape[2], layer)]
+            return fn(q, k, v, last[1], block)  # (B, H, N, D)
         return attend
 
     def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int = 0) -> torch.Tensor:

@@ -78,23 +78,39 @@ def _store_rows(ptr, x, b, h, sb, sh, sn, offs, offs_d, N, D):
 
 
 @triton.jit
+def _program(H, HL, NB, BLOCK: tl.constexpr):
+    """This program's (batch x head) index, batch, head, its row in the layout lists (layout head hl: 0 when
+    the pattern is the same in every head) and the positions of its block."""
+    pid_blk = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = pid_bh // H
+    h = pid_bh % H
+    row = (h % HL) * NB + pid_blk
+    return pid_bh, b, h, row, pid_blk * BLOCK + tl.arange(0, BLOCK)
+
+
+@triton.jit
+def _load_query_side(Q, DO, LSE, DELTA, pid_bh, b, h, sqb, sqh, sqn, sdb, sdh, sdn, offs_m, offs_d, N, D):
+    """What the backward pass needs of a query block: q, dO, and the row log-sum-exp and delta = rowsum(dO * O)."""
+    q = _load_rows(Q, b, h, sqb, sqh, sqn, offs_m, offs_d, N, D)
+    do = _load_rows(DO, b, h, sdb, sdh, sdn, offs_m, offs_d, N, D)
+    lse = tl.load(LSE + pid_bh * N + offs_m, mask=offs_m < N, other=float("inf"))
+    delta = tl.load(DELTA + pid_bh * N + offs_m, mask=offs_m < N, other=0.0)
+    return q, do, lse, delta
+
+
+@triton.jit
 def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, KV_TILE, TILES,
                 sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
                 H, N, D, HL, NB, MAXK, qk_scale,
                 BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    hl = h % HL  # layout head: 0 when the pattern is the same in every head
-    offs_m = pid_m * BLOCK + tl.arange(0, BLOCK)
+    pid_bh, b, h, row, offs_m = _program(H, HL, NB, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     offs_t = tl.arange(0, BLOCK)
     q = _load_rows(Q, b, h, sqb, sqh, sqn, offs_m, offs_d, N, D)
     m_i = tl.full([BLOCK], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK], tl.float32)
     acc = tl.zeros([BLOCK, BLOCK_D], tl.float32)
-    row = hl * NB + pid_m
     cnt = tl.load(KV_CNT + row)
     for t in range(0, cnt):
         kb = tl.load(KV_IDX + row * MAXK + t)
@@ -144,27 +160,19 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, Q_IDX, Q_CNT, Q_TILE, TILE
                      sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
                      H, N, D, HL, NB, MAXQ, qk_scale, sm_scale,
                      BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
-    pid_n = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    hl = h % HL
-    offs_n = pid_n * BLOCK + tl.arange(0, BLOCK)
+    pid_bh, b, h, row, offs_n = _program(H, HL, NB, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     k = _load_rows(K, b, h, skb, skh, skn, offs_n, offs_d, N, D)
     v = _load_rows(V, b, h, svb, svh, svn, offs_n, offs_d, N, D)
     dk = tl.zeros([BLOCK, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK, BLOCK_D], tl.float32)
-    row = hl * NB + pid_n
     cnt = tl.load(Q_CNT + row)
     for t in range(0, cnt):
         qb = tl.load(Q_IDX + row * MAXQ + t)
         tile = tl.load(Q_TILE + row * MAXQ + t)
         offs_m = qb * BLOCK + tl.arange(0, BLOCK)
-        q = _load_rows(Q, b, h, sqb, sqh, sqn, offs_m, offs_d, N, D)
-        do = _load_rows(DO, b, h, sdb, sdh, sdn, offs_m, offs_d, N, D)
-        lse = tl.load(LSE + pid_bh * N + offs_m, mask=offs_m < N, other=float("inf"))
-        delta = tl.load(DELTA + pid_bh * N + offs_m, mask=offs_m < N, other=0.0)
+        q, do, lse, delta = _load_query_side(Q, DO, LSE, DELTA, pid_bh, b, h, sqb, sqh, sqn, sdb, sdh, sdn,
+                                             offs_m, offs_d, N, D)
         p, ds = _backward_tile(q, k, v, do, lse, delta, offs_n, N, tile, TILES, qk_scale, sm_scale, BLOCK, PREC)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
@@ -177,19 +185,11 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, KV_IDX, KV_CNT, KV_TILE, TILES,
                    sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
                    H, N, D, HL, NB, MAXK, qk_scale, sm_scale,
                    BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    b = pid_bh // H
-    h = pid_bh % H
-    hl = h % HL
-    offs_m = pid_m * BLOCK + tl.arange(0, BLOCK)
+    pid_bh, b, h, row, offs_m = _program(H, HL, NB, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
-    q = _load_rows(Q, b, h, sqb, sqh, sqn, offs_m, offs_d, N, D)
-    do = _load_rows(DO, b, h, sdb, sdh, sdn, offs_m, offs_d, N, D)
-    lse = tl.load(LSE + pid_bh * N + offs_m, mask=offs_m < N, other=float("inf"))
-    delta = tl.load(DELTA + pid_bh * N + offs_m, mask=offs_m < N, other=0.0)
+    q, do, lse, delta = _load_query_side(Q, DO, LSE, DELTA, pid_bh, b, h, sqb, sqh, sqn, sdb, sdh, sdn,
+                                         offs_m, offs_d, N, D)
     dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
-    row = hl * NB + pid_m
     cnt = tl.load(KV_CNT + row)
     for t in range(0, cnt):
         kb = tl.load(KV_IDX + row * MAXK + t)
