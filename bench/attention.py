@@ -57,14 +57,15 @@ def attention_config(name: str, backend: str, n: int, args) -> dict:
 
 
 def backends_for(name: str, device: str) -> list[str]:
-    """Every backend that computes the type and runs on the device; a sparse type's dense backend is left out
-    (it costs what full attention costs), unless the type itself is dense."""
+    """Every backend that computes the type and runs on the device; a backend that materialises the scores is
+    left out of a sparse type (it costs what full attention costs), unless the type itself materialises them."""
     import torch
     from attnlab.attention import BACKENDS, example_attention
     att = example_attention(name, 1024)
     dev = torch.device(device)
+    type_materialises = BACKENDS[att.auto_backend(dev)].materialises_scores
     out = [b for b in att.backends() if BACKENDS[b].unavailable_reason(dev) is None
-           and (b != "dense" or att.auto_backend(dev) == "dense")]
+           and (type_materialises or not BACKENDS[b].materialises_scores)]
     if device == "cuda" and "sdpa" in out:
         out += ["sdpa-flash", "sdpa-cudnn"]  # PyTorch's FA2 and cuDNN kernels, pinned
     return out
@@ -79,7 +80,7 @@ def _reset_peak_rss() -> None:
 
 def worker(args) -> None:
     import torch
-    from attnlab.attention import build_attention
+    from attnlab.attention import build_attention, get_backend
     from attnlab.attention.backends.layout import block_layout
     from attnlab.memory import peak_rss_bytes, rss_bytes
 
@@ -102,7 +103,7 @@ def worker(args) -> None:
             print(json.dumps({"length": n, "stopped": "time budget"}), flush=True)
             break
         pattern = att.pattern(n)
-        if backend in ("blocked", "triton", "flex"):
+        if get_backend(backend.split("-")[0]).uses_blocks:
             block_layout(pattern, n, att.block_size, args.heads)  # built once per shape, outside the timing
         q, k, v = (torch.randn(B, args.heads, n, args.dim, device=dev, dtype=dtype, requires_grad=mode == "fwdbwd")
                    for _ in range(3))

@@ -123,11 +123,11 @@ def test_default_wandb_logger_goes_offline_and_groups_by_attention(make_cfg, mon
 def test_memory_estimate_attention_term_tracks_what_autograd_keeps():
     """The estimate's attention line grows with the length as the memory autograd really keeps for backward
     does: ~16x at 4x the length for the dense backend, ~4x for the blocked one."""
-    from attnlab.attention import build_attention
+    from attnlab.attention import build_attention, get_backend
     from attnlab.memory import estimate
     from test_attention import saved_bytes
     for att in (build_attention({"name": "full"}), build_attention({"name": "flash", "backend": "blocked"})):
-        dense = att.resolved_backend("cpu") == "dense"
+        dense = get_backend(att.resolved_backend("cpu")).materialises_scores
         est = lambda T: estimate(10**6, 1, T, 64, 1, 2, 100, dense, block=att.block_size).attention  # noqa: E731
         measured = saved_bytes(att, 1024, d=32, H=2) / saved_bytes(att, 256, d=32, H=2)
         assert est(1024) / est(256) == pytest.approx(measured, rel=0.3), (att.name, est(1024) / est(256), measured)

@@ -11,6 +11,7 @@ import lightning as L
 import torch
 
 from attnlab import memory
+from attnlab.attention import get_backend
 from attnlab.memory import peak_rss_bytes, rss_bytes
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class MemoryMonitor(L.Callback):
         batch = getattr(dm, "batch_size", 1)
         self.estimate = memory.estimate(
             pl_module.model.num_params(non_embedding=False), batch, cfg.context, cfg.d_model, cfg.n_layer,
-            cfg.n_head, cfg.vocab_size, att.resolved_backend(pl_module.device) == "dense",
+            cfg.n_head, cfg.vocab_size, get_backend(att.resolved_backend(pl_module.device)).materialises_scores,
             str(trainer.precision), att.block_size, cfg.d_ff)
         log.info("memory estimate for batch %d x context %d, %s attention, precision %s:\n%s", batch, cfg.context,
                  att.name, trainer.precision, self.estimate.table())

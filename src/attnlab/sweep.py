@@ -43,9 +43,9 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        jobs = sorted((p for p in sweep_dir.glob(f"*/{STATUS_FILE}")), key=lambda p: int(p.parent.name.split("-")[0])
-                      if p.parent.name.split("-")[0].isdigit() else 0)
-        statuses = [(p.parent, json.loads(p.read_text())) for p in jobs]
+        job_number = lambda p: int(p.parent.name.split("-")[0])  # noqa: E731  Hydra's subdir: <num>-<overrides>
+        statuses = [(p.parent, json.loads(p.read_text()))
+                    for p in sorted(sweep_dir.glob(f"*/{STATUS_FILE}"), key=job_number)]
         failed = [(d, s) for d, s in statuses if s["status"] != "finished"]
         lines = [f"sweep {sweep_dir}: {len(statuses) - len(failed)} finished, {len(failed)} failed"]
         for d, s in statuses:

@@ -84,18 +84,17 @@ def load_initial_weights(model: LitGPT, path: str) -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and test) one model; returns the final metrics. How it ended goes to ``status.json`` in the run
     folder, and the W&B run is finished (marked failed if it raised) whatever happens."""
-    started, progress = time.time(), {}
+    started, progress, error = time.time(), {}, None
     try:
-        metrics = _train(cfg, progress)
+        return _train(cfg, progress)
     except BaseException as e:
-        step = progress["trainer"].global_step if "trainer" in progress else 0
-        sweep.write_status(cfg.paths.output_dir, "failed", step, time.time() - started, sweep.one_line(e))
-        wandb_run.finish(failed=True)
+        error = e
         raise
-    step = progress["trainer"].global_step if "trainer" in progress else 0
-    sweep.write_status(cfg.paths.output_dir, "finished", step, time.time() - started)
-    wandb_run.finish(failed=False)
-    return metrics
+    finally:
+        step = progress["trainer"].global_step if "trainer" in progress else 0
+        sweep.write_status(cfg.paths.output_dir, "failed" if error else "finished", step, time.time() - started,
+                           sweep.one_line(error) if error else "")
+        wandb_run.finish(failed=error is not None)
 
 
 def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:

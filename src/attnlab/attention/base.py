@@ -90,11 +90,8 @@ class AttentionType:
         """q, k, v: (B, H, N, D) -> (B, H, N, D); resolves the backend on every call (tests, benchmarks)."""
         return self.bind(q.device, layer)(q, k, v)
 
-    def settings(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, **self.settings()}
+        return {"name": self.name, **{f.name: getattr(self, f.name) for f in fields(self)}}
 
     def attended_keys(self, seq_len: int, layer: int = 0) -> int:
         """Number of allowed (query, key) pairs per head (averaged over heads): what the scores cost."""

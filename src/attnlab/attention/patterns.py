@@ -160,8 +160,3 @@ def split_heads(even: Pattern, odd: Pattern) -> Pattern:
     def fn(b, h, q, k):
         return torch.where(h % 2 == 0, even(b, h, q, k), odd(b, h, q, k))
     return Pattern(f"split({even.name}, {odd.name})", fn, per_head=True)
-
-
-def union(patterns: Sequence[Pattern]) -> Pattern:
-    """p1 | p2 | ... (at least one pattern)."""
-    return functools.reduce(operator.or_, patterns)

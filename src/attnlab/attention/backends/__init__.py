@@ -59,7 +59,7 @@ class Backend:
     handles: Callable[[Pattern], bool] = _any_pattern  # computes this pattern exactly (and efficiently)
     unavailable_reason: Callable[[torch.device], str | None] = _anywhere  # None when usable on that device
     bad_block: Callable[[int], str | None] = lambda block: None  # a message when it cannot use this block size
-    uses_blocks: bool = True  # the block size matters (layouts, tiles)
+    uses_blocks: bool = True  # works from the block layout (built once per shape, outside any timing)
     materialises_scores: bool = False  # keeps the n x n probabilities for backward (O(n^2) memory)
 
 

@@ -90,6 +90,20 @@ def _program(H, HL, NB, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _kept_block(IDX, TILE, row, MAXT, t, BLOCK: tl.constexpr):
+    """The t-th kept block of a layout row: its positions and its mask tile (-1: a full block)."""
+    blk = tl.load(IDX + row * MAXT + t)
+    return blk * BLOCK + tl.arange(0, BLOCK), tl.load(TILE + row * MAXT + t)
+
+
+@triton.jit
+def _tile_allowed(TILES, tile, BLOCK: tl.constexpr):
+    """A partial block's predicate, (query, key) as stored, BLOCK x BLOCK int8."""
+    offs_t = tl.arange(0, BLOCK)
+    return tl.load(TILES + tile * BLOCK * BLOCK + offs_t[:, None] * BLOCK + offs_t[None, :])
+
+
+@triton.jit
 def _load_query_side(Q, DO, LSE, DELTA, pid_bh, b, h, sqb, sqh, sqn, sdb, sdh, sdn, offs_m, offs_d, N, D):
     """What the backward pass needs of a query block: q, dO, and the row log-sum-exp and delta = rowsum(dO * O)."""
     q = _load_rows(Q, b, h, sqb, sqh, sqn, offs_m, offs_d, N, D)
@@ -106,22 +120,18 @@ def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, KV_TILE, TILES,
                 BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
     pid_bh, b, h, row, offs_m = _program(H, HL, NB, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
-    offs_t = tl.arange(0, BLOCK)
     q = _load_rows(Q, b, h, sqb, sqh, sqn, offs_m, offs_d, N, D)
     m_i = tl.full([BLOCK], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK], tl.float32)
     acc = tl.zeros([BLOCK, BLOCK_D], tl.float32)
     cnt = tl.load(KV_CNT + row)
     for t in range(0, cnt):
-        kb = tl.load(KV_IDX + row * MAXK + t)
-        tile = tl.load(KV_TILE + row * MAXK + t)
-        offs_n = kb * BLOCK + tl.arange(0, BLOCK)
+        offs_n, tile = _kept_block(KV_IDX, KV_TILE, row, MAXK, t, BLOCK)
         k = _load_rows(K, b, h, skb, skh, skn, offs_n, offs_d, N, D)
         s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # (BLOCK, BLOCK) scores in log2 units
         s = tl.where(offs_n[None, :] < N, s, float("-inf"))
         if tile >= 0:  # partial block: the predicate, element-wise
-            allowed = tl.load(TILES + tile * BLOCK * BLOCK + offs_t[:, None] * BLOCK + offs_t[None, :])
-            s = tl.where(allowed != 0, s, float("-inf"))
+            s = tl.where(_tile_allowed(TILES, tile, BLOCK) != 0, s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(s - m_safe[:, None])
@@ -143,13 +153,11 @@ def _backward_tile(q, k, v, do, lse, delta, offs_n, N, tile, TILES, qk_scale, sm
     """The body both backward passes share: recompute one tile of probabilities P = exp2(S - lse) from the
     saved log-sum-exp (masked by the sequence end and, for a partial block, by its predicate tile, stored as
     (query, key)), and dS = P * (dP - delta) with dP = dO V^T. Returns (P, dS), each (BLOCK_M, BLOCK_N)."""
-    offs_t = tl.arange(0, BLOCK)
     s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale  # (BLOCK_M, BLOCK_N) scores in log2 units
     p = tl.exp2(s - lse[:, None])
     p = tl.where(offs_n[None, :] < N, p, 0.0)
     if tile >= 0:
-        allowed = tl.load(TILES + tile * BLOCK * BLOCK + offs_t[:, None] * BLOCK + offs_t[None, :])
-        p = tl.where(allowed != 0, p, 0.0)
+        p = tl.where(_tile_allowed(TILES, tile, BLOCK) != 0, p, 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # (BLOCK_M, BLOCK_N)
     ds = p * (dp - delta[:, None]) * sm_scale
     return p, ds
@@ -168,9 +176,7 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, Q_IDX, Q_CNT, Q_TILE, TILE
     dv = tl.zeros([BLOCK, BLOCK_D], tl.float32)
     cnt = tl.load(Q_CNT + row)
     for t in range(0, cnt):
-        qb = tl.load(Q_IDX + row * MAXQ + t)
-        tile = tl.load(Q_TILE + row * MAXQ + t)
-        offs_m = qb * BLOCK + tl.arange(0, BLOCK)
+        offs_m, tile = _kept_block(Q_IDX, Q_TILE, row, MAXQ, t, BLOCK)
         q, do, lse, delta = _load_query_side(Q, DO, LSE, DELTA, pid_bh, b, h, sqb, sqh, sqn, sdb, sdh, sdn,
                                              offs_m, offs_d, N, D)
         p, ds = _backward_tile(q, k, v, do, lse, delta, offs_n, N, tile, TILES, qk_scale, sm_scale, BLOCK, PREC)
@@ -192,9 +198,7 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, KV_IDX, KV_CNT, KV_TILE, TILES,
     dq = tl.zeros([BLOCK, BLOCK_D], tl.float32)
     cnt = tl.load(KV_CNT + row)
     for t in range(0, cnt):
-        kb = tl.load(KV_IDX + row * MAXK + t)
-        tile = tl.load(KV_TILE + row * MAXK + t)
-        offs_n = kb * BLOCK + tl.arange(0, BLOCK)
+        offs_n, tile = _kept_block(KV_IDX, KV_TILE, row, MAXK, t, BLOCK)
         k = _load_rows(K, b, h, skb, skh, skn, offs_n, offs_d, N, D)
         v = _load_rows(V, b, h, svb, svh, svn, offs_n, offs_d, N, D)
         p, ds = _backward_tile(q, k, v, do, lse, delta, offs_n, N, tile, TILES, qk_scale, sm_scale, BLOCK, PREC)
