@@ -37,7 +37,7 @@ def main(cfg: DictConfig) -> float | None:
             raise
         log.exception("job failed: %s", one_line(e))
         return None
-    return metrics.get("val/ppl")  # for Hydra sweepers that optimise a value
+    return metrics.get(cfg.get("optimized_metric") or "val/ppl")  # for a sweeper (hparams_search=...) to minimise
 
 
 if __name__ == "__main__":

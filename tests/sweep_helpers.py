@@ -12,3 +12,15 @@ class RaiseOOM(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step == self.step:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB (simulated)")
+
+
+class FailInJob(L.Callback):
+    """Raises in the multirun job numbered ``job`` (Hydra's job.num), so a search has one failing trial."""
+
+    def __init__(self, job: int):
+        self.job = job
+
+    def on_train_start(self, trainer, pl_module):
+        from hydra.core.hydra_config import HydraConfig
+        if HydraConfig.get().job.num == self.job:
+            raise RuntimeError(f"job {self.job} fails on purpose")

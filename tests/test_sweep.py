@@ -18,6 +18,13 @@ def statuses(tmp_path):
     return [json.loads(p.read_text()) for p in jobs]
 
 
+def study_trials(db: Path) -> list[tuple[str, float | None, dict]]:
+    import optuna
+    [summary] = optuna.get_all_study_summaries(storage=f"sqlite:///{db}")
+    study = optuna.load_study(study_name=summary.study_name, storage=f"sqlite:///{db}")
+    return [(t.state.name, t.value, t.params) for t in study.trials]
+
+
 @pytest.mark.slow
 def test_a_bad_job_in_the_middle_of_a_sweep_is_recorded_and_the_others_finish(tmp_path):
     r = run_train("-m", *JOB, "attention=longformer", "attention.window=8,0,16", cwd=tmp_path)
@@ -29,14 +36,10 @@ def test_a_bad_job_in_the_middle_of_a_sweep_is_recorded_and_the_others_finish(tm
 
 
 @pytest.mark.slow
-def test_an_out_of_memory_job_is_recorded_and_the_next_job_runs(tmp_path):
-    env_path = str(ROOT / "tests")
-    os.environ["PYTHONPATH"] = env_path + os.pathsep + os.environ.get("PYTHONPATH", "")
-    try:
-        r = run_train("-m", *JOB, "+callbacks.oom._target_=sweep_helpers.RaiseOOM", "+callbacks.oom.step=2,1000",
-                      cwd=tmp_path)
-    finally:
-        os.environ["PYTHONPATH"] = os.environ["PYTHONPATH"].split(os.pathsep, 1)[1]
+def test_an_out_of_memory_job_is_recorded_and_the_next_job_runs(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = run_train("-m", *JOB, "+callbacks.oom._target_=sweep_helpers.RaiseOOM", "+callbacks.oom.step=2,1000",
+                  cwd=tmp_path)
     out = r.stdout + r.stderr
     assert r.returncode == 1, out[-3000:]
     first, second = statuses(tmp_path)
@@ -61,3 +64,71 @@ def test_a_finished_run_records_its_status(make_cfg):
     train(cfg)
     status = json.loads((Path(cfg.paths.output_dir) / "status.json").read_text())
     assert status == {**status, "status": "finished", "reason": "", "step": 3}
+
+
+# -- search and launchers through Hydra's plugins ------------------------------------------------------------
+
+@pytest.mark.slow
+def test_a_four_trial_optuna_search_completes_and_saves_the_best_parameters(tmp_path):
+    r = run_train("hparams_search=lr_dropout", "hydra.sweeper.n_trials=4", *JOB, cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    trials = study_trials(tmp_path / "outputs" / "optuna" / "full-lr_dropout.db")
+    assert [state for state, _, _ in trials] == ["COMPLETE"] * 4
+    assert len({t[2]["optimizer.lr"] for t in trials}) == 4  # the sampler proposed four different points
+    [results] = (tmp_path / "outputs" / "multirun").glob("*/optimization_results.yaml")
+    from omegaconf import OmegaConf
+    best = OmegaConf.load(results)
+    _, best_value, best_params = min(trials, key=lambda t: t[1])
+    assert best.best_value == pytest.approx(best_value) and dict(best.best_params) == best_params
+    assert "best val/ppl_best" in out and "4 finished, 0 failed" in out
+
+
+@pytest.mark.slow
+def test_a_failing_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONPATH", str(ROOT / "tests") + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = run_train("hparams_search=lr_dropout", "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=fails",
+                  "+callbacks.fail._target_=sweep_helpers.FailInJob", "+callbacks.fail.job=0", *JOB, cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out[-3000:]  # the sweep reports its failed job
+    assert [t[0] for t in study_trials(tmp_path / "outputs" / "optuna" / "fails.db")] == ["FAIL", "COMPLETE"]
+    assert "1 finished, 1 failed" in out and "job 0 fails on purpose" in out
+
+
+@pytest.mark.slow
+def test_the_joblib_launcher_runs_two_jobs_at_once_each_on_its_own_core(tmp_path):
+    r = run_train("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *JOB, "attention=full,flash",
+                  cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]
+    a, b = statuses(tmp_path)
+    assert a["status"] == b["status"] == "finished"
+    assert a["started"] < b["ended"] and b["started"] < a["ended"]  # their lifetimes overlap: in parallel
+    if len(os.sched_getaffinity(0)) >= 2:
+        cores = sorted(line.split("cores ")[1] for line in out.splitlines() if "at once: cores" in line)
+        assert len(cores) == 2 and cores[0] != cores[1], out[-3000:]
+
+
+def test_the_slurm_launcher_takes_its_gpus_tasks_and_nodes_from_the_trainer():
+    from conftest import compose
+    from omegaconf import OmegaConf
+    cfg = compose(["hydra/launcher=slurm", "hydra.launcher.partition=gpu", "trainer=ddp", "trainer.devices=4",
+                   "trainer.num_nodes=2"])
+    launcher = OmegaConf.to_container(cfg.hydra.launcher, resolve=False)
+    assert launcher["_target_"].endswith("submitit_launcher.SlurmLauncher")
+    resolved = {k: OmegaConf.select(cfg, f"hydra.launcher.{k}") for k in
+                ("partition", "gpus_per_node", "tasks_per_node", "nodes", "timeout_min", "cpus_per_task")}
+    assert resolved == {"partition": "gpu", "gpus_per_node": 4, "tasks_per_node": 4, "nodes": 2,
+                        "timeout_min": 240, "cpus_per_task": 8}
+    assert cfg.trainer.strategy == "ddp" and cfg.trainer.num_nodes == 2
+
+
+def test_every_search_config_composes_with_the_optuna_sweeper():
+    from conftest import compose
+    from omegaconf import OmegaConf
+    for name in sorted(p.stem for p in (ROOT / "conf" / "hparams_search").glob("*.yaml")):
+        cfg = compose([f"hparams_search={name}"])
+        assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper"), name
+        assert str(cfg.hydra.sweeper.storage).startswith("sqlite:///"), name
+        for key in cfg.hydra.sweeper.params:  # every searched key exists in the run's config
+            assert OmegaConf.select(cfg, key, default="<absent>") != "<absent>", (name, key)

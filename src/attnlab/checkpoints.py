@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 # config keys that say where a run writes or how it was started, not what it trains
-NOT_IN_RUN_KEY = ("ckpt_path", "init_from", "paths", "hydra", "logger", "test_after_fit", "tags")
+NOT_IN_RUN_KEY = ("ckpt_path", "init_from", "paths", "hydra", "logger", "test_after_fit", "tags", "optimized_metric")
 
 
 class CheckpointError(ValueError):

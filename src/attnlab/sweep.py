@@ -8,12 +8,18 @@ failed. A single run keeps its behaviour: one clear line and exit code 2 for bad
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
+import os
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
 STATUS_FILE = "status.json"
@@ -24,11 +30,17 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
 
 
-def write_status(output_dir: str | Path, status: str, step: int, seconds: float, reason: str = "") -> None:
+def write_status(output_dir: str | Path, status: str, step: int, started: float, reason: str = "") -> None:
+    """How the run ended; ``started`` is its ``time.time()`` at start (the start and end times show which jobs of
+    a parallel sweep ran at once)."""
     path = Path(output_dir) / STATUS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
+    ended = time.time()
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"status": status, "reason": reason, "step": step, "wall_seconds": round(seconds, 1)},
+    tmp.write_text(json.dumps({"status": status, "reason": reason, "step": step,
+                               "wall_seconds": round(ended - started, 1),
+                               "started": datetime.fromtimestamp(started).isoformat(timespec="milliseconds"),
+                               "ended": datetime.fromtimestamp(ended).isoformat(timespec="milliseconds")},
                               indent=1))
     tmp.replace(path)
 
@@ -38,19 +50,92 @@ def is_multirun() -> bool:
     return HydraConfig.initialized() and str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
 
 
+def parallel_jobs() -> int:
+    """How many jobs of this multirun the launcher runs at once (1 for Hydra's basic launcher)."""
+    if not is_multirun():
+        return 1
+    from hydra.core.hydra_config import HydraConfig
+    n = HydraConfig.get().launcher.get("n_jobs")
+    if not isinstance(n, int) or n == 1:
+        return 1
+    return n if n > 0 else max(1, (os.cpu_count() or 1) + 1 + n)  # joblib's convention: -1 = all CPUs
+
+
+@contextlib.contextmanager
+def cpu_share():
+    """Under a parallel local launcher (joblib, n_jobs > 1), run this job on its share of the cores.
+
+    The job holds one of n_jobs slot locks for its lifetime (the first free one, so jobs that start as others
+    end never share a slot) and pins itself and torch's threads to that slot's cores: two jobs on two cores
+    each get one core instead of both oversubscribing both."""
+    n_jobs = parallel_jobs()
+    if n_jobs == 1 or not hasattr(os, "sched_setaffinity"):
+        yield None
+        return
+    from hydra.core.hydra_config import HydraConfig
+    import torch
+    cores = sorted(os.sched_getaffinity(0))
+    per_job = max(1, len(cores) // n_jobs)
+    slot_dir = Path(HydraConfig.get().sweep.dir) / ".cpu_slots"
+    slot_dir.mkdir(parents=True, exist_ok=True)
+    handle, slot = None, 0
+    while handle is None:  # a free slot exists whenever the launcher starts a job; retry while one is released
+        for slot in range(n_jobs):
+            f = open(slot_dir / f"slot{slot}.lock", "w")
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                handle = f
+                break
+            except OSError:
+                f.close()
+        else:
+            time.sleep(0.1)
+    mine = [cores[(slot * per_job + i) % len(cores)] for i in range(per_job)]
+    threads_before = torch.get_num_threads()
+    os.sched_setaffinity(0, mine)
+    torch.set_num_threads(len(mine))
+    log.info("parallel job %d of %d at once: cores %s", slot + 1, n_jobs, mine)
+    try:
+        yield mine
+    finally:
+        os.sched_setaffinity(0, cores)
+        torch.set_num_threads(threads_before)
+        handle.close()  # releases the slot
+
+
 class SweepSummary(Callback):
-    """At the end of a multirun: one line per job (finished / failed, reason, folder); exit 1 if any failed."""
+    """Around a multirun: prepares the Optuna study's folder and checks the SLURM settings before anything is
+    launched; at the end, one line per job (finished / failed, reason, folder), the best parameters of a
+    search, and exit 1 if any job failed."""
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        storage = str(config.hydra.sweeper.get("storage") or "")
+        if storage.startswith("sqlite:///"):  # SQLite creates the file, not its folder
+            Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
+        launcher = config.hydra.launcher
+        if str(launcher.get("_target_", "")).endswith("SlurmLauncher"):
+            gpus = OmegaConf.select(config, "hydra.launcher.gpus_per_node")
+            if not isinstance(gpus, int) or gpus < 0:
+                log.error("hydra/launcher=slurm: trainer.devices=%s; SLURM needs the number of GPUs per node "
+                          "(an integer >= 0), e.g. trainer.devices=4", gpus)
+                sys.exit(2)
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        job_number = lambda p: int(p.parent.name.split("-")[0])  # noqa: E731  Hydra's subdir: <num>-<overrides>
+        # Hydra's subdir is <num>-<overrides>; an override holding a path (dataset.path=a/b) nests folders
+        job_number = lambda p: int(p.relative_to(sweep_dir).parts[0].split("-")[0])  # noqa: E731
         statuses = [(p.parent, json.loads(p.read_text()))
-                    for p in sorted(sweep_dir.glob(f"*/{STATUS_FILE}"), key=job_number)]
+                    for p in sorted(sweep_dir.glob(f"**/{STATUS_FILE}"), key=job_number)]
         failed = [(d, s) for d, s in statuses if s["status"] != "finished"]
         lines = [f"sweep {sweep_dir}: {len(statuses) - len(failed)} finished, {len(failed)} failed"]
         for d, s in statuses:
-            lines.append(f"  {s['status']:>8}  step {s['step']:>6}  {s['wall_seconds']:>7.1f}s  {d.name}"
+            lines.append(f"  {s['status']:>8}  step {s['step']:>6}  {s['wall_seconds']:>7.1f}s  {d.relative_to(sweep_dir)}"
                          + (f"\n            {s['reason']}" if s["reason"] else ""))
+        results = sweep_dir / "optimization_results.yaml"  # written by the Optuna sweeper
+        if results.exists():
+            best = OmegaConf.load(results)
+            lines.append(f"best {config.get('optimized_metric')} = {best.get('best_value')} with "
+                         f"{dict(best.get('best_params', {}))} (saved in {results})")
         log.info("\n".join(lines))
         if failed:
             sys.exit(1)

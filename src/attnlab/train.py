@@ -86,13 +86,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     folder, and the W&B run is finished (marked failed if it raised) whatever happens."""
     started, progress, error = time.time(), {}, None
     try:
-        return _train(cfg, progress)
+        with sweep.cpu_share():
+            return _train(cfg, progress)
     except BaseException as e:
         error = e
         raise
     finally:
         step = progress["trainer"].global_step if "trainer" in progress else 0
-        sweep.write_status(cfg.paths.output_dir, "failed" if error else "finished", step, time.time() - started,
+        sweep.write_status(cfg.paths.output_dir, "failed" if error else "finished", step, started,
                            sweep.one_line(error) if error else "")
         wandb_run.finish(failed=error is not None)
 
