@@ -12,6 +12,7 @@ from attnlab.attention import ATTENTION_TYPES
 from conftest import ROOT, compose
 
 GROUPS = ["model", "attention", "dataset", "tokenizer", "trainer", "mode", "logger", "experiment", "optimizer",
+          "hparams_search",
           "callbacks"]
 
 
@@ -67,7 +68,7 @@ BAD_CONFIGS = [
     (["attention=sparse", "attention.summary=99"], "attention.summary=99 makes no pattern"),
     (["attention=flash", "attention.backend=warp"], "unknown attention backend 'warp'; valid:"),
     (["attention.name=fancy"], f"unknown attention type 'fancy'; valid: {sorted(ATTENTION_TYPES)}"),
-    (["trainer.precision=12"], "trainer.precision=12; valid: ['16-mixed'"),
+    (["trainer.precision=12"], "trainer.precision=12 must be one of ['16-mixed'"),
     (["model.n_head=5"], "model.d_model=64 is not divisible by model.n_head=5"),
     (["ckpt_path=/nonexistent.ckpt"], "ckpt_path=/nonexistent.ckpt: no such file"),
     (["ckpt_path=last"], "ckpt_path=last: no checkpoint of this run"),
@@ -94,3 +95,13 @@ def test_bad_config_from_the_command_line_exits_2_with_one_line(tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == 2, out[-2000:]
     assert "attention.window=0 must be in [1, 64]" in out and "Traceback" not in out
+
+
+def test_a_corpus_smaller_than_one_batch_is_named_before_training(make_cfg, tmp_path):
+    from attnlab.data.corpus import DataError
+    from attnlab.train import train
+    small = tmp_path / "small.txt"
+    small.write_text("To be, or not to be: that is the question.\n" * 7)  # ~300 characters
+    cfg = make_cfg(["mode=debug", "dataset=text_files", f"dataset.path={small}"])
+    with pytest.raises(DataError, match=r"fewer than one batch of data.batch_size=16; lower data.batch_size"):
+        train(cfg)

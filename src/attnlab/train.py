@@ -15,17 +15,15 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from attnlab import checkpoints, sweep, wandb_run
+from attnlab import checkpoints, schema, sweep, wandb_run
 from attnlab.attention import AttentionType, build_attention
 from attnlab.lit import LitGPT
 from attnlab.model import GPTConfig
 
 log = logging.getLogger(__name__)
-VALID_PRECISION = {"32", "32-true", "16-mixed", "bf16-mixed", "bf16-true", "16-true", "64", "64-true"}
 
 
-class ConfigError(ValueError):
-    """A bad configuration value, checkpoint or resume; the message names it and what is allowed."""
+ConfigError = schema.ConfigError
 
 
 def run_device(cfg: DictConfig) -> str:
@@ -38,11 +36,9 @@ def run_device(cfg: DictConfig) -> str:
 
 def build_model_parts(cfg: DictConfig) -> tuple[dict, AttentionType]:
     """The model settings and the attention type, built once and checked before any data is read."""
-    if str(cfg.trainer.precision) not in VALID_PRECISION:
-        raise ConfigError(f"trainer.precision={cfg.trainer.precision!r}; valid: {sorted(VALID_PRECISION)}")
-    if cfg.data.batch_size < 1:
-        raise ConfigError(f"data.batch_size={cfg.data.batch_size} must be >= 1")
+    schema.check(cfg)
     model_cfg = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
+    schema.check_fields(GPTConfig, model_cfg, "model")
     try:
         GPTConfig(**{**model_cfg, "vocab_size": 1})  # dimension checks; the vocabulary comes from the data
         attention = build_attention(OmegaConf.to_container(cfg.attention, resolve=True))

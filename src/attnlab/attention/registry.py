@@ -10,6 +10,7 @@ from dataclasses import fields
 from typing import Any, Mapping
 
 from attnlab.attention.base import AttentionType
+from attnlab.schema import check_fields
 
 TYPE_MODULES = [  # one line per file in types/, in the order tables and pictures show them
     "full",
@@ -39,6 +40,7 @@ def build_attention(cfg: Mapping[str, Any]) -> AttentionType:
     unknown = sorted(set(cfg) - valid)
     if unknown:
         raise ValueError(f"attention {name!r} has no setting(s) {unknown}; valid: {sorted(valid)}")
+    check_fields(cls, cfg, "attention")  # types from the dataclass; ranges in its validate()
     return cls(**cfg)
 
 

@@ -169,6 +169,10 @@ class TextDataModule(L.LightningDataModule):
         ds = TrainWindows(self.tokens["train"], self.context)
         if self.overfit_batches:
             ds = torch.utils.data.Subset(ds, list(range(min(len(ds), self.overfit_batches * self.batch_size))))
+        if len(ds) < self.batch_size:  # drop_last would leave an epoch of no batches
+            raise DataError(f"the training split has {len(ds)} windows of model.context={self.context} tokens, fewer "
+                            f"than one batch of data.batch_size={self.batch_size}; lower data.batch_size or "
+                            f"model.context, or give more text")
         if self.sampler is None or self.sampler.n != len(ds):
             self.sampler = ResumableSampler(len(ds), self.seed, shuffle=not self.overfit_batches)
         if self.resume_at is not None:  # Lightning may iterate before it sets the epoch: set both here

@@ -56,6 +56,8 @@ class BigBirdAttention(AttentionType):
             raise ValueError(f"attention.random_block={self.random_block} must be in [1, {context}]")
         if self.random_blocks < 0:
             raise ValueError(f"attention.random_blocks={self.random_blocks} must be >= 0")
+        if self.seed < 0:
+            raise ValueError(f"attention.seed={self.seed} must be >= 0")
 
     def auto_backend(self, device: torch.device) -> str:
         return "flex" if device.type == "cuda" else "blocked"
