@@ -62,7 +62,7 @@ def _resume_cfg(make_cfg, name, max_steps, extra=()):
                      "test_after_fit=false", "trainer.log_every_n_steps=1", "scheduler.total_steps=20", *extra], name)
 
 
-@pytest.mark.parametrize("stop", [10, 15])  # mid-epoch and at the end of the first epoch (15 batches each)
+@pytest.mark.parametrize("stop", [7, 10, 15])  # max_steps between saves, mid-epoch on a save, the epoch end
 def test_resume_continues_at_the_right_step_and_data_position(make_cfg, stop):
     torch.use_deterministic_algorithms(False)
     # one run of 20 steps straight ...

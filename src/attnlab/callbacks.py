@@ -47,7 +47,10 @@ class LastCheckpoint(L.Callback):
             self.saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.every and trainer.global_step % self.every == 0:
+        # the batch that reaches max_steps is saved here, not at the epoch end that follows: Lightning resumes
+        # a checkpoint saved in on_train_epoch_end at the *next* epoch, which would skip the rest of this one
+        last_step = 0 < trainer.max_steps <= trainer.global_step
+        if (self.every and trainer.global_step % self.every == 0) or last_step:
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:

@@ -16,9 +16,10 @@ from attnlab.model import GPT, GPTConfig
 
 
 
-class Perplexity(torchmetrics.Metric):
-    """exp(mean token NLL), accumulated from the loss already computed (summed NLL and token counts), so
-    the perplexity shown is always exp of the same mean loss."""
+class TokenLoss(torchmetrics.Metric):
+    """Mean next-token loss over every counted target, from the losses already computed (summed NLL and token
+    counts). Its states are sums, so under DDP they add up across ranks: every target counts once, wherever
+    it was evaluated."""
 
     full_state_update = False
 
@@ -32,7 +33,14 @@ class Perplexity(torchmetrics.Metric):
         self.count += n_tokens
 
     def compute(self) -> torch.Tensor:
-        return torch.exp(self.nll_sum / self.count.clamp(min=1)).float()
+        return (self.nll_sum / self.count.clamp(min=1)).float()
+
+
+class Perplexity(TokenLoss):
+    """exp of the same token-weighted mean loss, so the perplexity shown is always exp(loss shown)."""
+
+    def compute(self) -> torch.Tensor:
+        return torch.exp(super().compute())
 
 
 def cosine_with_warmup(step: int, warmup: int, total: int, min_ratio: float) -> float:
@@ -62,6 +70,7 @@ class LitGPT(L.LightningModule):
         self.run_info = dict(run_info or {})  # run key and settings, saved in checkpoints to match resumes
         self.wandb_run_id: str | None = None
         self.train_ppl, self.val_ppl, self.test_ppl = Perplexity(), Perplexity(), Perplexity()
+        self.val_loss, self.test_loss = TokenLoss(), TokenLoss()
         self.val_ppl_best = torchmetrics.MinMetric()  # the best validation perplexity so far (a W&B summary)
         self.example_input_array = torch.zeros(1, self.cfg.context, dtype=torch.long)  # summary in/out shapes
 
@@ -76,8 +85,9 @@ class LitGPT(L.LightningModule):
         """Mean next-token loss over the batch's counted targets, and how many there were."""
         x, y = batch  # (B, T), (B, T)
         logits = self(x)  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE)
-        return loss, (y != IGNORE).sum()
+        n = (y != IGNORE).sum()  # a DDP padding batch may count none
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
+        return loss / n.clamp(min=1), n
 
     # -- steps ---------------------------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -94,20 +104,22 @@ class LitGPT(L.LightningModule):
 
     def validation_step(self, batch, batch_idx: int) -> None:
         loss, n = self.loss(batch)
+        self.val_loss.update(loss, n)
         self.val_ppl.update(loss, n)
-        self.log("val/loss", loss, batch_size=int(n), prog_bar=True)  # token-weighted mean over the split
+        self.log("val/loss", self.val_loss, prog_bar=True)  # token-weighted mean over the split, all ranks
         self.log("val/ppl", self.val_ppl, prog_bar=True)
 
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking or not self.val_ppl.update_called:
             return
         self.val_ppl_best.update(self.val_ppl.compute())
-        self.log("val/ppl_best", self.val_ppl_best.compute())
+        self.log("val/ppl_best", self.val_ppl_best.compute(), sync_dist=True)  # the same on every rank
 
     def test_step(self, batch, batch_idx: int) -> None:
         loss, n = self.loss(batch)
+        self.test_loss.update(loss, n)
         self.test_ppl.update(loss, n)
-        self.log("test/loss", loss, batch_size=int(n))
+        self.log("test/loss", self.test_loss)
         self.log("test/ppl", self.test_ppl)
 
     # -- optimiser -------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -23,6 +24,17 @@ from omegaconf import OmegaConf
 
 log = logging.getLogger(__name__)
 STATUS_FILE = "status.json"
+DIRNAME_LIMIT = 120  # a job folder's name is built from its overrides; file systems stop at 255 bytes
+
+
+def short_dirname(name: str) -> str:
+    """A job's override string as a folder name: kept whole when short, else cut and made unique by a hash."""
+    if len(name) <= DIRNAME_LIMIT:
+        return name
+    return f"{name[:DIRNAME_LIMIT - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+
+
+OmegaConf.register_new_resolver("short_dirname", short_dirname, replace=True)  # used by hydra.sweep.subdir
 
 
 def one_line(error: BaseException) -> str:

@@ -13,9 +13,10 @@ from typing import Any
 import hydra
 import lightning as L
 import torch
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from attnlab import checkpoints, schema, sweep, wandb_run
+from attnlab import checkpoints, ddp, schema, sweep, wandb_run
 from attnlab.attention import AttentionType, build_attention
 from attnlab.lit import LitGPT
 from attnlab.model import GPTConfig
@@ -82,16 +83,18 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     folder, and the W&B run is finished (marked failed if it raised) whatever happens."""
     started, progress, error = time.time(), {}, None
     try:
-        with sweep.cpu_share():
+        with sweep.cpu_share(), ddp.job():
             return _train(cfg, progress)
     except BaseException as e:
         error = e
         raise
     finally:
         step = progress["trainer"].global_step if "trainer" in progress else 0
-        sweep.write_status(cfg.paths.output_dir, "failed" if error else "finished", step, started,
-                           sweep.one_line(error) if error else "")
+        if rank_zero_only.rank == 0:  # under DDP every rank runs train(); one of them records the outcome
+            sweep.write_status(cfg.paths.output_dir, "failed" if error else "finished", step, started,
+                               sweep.one_line(error) if error else "")
         wandb_run.finish(failed=error is not None)
+
 
 
 def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
@@ -112,7 +115,8 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
         checkpoint_dir = Path(resume_path).parent  # the same job goes on writing into its own checkpoint folder
         resume_id = state.get("attnlab", {}).get("wandb_run_id")
         log.info("resuming from %s (step %s)", resume_path, state.get("global_step"))
-    checkpoints.write_run_file(cfg.paths.output_dir, key, checkpoint_dir)
+    if rank_zero_only.rank == 0:
+        checkpoints.write_run_file(cfg.paths.output_dir, key, checkpoint_dir)
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = hydra.utils.instantiate(cfg.data, dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
@@ -138,7 +142,8 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
     model.wandb_run_id = wandb_run.run_id(loggers)
     trainer: L.Trainer = hydra.utils.instantiate(
         cfg.trainer, callbacks=callbacks, logger=loggers or False,
-        plugins=[checkpoints.CheckpointIO(preloaded=resume)])
+        plugins=[checkpoints.CheckpointIO(preloaded=resume)],
+        use_distributed_sampler=False)  # the datamodule shards every split itself, exactly (see datamodule.py)
     progress["trainer"] = trainer
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume[0] if resume else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}

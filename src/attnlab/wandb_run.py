@@ -15,6 +15,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import hydra
+from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ def build_logger(cfg: DictConfig, lg_cfg: dict, resume_id: str | None):
         lg_cfg["id"], lg_cfg["resume"] = resume_id, "allow"
     Path(lg_cfg["save_dir"]).mkdir(parents=True, exist_ok=True)
     logger = hydra.utils.instantiate(lg_cfg)
+    if rank_zero_only.rank != 0:  # under DDP only rank 0 has a run (the others get Lightning's dummy)
+        return logger
     run = logger.experiment  # starts the run now: its id goes into checkpoints, its folder is printed
     resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
                 for k in cfg if k != "hydra"}
@@ -106,6 +109,6 @@ def finish(failed: bool = False) -> None:
 
 def run_id(loggers) -> str | None:
     for lg in loggers:
-        if type(lg).__name__ == "WandbLogger":
+        if type(lg).__name__ == "WandbLogger" and rank_zero_only.rank == 0:
             return lg.experiment.id
     return None

@@ -66,11 +66,16 @@ class EvalWindows(Dataset):
 class ResumableSampler(Sampler):
     """A seeded permutation per epoch that can skip the batches already seen (mid-epoch resume).
 
+    Under data parallelism (world > 1) every rank draws the same permutation and each global batch of
+    world x batch_size windows is cut into consecutive slices, rank r taking slice r: the ranks see disjoint
+    windows, and their averaged gradient is the one-process gradient of that global batch.
+
     Its length stays the full epoch: Lightning counts the batches done before the checkpoint itself, so the
     skipped iterator simply runs out when the epoch is complete."""
 
-    def __init__(self, n: int, seed: int, shuffle: bool = True):
+    def __init__(self, n: int, seed: int, shuffle: bool = True, batch_size: int = 1, rank: int = 0, world: int = 1):
         self.n, self.seed, self.shuffle = n, seed, shuffle
+        self.batch_size, self.rank, self.world = batch_size, rank, world
         self.epoch = 0
         self.skip, self.skip_epoch = 0, -1  # samples to skip, and in which epoch (the resumed one only)
 
@@ -80,15 +85,41 @@ class ResumableSampler(Sampler):
     def __iter__(self):
         if self.shuffle:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-            order = torch.randperm(self.n, generator=g).tolist()
+            order = torch.randperm(self.n, generator=g)  # (n,)
         else:
-            order = list(range(self.n))
+            order = torch.arange(self.n)
+        if self.world > 1:  # (global batches, world, batch) -> this rank's slices, in order
+            n_global = self.n // (self.world * self.batch_size)
+            order = order[:n_global * self.world * self.batch_size].view(n_global, self.world, self.batch_size)
+            order = order[:, self.rank].flatten()  # (n_global * batch,)
         # Lightning may create more than one iterator for the resumed epoch: skip in every one of them
         skip = self.skip if self.epoch == self.skip_epoch else 0
-        return iter(order[skip:])
+        return iter(order[skip:].tolist())
+
+    def __len__(self) -> int:
+        if self.world == 1:
+            return self.n
+        return self.n // (self.world * self.batch_size) * self.batch_size
+
+
+class RankShard(Dataset):
+    """Rank r's share of an evaluation split: windows r, r + world, r + 2 world, ... Every rank gets the same
+    number of windows (so the same number of batches); the few padding windows have every target IGNORE, so
+    each target of the split is counted exactly once across the ranks."""
+
+    def __init__(self, windows: Dataset, rank: int, world: int):
+        self.windows, self.rank, self.world = windows, rank, world
+        self.n = -(-len(windows) // world)
 
     def __len__(self) -> int:
         return self.n
+
+    def __getitem__(self, i: int):
+        j = i * self.world + self.rank
+        if j < len(self.windows):
+            return self.windows[j]
+        x, y = self.windows[0]
+        return x, torch.full_like(y, IGNORE)  # padding: counted zero times
 
 
 class TextDataModule(L.LightningDataModule):
@@ -169,12 +200,15 @@ class TextDataModule(L.LightningDataModule):
         ds = TrainWindows(self.tokens["train"], self.context)
         if self.overfit_batches:
             ds = torch.utils.data.Subset(ds, list(range(min(len(ds), self.overfit_batches * self.batch_size))))
-        if len(ds) < self.batch_size:  # drop_last would leave an epoch of no batches
+        rank, world = self._rank_and_world()
+        if len(ds) < self.batch_size * world:  # drop_last would leave an epoch of no batches
+            processes = f"{world} processes x " if world > 1 else ""
             raise DataError(f"the training split has {len(ds)} windows of model.context={self.context} tokens, fewer "
-                            f"than one batch of data.batch_size={self.batch_size}; lower data.batch_size or "
-                            f"model.context, or give more text")
+                            f"than one batch of {processes}data.batch_size={self.batch_size}; lower data.batch_size "
+                            f"or model.context, or give more text")
         if self.sampler is None or self.sampler.n != len(ds):
-            self.sampler = ResumableSampler(len(ds), self.seed, shuffle=not self.overfit_batches)
+            self.sampler = ResumableSampler(len(ds), self.seed, shuffle=not self.overfit_batches,
+                                            batch_size=self.batch_size, rank=rank, world=world)
         if self.resume_at is not None:  # Lightning may iterate before it sets the epoch: set both here
             epoch, done = self.resume_at
             self.sampler.set_epoch(epoch)
@@ -186,9 +220,19 @@ class TextDataModule(L.LightningDataModule):
                           num_workers=self.num_workers, pin_memory=torch.cuda.is_available(),
                           persistent_workers=self.num_workers > 0)
 
+    def _rank_and_world(self) -> tuple[int, int]:
+        """This process's rank and the number of data-parallel processes (Lightning's samplers are off: the
+        loaders shard the data themselves, see ResumableSampler and RankShard)."""
+        if self.trainer is None:
+            return 0, 1
+        return int(self.trainer.global_rank), int(self.trainer.world_size)
+
     def _eval_loader(self, split: str) -> DataLoader:
-        return DataLoader(EvalWindows(self.tokens[split], self.context), batch_size=self.eval_batch_size,
-                          shuffle=False, num_workers=self.num_workers)
+        windows = EvalWindows(self.tokens[split], self.context)
+        rank, world = self._rank_and_world()
+        if world > 1:
+            windows = RankShard(windows, rank, world)
+        return DataLoader(windows, batch_size=self.eval_batch_size, shuffle=False, num_workers=self.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         if self.overfit_batches:  # the overfit check evaluates on the batches it memorises
