@@ -171,10 +171,24 @@ class ThroughputMonitor(L.Callback):
         self.every = log_every_n_steps
         self.t0: float | None = None
         self.tokens = 0
+        self.started: float | None = None  # when this process began training
+        self.earlier_seconds = 0.0  # training time before a resume (from the checkpoint)
+
+    def train_seconds(self) -> float:
+        """Wall-clock training time of the whole run, across resumes (time/train_s: curves against time)."""
+        return self.earlier_seconds + (time.perf_counter() - self.started if self.started is not None else 0.0)
+
+    def state_dict(self) -> dict:
+        return {"train_seconds": self.train_seconds()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.earlier_seconds = float(state.get("train_seconds", 0.0))
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
         if self.t0 is None:
             self.t0 = time.perf_counter()
+        if self.started is None:
+            self.started = self.t0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.tokens += batch[0].numel()
@@ -185,7 +199,7 @@ class ThroughputMonitor(L.Callback):
             torch.cuda.synchronize(pl_module.device)
         dt = time.perf_counter() - self.t0
         tps = self.tokens * trainer.world_size / dt
-        metrics = {"throughput/tokens_per_s": tps}
+        metrics = {"throughput/tokens_per_s": tps, "time/train_s": self.train_seconds()}
         if pl_module.device.type == "cuda":
             peak = peak_flops(torch.cuda.get_device_name(pl_module.device))
             if peak:

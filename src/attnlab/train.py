@@ -129,8 +129,9 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
                    run_info={"run_key": key, "settings": checkpoints.settings_of(cfg)})
     if cfg.get("init_from"):
         load_initial_weights(model, str(cfg.init_from))
-    log.info("model: %.2fM parameters, %s attention (%s)", model.model.num_params() / 1e6, attention.name,
-             attention.describe())
+    device = run_device(cfg)
+    log.info("model: %.2fM parameters, %s attention, backend %s on %s (%s)", model.model.num_params() / 1e6,
+             attention.name, attention.resolved_backend(device), device, attention.describe())
 
     callbacks = []
     for name, c in (cfg.get("callbacks") or {}).items():

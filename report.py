@@ -1,0 +1,28 @@
+"""A sweep side by side, offline: python report.py outputs/multirun/<date> [more run folders or globs]
+
+Writes report.md, report.csv, val_ppl.png (validation perplexity against step and training time) and
+cost.png (tokens/s and peak memory per run) into the first folder given (or --out), and prints the table.
+"""
+import argparse
+import sys
+
+from attnlab.report import report
+from attnlab.schema import ConfigError
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("paths", nargs="+", help="a sweep folder, run folders or globs")
+    ap.add_argument("--out", help="where to write the report (default: the first folder given)")
+    args = ap.parse_args()
+    try:
+        runs, files = report(args.paths, args.out)
+    except ConfigError as e:
+        print(f"report.py: {e}", file=sys.stderr)
+        sys.exit(2)
+    print(files["markdown"].read_text())
+    print("\n".join(f"{kind}: {path}" for kind, path in files.items()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,206 @@
+"""A sweep side by side, offline: one table row per run and plots, from what every run writes locally.
+
+Each run folder holds ``.hydra/config.yaml`` (what it trained), ``status.json`` (how it ended), the CSV
+metrics (``csv/metrics.csv``, written next to W&B by default) and ``train.log``. A run that crashed or was
+stopped keeps its row, with its status; a run with no ``status.json`` is still running or was killed.
+"""
+from __future__ import annotations
+
+import csv
+import glob
+import json
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from attnlab.schema import ConfigError
+
+COLUMNS = ["run", "attention", "backend", "model", "tokenizer", "params_M", "steps", "val_ppl_best", "val_ppl_final",
+           "train_ppl", "test_ppl", "tokens_per_s", "peak_memory_MiB", "wall_s", "status"]
+
+
+@dataclass
+class Run:
+    folder: Path
+    label: str
+    attention: str = "?"
+    backend: str = "?"
+    model: str = "?"
+    tokenizer: str = "?"
+    params_M: float | None = None
+    steps: int | None = None
+    val_ppl_best: float | None = None
+    val_ppl_final: float | None = None
+    train_ppl: float | None = None
+    test_ppl: float | None = None
+    tokens_per_s: float | None = None
+    peak_memory_MiB: float | None = None
+    wall_s: float | None = None
+    status: str = "unknown"
+    val_curve: list[tuple[int, float, float | None]] = field(default_factory=list)  # (step, seconds, val ppl)
+
+    def row(self) -> dict:
+        d = asdict(self)
+        d["run"] = self.label
+        return {k: d[k] for k in COLUMNS}
+
+
+def find_runs(paths: list[str]) -> list[Path]:
+    """Run folders (those with .hydra/config.yaml) under the given folders or globs, in job order."""
+    folders: set[Path] = set()
+    for pattern in paths:
+        matches = [Path(p) for p in glob.glob(str(Path(pattern).expanduser()))] or [Path(pattern)]
+        for m in matches:
+            if not m.exists():
+                raise ConfigError(f"{pattern}: no such folder")
+            folders |= {c.parent.parent for c in m.glob("**/.hydra/config.yaml")}
+    return sorted(folders, key=lambda p: (p.parent, _job_number(p), p.name))
+
+
+def _job_number(folder: Path) -> int:
+    head = folder.name.split("-")[0]
+    return int(head) if head.isdigit() else 0
+
+
+def _floats(rows: list[dict], key: str) -> list[tuple[int, float]]:
+    out = []
+    for r in rows:
+        v = r.get(key)
+        if v not in (None, ""):
+            out.append((int(float(r.get("step") or 0)), float(v)))
+    return out
+
+
+def _interp(x: float, points: list[tuple[int, float]]) -> float | None:
+    """Linear interpolation of (step, seconds) points; None without any."""
+    if not points:
+        return None
+    points = sorted(points)
+    if x <= points[0][0]:
+        return points[0][1] * x / points[0][0] if points[0][0] else points[0][1]
+    for (x0, y0), (x1, y1) in zip(points, points[1:]):
+        if x0 <= x <= x1:
+            return y0 + (y1 - y0) * (x - x0) / max(1, x1 - x0)
+    return points[-1][1]
+
+
+def read_run(folder: Path) -> Run:
+    cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
+    overrides = folder / ".hydra" / "overrides.yaml"
+    label = folder.name
+    if overrides.exists():
+        ov = [o for o in OmegaConf.load(overrides) if not str(o).startswith(("paths.", "hydra"))]
+        label = f"{_job_number(folder)}: " + (" ".join(map(str, ov)) or "defaults")
+    run = Run(folder=folder, label=label, attention=str(cfg.attention.get("name", "?")),
+              backend=str(cfg.attention.get("backend", "?")), model=str(cfg.model.get("name", "?")),
+              tokenizer=str(cfg.tokenizer.get("name", "?")))
+    status = folder / "status.json"
+    if status.exists():
+        s = json.loads(status.read_text())
+        run.status = s["status"] + (f": {s['reason']}" if s.get("reason") else "")
+        run.wall_s, run.steps = s.get("wall_seconds"), s.get("step")
+    else:
+        run.status = "no status.json (still running, or killed)"
+    log = folder / "train.log"
+    if log.exists():
+        m = re.search(r"model: ([\d.]+)M parameters, \w+ attention, backend (\w+)", log.read_text(errors="replace"))
+        if m:
+            run.params_M, run.backend = float(m.group(1)), m.group(2)  # the backend 'auto' chose
+    metrics = folder / "csv" / "metrics.csv"
+    if metrics.exists():
+        with open(metrics, newline="") as f:
+            rows = list(csv.DictReader(f))
+        val = _floats(rows, "val/ppl")
+        times = _floats(rows, "time/train_s")
+        run.val_curve = [(step, _interp(step, times), ppl) for step, ppl in val]
+        if val:
+            run.val_ppl_best, run.val_ppl_final = min(p for _, p in val), val[-1][1]
+        train = _floats(rows, "train/ppl_epoch") or _floats(rows, "train/ppl")
+        run.train_ppl = train[-1][1] if train else None
+        test = _floats(rows, "test/ppl")
+        run.test_ppl = test[-1][1] if test else None
+        tps = sorted(v for _, v in _floats(rows, "throughput/tokens_per_s"))
+        run.tokens_per_s = tps[len(tps) // 2] if tps else None  # the median: robust to the first, warm-up window
+        peaks = [v for k in (rows[0].keys() if rows else []) if k.startswith("memory/peak") for _, v in _floats(rows, k)]
+        run.peak_memory_MiB = max(peaks) / 2 ** 20 if peaks else None
+        steps = [s for s, _ in _floats(rows, "train/loss")]
+        run.steps = run.steps if run.steps is not None else (max(steps) + 1 if steps else None)
+    return run
+
+
+def _cell(v) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "–"
+    if isinstance(v, float):
+        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.2f}"
+    return str(v).replace("|", "/")
+
+
+def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
+    """report.md, report.csv and the plots in ``out``; returns their paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    files = {"markdown": out / "report.md", "csv": out / "report.csv"}
+    with open(files["csv"], "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        w.writerows(r.row() for r in runs)
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    lines += ["| " + " | ".join(_cell(r.row()[c]) for c in COLUMNS) + " |" for r in runs]
+    files["markdown"].write_text("\n".join(lines) + "\n")
+    files.update(_plots(runs, out))
+    return files
+
+
+def _plots(runs: list[Run], out: Path) -> dict[str, Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    files = {}
+    curves = [r for r in runs if r.val_curve]
+    if curves:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        for r in curves:
+            axes[0].plot([s for s, _, _ in r.val_curve], [p for _, _, p in r.val_curve], marker="o", label=r.label)
+            timed = [(t, p) for _, t, p in r.val_curve if t is not None]
+            if timed:
+                axes[1].plot(*zip(*timed), marker="o", label=r.label)
+        for ax, xlabel in zip(axes, ["step", "training time (s)"]):
+            ax.set_xlabel(xlabel), ax.set_ylabel("validation perplexity"), ax.set_yscale("log"), ax.grid(alpha=0.3)
+        axes[0].legend(fontsize=7)
+        fig.suptitle("validation perplexity per run")
+        fig.tight_layout()
+        files["val_ppl"] = out / "val_ppl.png"
+        fig.savefig(files["val_ppl"], dpi=120)
+        plt.close(fig)
+    bars = [r for r in runs if r.tokens_per_s or r.peak_memory_MiB]
+    if bars:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+        names = [f"{r.attention}\n({_job_number(r.folder)})" for r in bars]
+        axes[0].bar(names, [r.tokens_per_s or 0 for r in bars], color="tab:blue")
+        axes[0].set_ylabel("training tokens/s (median)")
+        axes[1].bar(names, [r.peak_memory_MiB or 0 for r in bars], color="tab:orange")
+        axes[1].set_ylabel("peak memory (MiB)")
+        for ax in axes:
+            ax.tick_params(axis="x", labelsize=8), ax.grid(axis="y", alpha=0.3)
+        fig.suptitle("cost per attention type (job number in brackets)")
+        fig.tight_layout()
+        files["cost"] = out / "cost.png"
+        fig.savefig(files["cost"], dpi=120)
+        plt.close(fig)
+    return files
+
+
+def report(paths: list[str], out: str | None = None) -> tuple[list[Run], dict[str, Path]]:
+    folders = find_runs(paths)
+    if not folders:
+        raise ConfigError(f"{' '.join(paths)}: no run folders (folders with .hydra/config.yaml) found; give a sweep "
+                          f"folder such as outputs/multirun/<date>, run folders or a glob")
+    runs = [read_run(f) for f in folders]
+    target = Path(out) if out else Path(glob.glob(str(Path(paths[0]).expanduser()))[0])
+    if not target.is_dir():
+        target = target.parent
+    return runs, write_report(runs, target)

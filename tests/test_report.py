@@ -1,0 +1,70 @@
+"""report.py puts a sweep's runs side by side from what they write locally: finished, failed and unfinished runs
+each keep a row; plots are written; a folder with no runs is one clear line and exit code 2."""
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from attnlab.report import report
+from attnlab.schema import ConfigError
+from conftest import ROOT
+
+JOB = ["mode=debug", "trainer.max_epochs=2", "trainer.limit_train_batches=5", "trainer.log_every_n_steps=1",
+       "test_after_fit=false", "callbacks.attention_picture=null", "callbacks.model_summary=null"]
+
+
+def as_sweep_job(cfg, overrides):
+    """What Hydra writes into a job folder, for runs started in-process."""
+    folder = Path(cfg.paths.output_dir)
+    (folder / ".hydra").mkdir(parents=True, exist_ok=True)
+    OmegaConf.save(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), folder / ".hydra" / "config.yaml")
+    OmegaConf.save(OmegaConf.create(overrides), folder / ".hydra" / "overrides.yaml")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    from conftest import compose
+    from attnlab.train import train
+    root = tmp_path_factory.mktemp("sweep")
+    for i, attention in enumerate(["full", "longformer"]):
+        cfg = compose([*JOB, f"attention={attention}"], root / f"{i}-attention={attention}")
+        as_sweep_job(cfg, [f"attention={attention}"])
+        train(cfg)
+    bad = as_sweep_job(compose([*JOB, "attention=sparse"], root / "2-attention=sparse"), ["attention=sparse"])
+    (bad / "status.json").write_text(json.dumps({"status": "failed", "reason": "OutOfMemoryError: simulated",
+                                                 "step": 3, "wall_seconds": 1.0}))
+    as_sweep_job(compose([*JOB, "attention=bigbird"], root / "3-attention=bigbird"), ["attention=bigbird"])
+    return root
+
+
+def test_every_run_has_a_row_with_its_outcome(sweep):
+    runs, files = report([str(sweep)])
+    assert [r.attention for r in runs] == ["full", "longformer", "sparse", "bigbird"]
+    full, longformer, sparse, bigbird = runs
+    for r in (full, longformer):
+        assert r.status == "finished" and r.steps == 10 and r.backend in ("dense", "blocked", "auto")
+        assert r.val_ppl_best <= r.val_ppl_final and 1 < r.val_ppl_best < 200
+        assert r.tokens_per_s > 0 and r.peak_memory_MiB > 0 and r.train_ppl > 1
+        assert len(r.val_curve) == 2 and all(t is not None and t > 0 for _, t, _ in r.val_curve)
+    assert sparse.status == "failed: OutOfMemoryError: simulated" and sparse.val_ppl_best is None
+    assert bigbird.status.startswith("no status.json")
+    with open(files["csv"], newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["attention"] for r in rows] == ["full", "longformer", "sparse", "bigbird"]
+    assert float(rows[0]["val_ppl_best"]) == pytest.approx(full.val_ppl_best)
+    assert "| full |" in files["markdown"].read_text()
+    for kind in ("val_ppl", "cost"):
+        assert files[kind].stat().st_size > 10_000  # a rendered PNG, not an empty file
+
+
+def test_a_folder_with_no_runs_is_one_line_and_exit_2(tmp_path):
+    with pytest.raises(ConfigError, match="no run folders"):
+        report([str(tmp_path)])
+    r = subprocess.run([sys.executable, str(ROOT / "report.py"), str(tmp_path / "missing")], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no such folder" in r.stderr
