@@ -139,3 +139,18 @@ def test_concurrent_builders_of_one_entry_both_succeed(tmp_path):
     assert [p.exitcode for p in procs] == [0, 0]
     entries = [p for p in (tmp_path / "tokens").iterdir() if p.is_dir()]
     assert len(entries) == 1 and cache.load(entries[0]) is not None  # one intact entry, no leftovers
+
+
+def test_bits_per_byte_rescale_the_loss_by_the_splits_tokens_per_byte(make_cfg):
+    import math
+    import hydra
+    from omegaconf import OmegaConf
+    from attnlab.train import train
+    cfg = make_cfg(["mode=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=3"])
+    metrics = train(cfg)
+    dm = hydra.utils.instantiate(cfg.data, dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
+                                 tokenizer=OmegaConf.to_container(cfg.tokenizer, resolve=True))
+    dm.prepare_data()
+    ratio = dm.tokens_per_byte("test")
+    assert 0.95 < ratio <= 1.0  # characters: one token per byte, fewer where a character takes several bytes
+    assert metrics["test/bpb"] == pytest.approx(metrics["test/loss"] * ratio / math.log(2), rel=1e-5)

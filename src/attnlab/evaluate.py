@@ -1,4 +1,4 @@
-"""Evaluate a trained checkpoint: loss and perplexity on a split, from the run's own saved config.
+"""Evaluate a trained checkpoint: loss, perplexity and bits per byte on a split, from the run's own saved config.
 
 ``run=`` names a run folder (the one with ``.hydra/config.yaml``; its best checkpoint is used, else
 ``last.ckpt``) or a ``.ckpt`` file inside one. The model, tokenizer and data are rebuilt from that run's config,
@@ -90,10 +90,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         [metrics] = run(model, datamodule=datamodule, verbose=False)
     result = {"run": str(folder), "checkpoint": str(ckpt), "split": cfg.split,
               "loss": float(metrics[f"{cfg.split}/loss"]), "ppl": float(metrics[f"{cfg.split}/ppl"]),
+              "bpb": float(metrics[f"{cfg.split}/bpb"]) if f"{cfg.split}/bpb" in metrics else None,
               "processes": trainer.world_size}
     if rank_zero_only.rank == 0:
         out = Path(cfg.paths.output_dir) / "metrics.json"
         out.write_text(json.dumps(result, indent=1))
-        log.info("%s: %s loss %.6f, perplexity %.4f (written to %s)", ckpt.name, cfg.split, result["loss"],
-                 result["ppl"], out)
+        log.info("%s: %s loss %.6f, perplexity %.4f, bits per byte %s (written to %s)", ckpt.name, cfg.split,
+                 result["loss"], result["ppl"], f"{result['bpb']:.4f}" if result["bpb"] else "n/a", out)
     return result

@@ -109,7 +109,19 @@ class LitGPT(L.LightningModule):
         self.log("val/loss", self.val_loss, prog_bar=True)  # token-weighted mean over the split, all ranks
         self.log("val/ppl", self.val_ppl, prog_bar=True)
 
+    def _log_bits_per_byte(self, split: str, loss: TokenLoss) -> None:
+        """``<split>/bpb``: the loss in bits per byte of text, comparable across tokenizers (perplexity is not)."""
+        datamodule = getattr(self.trainer, "datamodule", None)
+        ratio = datamodule.tokens_per_byte(split) if hasattr(datamodule, "tokens_per_byte") else None
+        if ratio and loss.update_called:
+            self.log(f"{split}/bpb", loss.compute() * ratio / math.log(2), sync_dist=True)  # equal on every rank
+
+    def on_test_epoch_end(self) -> None:
+        self._log_bits_per_byte("test", self.test_loss)
+
     def on_validation_epoch_end(self) -> None:
+        if not self.trainer.sanity_checking:
+            self._log_bits_per_byte("val", self.val_loss)
         if self.trainer.sanity_checking or not self.val_ppl.update_called:
             return
         self.val_ppl_best.update(self.val_ppl.compute())

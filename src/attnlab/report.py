@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 from attnlab.schema import ConfigError
 
 COLUMNS = ["run", "attention", "backend", "model", "tokenizer", "params_M", "steps", "val_ppl_best", "val_ppl_final",
-           "train_ppl", "test_ppl", "tokens_per_s", "peak_memory_MiB", "wall_s", "status"]
+           "val_bpb_best", "train_ppl", "test_ppl", "tokens_per_s", "peak_memory_MiB", "wall_s", "status"]
 
 
 @dataclass
@@ -34,6 +34,7 @@ class Run:
     steps: int | None = None
     val_ppl_best: float | None = None
     val_ppl_final: float | None = None
+    val_bpb_best: float | None = None  # bits per byte: comparable across tokenizers
     train_ppl: float | None = None
     test_ppl: float | None = None
     tokens_per_s: float | None = None
@@ -118,6 +119,8 @@ def read_run(folder: Path) -> Run:
         run.val_curve = [(step, _interp(step, times), ppl) for step, ppl in val]
         if val:
             run.val_ppl_best, run.val_ppl_final = min(p for _, p in val), val[-1][1]
+        bpb = _floats(rows, "val/bpb")
+        run.val_bpb_best = min(b for _, b in bpb) if bpb else None
         train = _floats(rows, "train/ppl_epoch") or _floats(rows, "train/ppl")
         run.train_ppl = train[-1][1] if train else None
         test = _floats(rows, "test/ppl")

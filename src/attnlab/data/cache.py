@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 log = logging.getLogger(__name__)
-CACHE_VERSION = 2  # 2: every file of the entry is checksummed, the tokenizer included
+CACHE_VERSION = 3  # 2: every file of the entry is checksummed, the tokenizer included; 3: UTF-8 bytes per split
 
 
 def _sha(path: Path) -> str:

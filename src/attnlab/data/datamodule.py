@@ -134,6 +134,7 @@ class TextDataModule(L.LightningDataModule):
         self.overfit_batches = overfit_batches
         self.tokens: dict[str, np.ndarray] | None = None
         self.tokenizer = None
+        self.split_bytes: dict[str, int] = {}
         self.sampler: ResumableSampler | None = None
         self.resume_at: tuple[int, int] | None = None  # (epoch, batches already trained on), from a checkpoint
         self.info: dict = {}
@@ -178,17 +179,26 @@ class TextDataModule(L.LightningDataModule):
                         ids.extend(tokenizer.encode(doc))
                         ids.append(tokenizer.eos_id)
                     arrays[s] = np.asarray(ids, dtype=dtype)
-                cache.save(entry, arrays, {"settings": settings, **extra}, tokenizer.save)
+                # bits per byte compare models with different tokenizers: the text's UTF-8 bytes per split,
+                # each document's end (the EOS target) counted as one byte, like a newline
+                n_bytes = {s: sum(len(doc.encode("utf-8")) + 1 for doc in splits[s]) for s in SPLITS}
+                cache.save(entry, arrays, {"settings": settings, "bytes": n_bytes, **extra}, tokenizer.save)
                 tokens = cache.load(entry)
                 if tokens is None:
                     raise DataError(f"could not write the token cache at {entry}")
         self.tokens = tokens
+        self.split_bytes = json.loads((entry / "meta.json").read_text()).get("bytes", {})
         self.tokenizer = load_tokenizer(entry)
         self.info = {"cache_entry": str(entry), **{f"{s}_tokens": int(len(tokens[s])) for s in SPLITS},
                      "vocab_size": self.tokenizer.vocab_size, **extra}
 
     def setup(self, stage: str | None = None) -> None:
         self._load_or_build()
+
+    def tokens_per_byte(self, split: str) -> float | None:
+        """Targets per UTF-8 byte of a split's text: loss (nats per token) x this / ln 2 = bits per byte."""
+        n_bytes = (getattr(self, "split_bytes", None) or {}).get(split)
+        return (len(self.tokens[split]) - 1) / n_bytes if n_bytes and self.tokens is not None else None
 
     @property
     def vocab_size(self) -> int:
