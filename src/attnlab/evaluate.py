@@ -22,6 +22,7 @@ from attnlab.attention import build_attention
 from attnlab.lit import LitGPT
 from attnlab.model import GPTConfig
 from attnlab.schema import ConfigError, check_fields
+from attnlab.train import build_trainer
 
 log = logging.getLogger(__name__)
 SPLITS = ("val", "test")
@@ -82,9 +83,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     log.info("evaluating %s on the %s split", ckpt, cfg.split)
 
     limit = cfg.limit_batches
-    trainer: L.Trainer = hydra.utils.instantiate(
-        cfg.trainer, use_distributed_sampler=False,
-        **{f"limit_{cfg.split}_batches": limit} if limit is not None else {})
+    trainer: L.Trainer = build_trainer(cfg.trainer, **{f"limit_{cfg.split}_batches": limit} if limit is not None else {})
     run = trainer.validate if cfg.split == "val" else trainer.test
     with ddp.job():
         [metrics] = run(model, datamodule=datamodule, verbose=False)

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import hydra
+from hydra.errors import InstantiationException
 import lightning as L
 import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
@@ -49,6 +50,16 @@ def build_model_parts(cfg: DictConfig) -> tuple[dict, AttentionType]:
     except ValueError as e:
         raise ConfigError(str(e)) from e
     return model_cfg, attention
+
+
+def build_trainer(trainer_cfg: DictConfig, **kwargs) -> L.Trainer:
+    """The Lightning Trainer; settings Lightning rejects (e.g. trainer=fsdp without a GPU) become one line."""
+    try:
+        # the datamodule shards every split itself, exactly (see datamodule.py): Lightning's samplers stay off
+        return hydra.utils.instantiate(trainer_cfg, use_distributed_sampler=False, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__ or e
+        raise ConfigError(f"trainer: {str(cause).strip().splitlines()[0]}") from e
 
 
 def build_loggers(cfg: DictConfig, resume_id: str | None) -> list:
@@ -141,10 +152,9 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
         callbacks.append(hydra.utils.instantiate(c, **overrides))
     loggers = build_loggers(cfg, resume_id)
     model.wandb_run_id = wandb_run.run_id(loggers)
-    trainer: L.Trainer = hydra.utils.instantiate(
+    trainer: L.Trainer = build_trainer(
         cfg.trainer, callbacks=callbacks, logger=loggers or False,
-        plugins=[checkpoints.CheckpointIO(preloaded=resume)],
-        use_distributed_sampler=False)  # the datamodule shards every split itself, exactly (see datamodule.py)
+        plugins=[checkpoints.CheckpointIO(preloaded=resume)])
     progress["trainer"] = trainer
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume[0] if resume else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
