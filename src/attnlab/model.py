@@ -13,6 +13,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attnlab.attention import AttentionType, build_attention
+from attnlab.kv_cache import KVCache, LayerCache
+
+POSITIONS = ("learned", "rope")
 
 
 @dataclass
@@ -26,6 +29,9 @@ class GPTConfig:
     dropout: float = 0.0  # 0 for pretraining-scale data; ~0.2 for small corpora like Shakespeare
     bias: bool = False  # no biases in Linear/LayerNorm: slightly faster and as good (nanoGPT's finding)
     tie_weights: bool = True  # output head shares the token embedding: fewer parameters, better small-data fit
+    positions: str = "learned"  # learned: a table of `context` positions (GPT-2); rope: rotary (Su et al. 2021),
+    #   relative, no table, so a KV cache can stream past the context (Longformer at constant memory)
+    rope_base: float = 10000.0  # rotary's base wavelength (RoFormer's value)
 
     def __post_init__(self):
         if self.d_ff == 0:
@@ -39,10 +45,34 @@ class GPTConfig:
                              f"(try n_head in {[h for h in range(1, 33) if self.d_model % h == 0]})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
+        if self.positions not in POSITIONS:
+            raise ValueError(f"model.positions={self.positions!r}; valid: {list(POSITIONS)}")
+        if self.positions == "rope" and self.head_dim % 2:
+            raise ValueError(f"model.positions=rope rotates pairs of dimensions: the head dimension "
+                             f"d_model / n_head = {self.head_dim} must be even")
+        if self.rope_base <= 1:
+            raise ValueError(f"model.rope_base={self.rope_base} must be > 1")
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_head
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding: rotates each (x_i, x_{i+D/2}) pair of a query or key by an angle
+    proportional to its position, so that q . k depends on positions only through their difference."""
+
+    def __init__(self, head_dim: int, base: float):
+        super().__init__()
+        inv_freq = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim)  # (D/2,)
+        self.register_buffer("inv_freq", inv_freq.float(), persistent=False)  # derived: not in checkpoints
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """x: (B, H, T, D), positions: (T,) -> (B, H, T, D)."""
+        angles = positions.to(self.inv_freq.dtype)[:, None] * self.inv_freq[None, :]  # (T, D/2)
+        cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)  # (T, D/2) each
+        x1, x2 = x.chunk(2, dim=-1)  # (B, H, T, D/2) each
+        return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # (B, H, T, D)
 
 
 class SelfAttention(nn.Module):
@@ -56,15 +86,19 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.proj.is_residual_out = True  # scaled init, see GPT._init_weights
         self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_base) if cfg.positions == "rope" else None
         self._attend, self._attend_device = None, None  # the backend, resolved once for the device it runs on
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        """x: (B, T, C) at ``positions`` (T,) -> (B, T, C); with a cache, attends to its keys too and adds its own."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        if self.rotary is not None:
+            q, k = self.rotary(q, positions), self.rotary(k, positions)  # (B, H, T, D) each
         if self._attend_device != q.device:  # built on the CPU, then moved: resolve where it runs, once
             self._attend, self._attend_device = self.attention.bind(q.device, self.layer), q.device
-        y = self._attend(q, k, v)  # (B, H, T, D)
+        y = self._attend(q, k, v) if cache is None else cache.attend(q, k, v, positions, self._attend)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.proj(y))  # (B, T, C)
 
@@ -91,8 +125,8 @@ class Block(nn.Module):
         self.ln_mlp = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_attn(x))  # (B, T, C)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_attn(x), positions, cache)  # (B, T, C)
         return x + self.mlp(self.ln_mlp(x))  # (B, T, C)
 
 
@@ -106,7 +140,7 @@ class GPT(nn.Module):
         attention.check(cfg.context, cfg.n_head)
         self.cfg, self.attention = cfg, attention
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos_emb = nn.Embedding(cfg.context, cfg.d_model)
+        self.pos_emb = nn.Embedding(cfg.context, cfg.d_model) if cfg.positions == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, attention, i) for i in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
@@ -129,7 +163,7 @@ class GPT(nn.Module):
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
-        return n - self.pos_emb.weight.numel() if non_embedding else n
+        return n - self.pos_emb.weight.numel() if non_embedding and self.pos_emb is not None else n
 
     def flops_per_token(self, seq_len: int | None = None) -> float:
         """Training FLOPs per token (forward + backward): 6 x parameters for the matmuls, plus attention's
@@ -138,13 +172,17 @@ class GPT(nn.Module):
         avg_keys = self.attention.attended_keys(T) / T
         return 6 * self.num_params() + 12 * self.cfg.n_layer * self.cfg.d_model * avg_keys
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        """idx: (B, T) token ids -> logits (B, T, V)."""
+    def new_cache(self) -> KVCache:
+        return KVCache(self.attention, self.cfg.n_layer, self.cfg.context)
+
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """idx: (B, T) token ids -> logits (B, T, V). With a cache, idx continues the tokens already in it."""
         if idx.dim() != 2:
             raise ValueError(f"expected token ids of shape (batch, time), got shape {tuple(idx.shape)}")
         B, T = idx.shape
-        if T > self.cfg.context:
-            raise ValueError(f"sequence length {T} is longer than the model's context {self.cfg.context} "
+        start = cache.length if cache is not None else 0
+        if start + T > self.cfg.context and self.pos_emb is not None:  # rotary positions have no table to outgrow
+            raise ValueError(f"sequence length {start + T} is longer than the model's context {self.cfg.context} "
                              f"(model.context); use shorter windows or a larger context")
         if not self._vocab_checked and not torch.compiler.is_compiling() and idx.numel():
             # checked on the first batch only: reading the max back is a host-device sync on a GPU
@@ -153,22 +191,45 @@ class GPT(nn.Module):
                 raise ValueError(f"token id {top} is outside the model's vocabulary of {self.cfg.vocab_size} "
                                  f"(model.vocab_size): the tokenizer and the model disagree")
             self._vocab_checked = self.training  # eval passes (summary, init check) do not end the checking
-        pos = torch.arange(T, device=idx.device)  # (T,)
-        x = self.drop(self.tok_emb(idx) + self.pos_emb(pos))  # (B, T, C)
-        for block in self.blocks:
-            x = block(x)  # (B, T, C)
+        pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        x = self.tok_emb(idx)  # (B, T, C)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb(pos)  # (B, T, C)
+        x = self.drop(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, pos, cache.layers[i] if cache is not None else None)  # (B, T, C)
+        if cache is not None:
+            cache.length += T
         return self.head(self.ln_f(x))  # (B, T, V)
 
     @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None) -> torch.Tensor:
-        """Sample continuations of idx (B, T) -> (B, T + max_new_tokens)."""
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 use_cache: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Sample continuations of idx (B, T) -> (B, T + max_new_tokens). top_k=1 is greedy decoding.
+
+        With the cache, the prompt goes through once and every later token costs one position. Learned
+        positions end at the context: from there each token re-encodes the last ``context`` tokens (the
+        uncached way). Rotary positions stream on, each attention type keeping what its pattern can reach."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+        if temperature <= 0:
+            raise ValueError(f"temperature={temperature} must be > 0 (top_k=1 gives greedy decoding)")
+        was_training = self.training
+        self.eval()
+        cache = self.new_cache() if use_cache else None
+        fed = 0  # tokens of idx already in the cache
         for _ in range(max_new_tokens):
-            ctx = idx[:, -self.cfg.context:]  # (B, <=context)
-            logits = self(ctx)[:, -1, :] / max(temperature, 1e-6)  # (B, V)
+            if cache is not None and (self.pos_emb is None or idx.size(1) <= self.cfg.context):
+                logits = self(idx[:, fed:], cache)[:, -1, :]  # (B, V): only the tokens the cache has not seen
+                fed = idx.size(1)
+            else:
+                cache = None  # past a learned position table: the window slides, cached keys are stale
+                logits = self(idx[:, -self.cfg.context:])[:, -1, :]  # (B, V)
+            logits = logits.float() / temperature  # (B, V)
             if top_k:
                 kth = torch.topk(logits, min(top_k, logits.size(-1))).values[:, [-1]]  # (B, 1)
                 logits = logits.masked_fill(logits < kth, float("-inf"))
-            nxt = torch.multinomial(torch.softmax(logits, -1), 1)  # (B, 1)
-            idx = torch.cat([idx, nxt], dim=1)
+            nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)  # (B, 1)
+            idx = torch.cat([idx, nxt], dim=1)  # (B, T + 1)
+        self.train(was_training)
         return idx

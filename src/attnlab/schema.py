@@ -121,6 +121,7 @@ RULES: dict[str, Number | Choice] = {
     "dataset.test_fraction": Number(float, low=0, high=1, low_open=True, high_open=True),
     "dataset.val_plays": COUNT,
     "dataset.test_plays": COUNT,
+    "dataset.train_plays": Number(int, low=1, nullable=True, meaning="null: every play not held out"),
     "tokenizer.vocab_size": Number(int, low=258, nullable=True,
                                    meaning="byte-level BPE needs its 256 bytes, an end token and one merge"),
     "optimizer.lr": Number(float, low=0, low_open=True),

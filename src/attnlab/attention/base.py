@@ -37,6 +37,12 @@ class AttentionType:
     def auto_backend(self, device: torch.device) -> str:
         return "blocked"
 
+    def keys_still_visible(self, key_pos: torch.Tensor, next_query: int, layer: int = 0) -> torch.Tensor | None:
+        """Which cached keys (at positions ``key_pos``, all < next_query) a query at ``next_query`` or later may
+        still attend to; the KV cache drops the others. None: every key stays (always correct, the default).
+        ``tests/test_generation.py`` checks each type's answer against its pattern."""
+        return None
+
     @classmethod
     def example(cls, n: int) -> dict[str, Any]:
         """Representative settings at sequence length n (benchmarks, pictures, scaling tests)."""

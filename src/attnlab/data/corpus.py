@@ -73,8 +73,12 @@ def markdown_to_play(md: str) -> str:
     return text.strip() + "\n"
 
 
-def shakespeare_splits(val_plays: int = 3, test_plays: int = 3, split_seed: int = 1234):
+def shakespeare_splits(val_plays: int = 3, test_plays: int = 3, split_seed: int = 1234,
+                       train_plays: int | None = None):
     """Split the plays (not lines) so that no play leaks across splits; same seed, same split.
+
+    ``train_plays`` keeps only that many of the training plays (the next ones in the seeded order), for runs
+    sized to a CPU; the validation and test plays do not change with it, so the numbers stay comparable.
 
     Returns ({split: [play text, ...]}, {split: [play name, ...]})."""
     files = play_files()
@@ -82,11 +86,16 @@ def shakespeare_splits(val_plays: int = 3, test_plays: int = 3, split_seed: int 
     if val_plays + test_plays >= len(names):
         raise DataError(f"dataset.val_plays={val_plays} + dataset.test_plays={test_plays} leaves no training "
                         f"play out of {len(names)}")
+    rest = len(names) - val_plays - test_plays
+    if train_plays is not None and not 1 <= train_plays <= rest:
+        raise DataError(f"dataset.train_plays={train_plays} must be in [1, {rest}] (the plays left after "
+                        f"{val_plays} validation and {test_plays} test plays), or null for all of them")
     rng = random.Random(split_seed)
     order = names[:]
     rng.shuffle(order)
+    train_end = val_plays + test_plays + (rest if train_plays is None else train_plays)
     chosen = {"val": sorted(order[:val_plays]), "test": sorted(order[val_plays:val_plays + test_plays]),
-              "train": sorted(order[val_plays + test_plays:])}
+              "train": sorted(order[val_plays + test_plays:train_end])}
     return {s: [markdown_to_play(files[n].read_text(encoding="utf-8")) for n in chosen[s]] for s in SPLITS}, chosen
 
 

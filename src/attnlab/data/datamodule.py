@@ -144,7 +144,8 @@ class TextDataModule(L.LightningDataModule):
         d = self.dataset_cfg
         source = d.get("source")
         if source == "shakespeare":
-            splits, chosen = shakespeare_splits(d.get("val_plays", 3), d.get("test_plays", 3), d.get("split_seed", 1234))
+            splits, chosen = shakespeare_splits(d.get("val_plays", 3), d.get("test_plays", 3), d.get("split_seed", 1234),
+                                                d.get("train_plays"))
             return splits, {"plays": chosen}
         if source == "hub":
             return hub_splits(d["path"], d.get("hf_config"), str(self.cache_dir / "hf"), d.get("text_field", "text")), {}

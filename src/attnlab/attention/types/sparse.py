@@ -47,6 +47,13 @@ class SparseAttention(AttentionType):
             p = first | second
         return base(self.causal) & p
 
+    def keys_still_visible(self, key_pos: torch.Tensor, next_query: int, layer: int = 0) -> torch.Tensor | None:
+        if not self.causal or self.pattern_kind == "strided":
+            return None  # every l-th key: a query far enough ahead reaches any earlier key
+        l, c = self.stride, self.summary
+        # fixed: later queries see their own block (only the current one holds cached keys) and the summaries
+        return (key_pos // l == next_query // l) | (key_pos % l >= l - c)
+
     def validate(self, context: int, n_head: int) -> None:
         if self.pattern_kind not in KINDS:
             raise ValueError(f"attention.pattern_kind={self.pattern_kind!r}; valid: {sorted(KINDS)}")

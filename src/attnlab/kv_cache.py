@@ -1,0 +1,101 @@
+"""A KV cache for generation that keeps, per layer, only the keys its attention pattern can still reach.
+
+Each layer's keys and values sit in slots with the position of the token they came from. After every step
+the attention type says which cached keys a query still to come may see
+(``AttentionType.keys_still_visible``); the others are dropped and their slots reused. So:
+
+* full, flash, BigBird and strided sparse keep every key (a future query can reach any of them);
+* Longformer keeps the last ``window`` keys plus the global ones: a ring buffer, constant in the
+  generated length (with rotary positions it streams past the training context);
+* fixed sparse keeps the current block plus the summary columns of earlier blocks.
+
+The prompt (an empty cache) goes through the type's own backend; later tokens attend to the cached keys
+through a mask made by the type's own predicate, so the cache computes exactly the pattern it was trained on.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from attnlab.attention import AttentionType
+
+
+class LayerCache:
+    """The cached keys and values of one layer: slots (B, H, S, D) and their positions (S,), -1 = free."""
+
+    def __init__(self, attention: AttentionType, layer: int, context: int):
+        self.attention, self.layer = attention, layer
+        self.pattern = attention.pattern(context, layer)  # causal patterns do not depend on the length
+        # does the type ever drop keys? (asked far into the future, where only its structure matters)
+        far = attention.keys_still_visible(torch.zeros(1, dtype=torch.long), 1 << 40, layer)
+        self.drops_keys = far is not None
+        self.k: torch.Tensor | None = None  # (B, H, S, D)
+        self.v: torch.Tensor | None = None  # (B, H, S, D)
+        self.pos: torch.Tensor | None = None  # (S,) long
+
+    @property
+    def slots(self) -> int:
+        return 0 if self.pos is None else self.pos.numel()
+
+    @property
+    def kept(self) -> int:
+        """Keys held now (the memory that matters; slots may be a few more)."""
+        return 0 if self.pos is None else int((self.pos >= 0).sum())
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
+               prefill) -> torch.Tensor:
+        """q, k, v: (B, H, T, D) of new tokens at ``positions`` (T,) -> (B, H, T, D)."""
+        if self.pos is None:  # the prompt: the type's own (efficient) backend, positions 0..T-1
+            y = prefill(q, k, v)  # (B, H, T, D)
+            self._store(k, v, positions)
+        else:
+            self._store(k, v, positions)
+            H = q.shape[1]
+            heads = torch.arange(H, device=q.device).view(H, 1, 1)  # (H, 1, 1)
+            zero = torch.zeros((), dtype=torch.long, device=q.device)
+            mask = self.pattern(zero, heads, positions.view(1, -1, 1), self.pos.view(1, 1, -1))  # (H|1, T, S)
+            mask = mask & (self.pos >= 0).view(1, 1, -1)  # free slots hold nothing
+            y = F.scaled_dot_product_attention(q, self.k, self.v, attn_mask=mask)  # (B, H, T, D)
+        self._evict(int(positions[-1]) + 1)
+        return y
+
+    def _store(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
+        T = k.shape[2]
+        if self.pos is None:
+            self.k, self.v, self.pos = k.clone(), v.clone(), positions.clone()
+            return
+        free = (self.pos < 0).nonzero().flatten()  # (F,)
+        if free.numel() < T:  # grow: exactly what is missing when slots get freed, else by doubling
+            missing = T - free.numel()
+            grow = missing if self.drops_keys else max(missing, self.slots)
+            B, H, _, D = self.k.shape
+            self.k = torch.cat([self.k, self.k.new_zeros(B, H, grow, D)], dim=2)  # (B, H, S + grow, D)
+            self.v = torch.cat([self.v, self.v.new_zeros(B, H, grow, D)], dim=2)  # (B, H, S + grow, D)
+            new = torch.arange(self.slots, self.slots + grow, device=self.pos.device)
+            self.pos = torch.cat([self.pos, torch.full_like(new, -1)])  # (S + grow,)
+            free = torch.cat([free, new])
+        slots = free[:T]  # (T,)
+        self.k[:, :, slots], self.v[:, :, slots], self.pos[slots] = k, v, positions
+
+    def _evict(self, next_query: int) -> None:
+        visible = self.attention.keys_still_visible(self.pos, next_query, self.layer)  # (S,) bool or None
+        if visible is not None:
+            self.pos = torch.where(visible, self.pos, torch.full_like(self.pos, -1))
+
+
+class KVCache:
+    """One LayerCache per layer, and how many tokens have gone through (the next token's position)."""
+
+    def __init__(self, attention: AttentionType, n_layer: int, context: int):
+        if not attention.causal:
+            raise ValueError(f"attention {attention.name!r} is bidirectional (causal=false): a KV cache, and "
+                             f"generation itself, needs a causal model")
+        self.layers = [LayerCache(attention, i, context) for i in range(n_layer)]
+        self.length = 0
+
+    def kept(self) -> int:
+        """Keys held across layers (a measure of the cache's memory)."""
+        return sum(layer.kept for layer in self.layers)
+
+    def slots(self) -> int:
+        return sum(layer.slots for layer in self.layers)

@@ -1,0 +1,215 @@
+"""Generation with the KV cache: each type's cache keeps what its pattern can reach, and decodes exactly the
+tokens (and logits) of recomputing the whole sequence, for every type, backend and position scheme."""
+import pytest
+import torch
+
+from attnlab.attention import ATTENTION_TYPES, build_attention
+from attnlab.attention.backends import get_backend
+from attnlab.model import GPT, GPTConfig, Rotary
+
+N = 48  # the test models' context
+
+
+def cases():
+    """(type, settings) for every causal variant of every registered type."""
+    return [(name, v) for name, cls in ATTENTION_TYPES.items() for v in cls.variants(N)]
+
+
+SLOW_ON_CPU = ("flex", "triton")  # compiled / interpreted here: one variant per type
+
+
+def backend_cases():
+    out, slow_done = [], set()
+    for name, v in cases():
+        for backend in build_attention({"name": name, **v}).backends():
+            impl = get_backend(backend)
+            if impl.unavailable_reason(torch.device("cpu")) or impl.bad_block(v.get("block_size", 64)) \
+                    or (name, backend) in slow_done:
+                continue
+            if backend in SLOW_ON_CPU:
+                slow_done.add((name, backend))
+            out.append(pytest.param(name, v, backend, id=f"{name}-{backend}-{sorted(v.items())}"))
+    return out
+
+
+def sharp_model(attention: dict, positions: str = "learned", context: int = N, seed: int = 0) -> GPT:
+    """A random model whose attention is peaked (scaled q, k, v), so that a key missing from the cache changes
+    the logits visibly; float64 so that exact equality of greedy tokens is not left to rounding."""
+    torch.manual_seed(seed)
+    m = GPT(GPTConfig(vocab_size=50, context=context, n_layer=2, n_head=4, d_model=32, positions=positions),
+            build_attention(attention)).double().eval()
+    with torch.no_grad():
+        for block in m.blocks:
+            block.attn.qkv.weight.mul_(8)
+    return m
+
+
+@torch.no_grad()
+def greedy_cached(m: GPT, prompt: torch.Tensor, steps: int, cache=None):
+    """Greedy decoding through the cache: (tokens (B, T + steps), logits (steps, B, V), cache)."""
+    cache = cache or m.new_cache()
+    seq, out = prompt, []
+    logits = m(prompt, cache)[:, -1]
+    for _ in range(steps):
+        out.append(logits)
+        nxt = logits.argmax(-1, keepdim=True)  # (B, 1)
+        seq = torch.cat([seq, nxt], 1)
+        logits = m(nxt, cache)[:, -1]
+    return seq, torch.stack(out), cache
+
+
+@torch.no_grad()
+def greedy_recomputed(m: GPT, prompt: torch.Tensor, steps: int, crop: int | None = None):
+    """Greedy decoding by one forward pass over the whole sequence (or its last ``crop`` tokens) per token."""
+    seq, out = prompt, []
+    for _ in range(steps):
+        logits = m(seq if crop is None else seq[:, -crop:])[:, -1]
+        out.append(logits)
+        seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], 1)
+    return seq, torch.stack(out)
+
+
+# --- each type's eviction rule against its own pattern -------------------------------------------------------
+
+@pytest.mark.parametrize("name,settings", cases(), ids=lambda x: str(x))
+def test_cache_keeps_every_key_a_later_query_can_see(name, settings):
+    attention = build_attention({"name": name, **settings})
+    for layer in range(3):
+        allowed = attention.pattern(N, layer).dense(N, N, n_heads=4)  # (H, N, N)
+        for next_query in range(1, N):
+            keys = torch.arange(next_query)
+            visible = attention.keys_still_visible(keys, next_query, layer)
+            if visible is None:
+                continue
+            needed = allowed[:, next_query:, :next_query].any(dim=1).any(dim=0)  # (next_query,)
+            lost = keys[needed & ~visible].tolist()
+            assert not lost, f"{name} {settings} layer {layer}: keys {lost} dropped at {next_query} are still needed"
+
+
+def test_longformer_and_fixed_sparse_drop_keys():
+    lf = build_attention({"name": "longformer", "window": 8, "global_tokens": 2})
+    kept = lf.keys_still_visible(torch.arange(100), 100)
+    assert kept.sum() == 8 - 1 + 2  # the window's earlier keys and the globals
+    sp = build_attention({"name": "sparse", "pattern_kind": "fixed", "stride": 8, "summary": 2})
+    kept = sp.keys_still_visible(torch.arange(100), 100)
+    assert kept.sum() == 4 + 2 * (96 // 8)  # the current block's 4 keys and 2 summaries per finished block
+
+
+# --- cached decoding == recomputation -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("positions", ["learned", "rope"])
+@pytest.mark.parametrize("name,settings,backend", backend_cases())
+def test_cached_generation_matches_recomputation(name, settings, backend, positions):
+    m = sharp_model({"name": name, **settings, "backend": backend}, positions)
+    prompt = torch.randint(0, 50, (2, 11))  # not a multiple of any block; 11 + 30 crosses blocks and windows
+    cached, cached_logits, _ = greedy_cached(m, prompt, 30)
+    if backend in SLOW_ON_CPU:  # the prompt went through it; recompute with an exact fast backend (same weights)
+        fast = "dense" if "dense" in m.attention.backends() else "sdpa"
+        m = sharp_model({"name": name, **settings, "backend": fast}, positions)
+    recomputed, recomputed_logits = greedy_recomputed(m, prompt, 30)
+    assert torch.equal(cached, recomputed)
+    torch.testing.assert_close(cached_logits, recomputed_logits, rtol=0, atol=1e-9)
+
+
+def test_generate_with_and_without_cache_agree_past_a_learned_context():
+    """Learned positions end at the context: from there both ways re-encode the last `context` tokens."""
+    m = sharp_model({"name": "longformer", "window": 7, "global_tokens": 2}, "learned", context=24)
+    prompt = torch.randint(0, 50, (1, 5))
+    with_cache = m.generate(prompt, 40, top_k=1)
+    without = m.generate(prompt, 40, top_k=1, use_cache=False)
+    assert torch.equal(with_cache, without)
+
+
+def test_streaming_longformer_past_the_context_matches_one_uncropped_pass():
+    w, g, context = 8, 2, 32
+    m = sharp_model({"name": "longformer", "window": w, "global_tokens": g, "block_size": 8}, "rope", context)
+    prompt = torch.randint(0, 50, (2, 5))
+    steps = 4 * context  # far past the training context and 16 windows
+    streamed, streamed_logits, cache = greedy_cached(m, prompt, steps)
+    full, full_logits = greedy_recomputed(m, prompt, steps)  # T up to 133 > context: rotary has no table
+    assert torch.equal(streamed, full)
+    torch.testing.assert_close(streamed_logits, full_logits, rtol=0, atol=1e-9)
+
+
+def test_longformer_cache_stays_bounded_while_generating_four_windows():
+    w, g = 8, 2
+    m = sharp_model({"name": "longformer", "window": w, "global_tokens": g}, "rope", context=32)
+    cache = m.new_cache()
+    sizes = []
+    with torch.no_grad():
+        m(torch.randint(0, 50, (1, 3)), cache)
+        for _ in range(4 * w * 4):
+            m(torch.randint(0, 50, (1, 1)), cache)
+            sizes.append((cache.kept(), cache.slots()))
+    layers = m.cfg.n_layer
+    assert max(k for k, _ in sizes) <= layers * (w - 1 + g)
+    assert max(s for _, s in sizes) <= layers * (w + g)  # the slots are reused: a ring buffer
+    assert len({s for _, s in sizes[2 * w:]}) == 1  # constant once the window has filled
+
+
+def test_fixed_sparse_cache_grows_by_summaries_only():
+    l, c = 8, 2
+    m = sharp_model({"name": "sparse", "pattern_kind": "fixed", "stride": l, "summary": c}, "rope", context=32)
+    _, _, cache = greedy_cached(m, torch.randint(0, 50, (1, 4)), 92)  # 96 tokens seen
+    assert cache.kept() <= m.cfg.n_layer * (l + c * 96 // l)  # far below the 96 keys a full cache holds
+
+
+def test_full_cache_keeps_everything():
+    m = sharp_model({"name": "full"}, "rope")
+    _, _, cache = greedy_cached(m, torch.randint(0, 50, (1, 4)), 20)
+    assert cache.kept() == m.cfg.n_layer * 24
+
+
+# --- rotary positions, arguments -----------------------------------------------------------------------------
+
+def test_rotary_scores_depend_only_on_the_distance():
+    torch.manual_seed(0)
+    rope = Rotary(16, 10000.0).double()
+    q, k = torch.randn(1, 1, 1, 16, dtype=torch.float64), torch.randn(1, 1, 1, 16, dtype=torch.float64)
+
+    def score(i, j):
+        return (rope(q, torch.tensor([i])) * rope(k, torch.tensor([j]))).sum()
+    torch.testing.assert_close(score(5, 2), score(105, 102))
+    assert not torch.allclose(score(5, 2), score(5, 4))  # and it does depend on the distance
+
+
+def test_learned_positions_refuse_sequences_past_the_context_but_rotary_does_not():
+    learned = GPT(GPTConfig(vocab_size=20, context=8, n_layer=1, n_head=2, d_model=16))
+    with pytest.raises(ValueError, match="longer than the model's context 8"):
+        learned(torch.zeros(1, 9, dtype=torch.long))
+    rotary = GPT(GPTConfig(vocab_size=20, context=8, n_layer=1, n_head=2, d_model=16, positions="rope"))
+    assert rotary(torch.zeros(1, 9, dtype=torch.long)).shape == (1, 9, 20)
+    assert "pos_emb.weight" not in rotary.state_dict()
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ({"max_new_tokens": 0}, "max_new_tokens=0 must be >= 1"),
+    ({"temperature": 0.0}, r"temperature=0.0 must be > 0"),
+])
+def test_generate_rejects_bad_arguments(kwargs, message):
+    m = GPT(GPTConfig(vocab_size=20, context=8, n_layer=1, n_head=2, d_model=16))
+    args = {"max_new_tokens": 3, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        m.generate(torch.zeros(1, 2, dtype=torch.long), **args)
+
+
+def test_bidirectional_model_has_no_cache():
+    m = GPT(GPTConfig(vocab_size=20, context=8, n_layer=1, n_head=2, d_model=16), {"name": "full", "causal": False})
+    with pytest.raises(ValueError, match="needs a causal model"):
+        m.new_cache()
+
+
+@pytest.mark.parametrize("bad,message", [("positions", "model.positions='alibi'; valid: \\['learned', 'rope'\\]"),
+                                         ("odd", "head dimension d_model / n_head = 3 must be even")])
+def test_bad_position_settings(bad, message):
+    kwargs = {"positions": "alibi"} if bad == "positions" else {"positions": "rope", "d_model": 6, "n_head": 2}
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**{"vocab_size": 20, "context": 8, "n_layer": 1, "n_head": 2, "d_model": 16, **kwargs})
+
+
+def test_sampling_is_seeded():
+    m = GPT(GPTConfig(vocab_size=20, context=16, n_layer=1, n_head=2, d_model=16))
+    prompt = torch.zeros(1, 2, dtype=torch.long)
+    a = m.generate(prompt, 10, generator=torch.Generator().manual_seed(3))
+    b = m.generate(prompt, 10, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
