@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from attnlab.checkpoints import safe_load
 from attnlab.data.datamodule import IGNORE, EvalWindows, RankShard, ResumableSampler
 from conftest import ROOT
 
@@ -62,7 +63,7 @@ def newest_run(root: Path) -> Path:
 
 
 def weights(ckpt: Path) -> dict:
-    state = torch.load(ckpt, weights_only=False)
+    state = safe_load(ckpt)
     return {"step": state["global_step"], **state["state_dict"]}
 
 

@@ -43,7 +43,7 @@ class LastCheckpoint(L.Callback):
 
     def _save(self, trainer) -> None:
         if trainer.global_step != self.saved_step and not trainer.sanity_checking:
-            trainer.save_checkpoint(self.path)  # through the project's atomic CheckpointIO
+            trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, through the atomic CheckpointIO
             self.saved_step = trainer.global_step
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:

@@ -125,8 +125,11 @@ class RankShard(Dataset):
 class TextDataModule(L.LightningDataModule):
     def __init__(self, dataset: dict, tokenizer: dict, context: int, batch_size: int, cache_dir: str,
                  eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
-                 overfit_batches: int = 0):
+                 overfit_batches: int = 0, tokenizer_from: str | None = None):
+        """``tokenizer_from``: a folder with a ``tokenizer.json`` (a token cache entry, as in a run's log) whose
+        tokenizer encodes this dataset instead of one trained on it: evaluating a run on other text."""
         super().__init__()
+        self.tokenizer_from = tokenizer_from
         self.dataset_cfg, self.tokenizer_cfg = dict(dataset), dict(tokenizer)
         self.context, self.batch_size = context, batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -162,8 +165,15 @@ class TextDataModule(L.LightningDataModule):
             return
         splits, extra = self._read_splits()
         tok_cfg = self.tokenizer_cfg
+        fixed = None
+        if self.tokenizer_from:
+            if not (Path(self.tokenizer_from) / "tokenizer.json").is_file():
+                raise DataError(f"tokenizer_from={self.tokenizer_from}: no tokenizer.json there")
+            fixed = load_tokenizer(self.tokenizer_from)
         settings = {"corpus": fingerprint(splits), "tokenizer": tok_cfg.get("name"),
                     "vocab_size": tok_cfg.get("vocab_size"), "eos_between_documents": True}
+        if fixed is not None:
+            settings["tokenizer_from"] = fixed.fingerprint
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         entry = self.cache_dir / "tokens" / f"{self.dataset_cfg.get('name', 'data')}-{tok_cfg.get('name')}-{key}"
         with cache.building(entry):  # one builder per entry across processes; the others reuse it
@@ -171,7 +181,7 @@ class TextDataModule(L.LightningDataModule):
             if tokens is None:
                 log.info("tokenising %s with %s (cached afterwards in %s)", self.dataset_cfg.get("name"),
                          tok_cfg.get("name"), entry)
-                tokenizer = build_tokenizer(tok_cfg.get("name"), splits["train"], tok_cfg.get("vocab_size", 4096))
+                tokenizer = fixed or build_tokenizer(tok_cfg.get("name"), splits["train"], tok_cfg.get("vocab_size", 4096))
                 dtype = np.uint16 if tokenizer.vocab_size < 2 ** 16 else np.uint32
                 arrays = {}
                 for s in SPLITS:

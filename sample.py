@@ -1,0 +1,31 @@
+"""Sample text from a trained run: python sample.py run=<run folder, .ckpt or last> [prompt=...] [key=value ...]
+
+Examples:
+    python sample.py run=last prompt="ROMEO:" num_samples=3 max_new_tokens=300
+    python sample.py run=outputs/longformer-small-shakespeare-char/<date> temperature=0.7 top_k=50
+    python sample.py -m run=last temperature=0.5,0.8,1.2      # one job per temperature
+"""
+import logging
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from attnlab.data.corpus import DataError
+from attnlab.sample import sample
+from attnlab.schema import ConfigError
+
+log = logging.getLogger("attnlab")
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="sample")
+def main(cfg: DictConfig) -> None:
+    try:
+        sample(cfg)
+    except (ConfigError, DataError) as e:
+        log.error("%s", e)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
