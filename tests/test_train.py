@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from attnlab.checkpoints import safe_load
 from attnlab.train import train
 from test_config import run_train
 
@@ -72,15 +73,15 @@ def test_resume_continues_at_the_right_step_and_data_position(make_cfg, stop):
     first = _resume_cfg(make_cfg, "first", stop)
     train(first)
     last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
-    assert torch.load(last, weights_only=False)["global_step"] == stop
+    assert safe_load(last)["global_step"] == stop
     resumed = _resume_cfg(make_cfg, "resumed", 20, [f"ckpt_path={last}"])
     train(resumed)
     rows = metrics_of(Path(resumed.paths.output_dir))
     steps = [int(r["step"]) for r in rows if r.get("train/loss")]
     assert min(steps) >= stop and max(steps) == 19  # continued from the saved step, not from 0
     assert not column(rows, "init/loss")  # a resumed run is not at initialisation: no check, no false warning
-    a = torch.load(Path(straight.paths.output_dir) / "checkpoints" / "last.ckpt", weights_only=False)
-    b = torch.load(last, weights_only=False)  # the resumed job goes on writing into its own checkpoint folder
+    a = safe_load(Path(straight.paths.output_dir) / "checkpoints" / "last.ckpt")
+    b = safe_load(last)  # the resumed job goes on writing into its own checkpoint folder
     assert a["global_step"] == b["global_step"] == 20
     for k in a["state_dict"]:  # same data, same order, same optimizer state: same weights
         torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k], atol=1e-5, rtol=1e-4)
