@@ -2,6 +2,7 @@
 input (exit code 2)."""
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,8 @@ def run(script, *args, cwd, expect=0):
 def trained(tmp_path_factory):
     """A Longformer run with rotary positions and a checkpoint."""
     root = tmp_path_factory.mktemp("sample")
-    run("train.py", *TRAIN, "attention=longformer", "attention.window=8", "model.positions=rope",
+    run("train.py", *TRAIN, "attention=longformer", "attention.window=8", "model.positions=rope", "logger=wandb",
+        "logger.wandb.log_model=true",
         f"paths.outputs_root={root / 'outputs'}", cwd=root)
     [folder] = [p.parent for p in (root / "outputs").glob("**/run.json")]
     return root, folder
@@ -53,6 +55,15 @@ def sample_cfg(tmp_path: Path, **overrides):
         cfg.paths.output_dir = str(out)
     HydraConfig().set_config(cfg)
     return cfg
+
+
+def test_training_writes_sample_texts_at_each_validation_and_a_wandb_table(trained):
+    root, folder = trained
+    rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and {r["step"] for r in rows} == {6}  # 3 prompts after the one validation at step 6
+    assert len({r["prompt"] for r in rows}) == 3 and all(r["continuation"] for r in rows)
+    assert list(folder.glob("wandb/*/files/media/table/samples_*.table.json"))
+    assert "log_model=true is ignored" in (folder / "train.log").read_text()  # offline here: nothing to upload
 
 
 def test_sample_py_prints_samples_from_a_run_folder(trained):
@@ -130,4 +141,8 @@ def test_evaluate_on_other_text_with_the_runs_tokenizer(trained, tmp_path):
     [metrics] = (tmp_path / "outputs" / "evaluate").glob("*/metrics.json")
     metrics = json.loads(metrics.read_text())
     assert metrics["dataset"] == "text_files" and metrics["bpb"] > 0 and metrics["ppl"] > 1
-    assert "tokenising text_files" in out  # encoded with the run's tokenizer, not one trained on this text
+    # encoded with the run's tokenizer (the Shakespeare characters), not one trained on this text
+    cache = Path(os.environ["ATTNLAB_CACHE"]) / "tokens"
+    used = max(cache.glob("text_files-char-*/tokenizer.json"), key=lambda p: p.stat().st_mtime)
+    runs_own = Path(re.search(r"'cache_entry': '([^']+)'", (folder / "train.log").read_text()).group(1)) / "tokenizer.json"
+    assert json.loads(used.read_text()) == json.loads(runs_own.read_text())

@@ -1,13 +1,15 @@
 """Callbacks: last checkpoint, loss at initialisation, gradient norm, memory (estimate vs measured), throughput
-(tokens/s, MFU), attention pictures."""
+(tokens/s, MFU), attention pictures, sample texts."""
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from pathlib import Path
 
 import lightning as L
+import numpy as np
 import torch
 
 from attnlab import memory
@@ -233,6 +235,45 @@ class AttentionPicture(L.Callback):
                     lg.log_image(key="attention/pattern", images=paths)
                 except Exception as e:  # a picture is not worth failing a run
                     log.warning("could not log the attention picture: %s", e)
+
+
+class SampleTexts(L.Callback):
+    """After each validation: short continuations of a few fixed validation-text prompts, appended to
+    ``samples.jsonl`` in the run folder and logged to W&B as a table (step, prompt, continuation), so the
+    dashboard shows how the text improves. Seeded: the same prompts and random draws at every validation."""
+
+    def __init__(self, dirpath: str, num_prompts: int = 3, prompt_tokens: int = 24, new_tokens: int = 48,
+                 temperature: float = 0.8, top_k: int | None = 50, seed: int = 0):
+        self.path = Path(dirpath) / "samples.jsonl"
+        self.num_prompts, self.prompt_tokens, self.new_tokens = num_prompts, prompt_tokens, new_tokens
+        self.temperature, self.top_k, self.seed = temperature, top_k, seed
+        self.rows: list[list] = []  # every validation's samples: W&B shows the whole table, newest last
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        dm = trainer.datamodule
+        if trainer.sanity_checking or not trainer.is_global_zero or getattr(dm, "tokens", None) is None:
+            return
+        model = getattr(pl_module.model, "_orig_mod", pl_module.model)  # the eager module under torch.compile
+        val, n = dm.tokens["val"], min(self.prompt_tokens, model.cfg.context - 1)
+        if len(val) <= n or not model.attention.causal:
+            return
+        starts = np.linspace(0, len(val) - n - 1, self.num_prompts).astype(int)  # spread over the split
+        device = pl_module.device
+        prompts = torch.stack([torch.as_tensor(val[s:s + n].astype(np.int64)) for s in starts]).to(device)  # (P, n)
+        out = model.generate(prompts, self.new_tokens, self.temperature, self.top_k,
+                             generator=torch.Generator(device).manual_seed(self.seed))  # (P, n + new)
+        tok = dm.tokenizer
+        rows = [[trainer.global_step, tok.decode(p.tolist()), tok.decode(o[n:].tolist())] for p, o in zip(prompts, out)]
+        self.rows += rows
+        with self.path.open("a", encoding="utf-8") as f:
+            for step, prompt, text in rows:
+                f.write(json.dumps({"step": step, "prompt": prompt, "continuation": text}, ensure_ascii=False) + "\n")
+        for lg in trainer.loggers:
+            if hasattr(lg, "log_table"):
+                try:
+                    lg.log_table(key="samples", columns=["step", "prompt", "continuation"], data=self.rows)
+                except Exception as e:  # a table is not worth failing a run
+                    log.warning("could not log the sample table: %s", e)
 
 
 class TrainingDiverged(RuntimeError):

@@ -18,6 +18,8 @@ import hydra
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
+from attnlab.schema import ConfigError
+
 log = logging.getLogger(__name__)
 DEFAULT_BASE_URL = "https://api.wandb.ai"
 
@@ -74,7 +76,15 @@ def build_logger(cfg: DictConfig, lg_cfg: dict, resume_id: str | None):
     import wandb
     if wandb.run is not None:  # a previous job of this process left its run open: it must not receive our data
         wandb.finish()
-    offline = decide_offline(lg_cfg.pop("offline", "auto"))
+    setting = lg_cfg.pop("offline", "auto")
+    offline = decide_offline(setting)
+    if offline and lg_cfg.get("log_model"):  # W&B cannot upload artifacts offline
+        if str(setting).lower() != "auto":
+            raise ConfigError("logger.wandb.log_model=true uploads checkpoints, which W&B cannot do with "
+                              "logger.wandb.offline=true; set offline=auto or false, or log_model=false")
+        log.warning("W&B is offline here: logger.wandb.log_model=true is ignored (the checkpoints stay in the run "
+                    "folder; `wandb sync` does not upload them)")
+        lg_cfg["log_model"] = False
     job = job_info()
     lg_cfg["offline"] = offline
     lg_cfg["name"] = lg_cfg.get("name") or (cfg.run_name + (f"[{job['overrides']}]" if job["overrides"] else ""))
