@@ -2,7 +2,8 @@
 
 Examples:
     python train.py mode=debug                        # tiny model, a few batches, < 1 minute on a CPU
-    python train.py attention=longformer              # the real run with Longformer attention
+    python train.py attention=longformer              # the real run with Longformer attention (on a machine
+                                                      # without a GPU: experiment=shakespeare_cpu, ~12 min)
     python train.py -m attention=full,flash,sparse,longformer mode=debug   # a sweep, one job each
 """
 import logging
@@ -14,7 +15,7 @@ from omegaconf import DictConfig
 from attnlab.callbacks import TrainingDiverged
 from attnlab.data.corpus import DataError
 from attnlab.sweep import is_multirun, one_line
-from attnlab.train import ConfigError, train
+from attnlab.train import ConfigError, cpu_default_override, train
 
 log = logging.getLogger("attnlab")
 
@@ -41,4 +42,11 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    import torch
+    cpu_default = cpu_default_override(sys.argv[1:], torch.cuda.is_available())
+    if cpu_default:  # recorded in the run's .hydra/overrides.yaml like any override
+        print(f"attnlab: no GPU here and no model size chosen, so this runs {cpu_default} (about 12 minutes on "
+              f"2 CPU cores); `python train.py model=small` runs the full-size default (hours on a CPU)",
+              file=sys.stderr)
+        sys.argv.append(cpu_default)
     main()

@@ -121,3 +121,51 @@ def test_fsdp_shards_block_by_block():
     strategy = hydra.utils.instantiate(compose(["trainer=fsdp"]).trainer.strategy)
     policy = strategy.kwargs["auto_wrap_policy"]
     assert Block in policy._module_classes
+
+
+# --- presets sized for a CPU and what `python train.py` picks without a GPU --------------------------------
+
+def test_exercise_cpu_is_the_indicator_at_cpu_size(tmp_path):
+    cfg = compose(["experiment=exercise_cpu", "attention=longformer"], tmp_path / "run")
+    assert (cfg.model.name, cfg.tokenizer.name, cfg.tokenizer.vocab_size) == ("mini", "bpe", 2048)
+    assert cfg.trainer.max_epochs == 50 and cfg.dataset.train_plays == 3 and cfg.attention.name == "longformer"
+    assert cfg.model.context == cfg.data.context == 128
+    gpu = compose(["experiment=exercise"], tmp_path / "gpu")  # the GPU preset is unchanged: the whole corpus
+    assert gpu.model.name == "small" and gpu.dataset.train_plays is None and gpu.trainer.max_epochs == 50
+
+
+def test_shakespeare_cpu_is_nanogpts_cpu_recipe_shape(tmp_path):
+    cfg = compose(["experiment=shakespeare_cpu"], tmp_path / "run")
+    m = cfg.model
+    assert (m.n_layer, m.n_head, m.d_model, m.context, m.dropout) == (4, 4, 128, 64, 0.0)
+    assert cfg.tokenizer.name == "char" and cfg.trainer.max_steps == 2500 and cfg.trainer.max_epochs == -1
+
+
+@pytest.mark.parametrize("argv,cuda,expected", [
+    ([], False, "experiment=shakespeare_cpu"),
+    (["attention=longformer"], False, "experiment=shakespeare_cpu"),
+    (["-m", "attention=full,flash"], False, "experiment=shakespeare_cpu"),
+    (["ckpt_path=last"], False, "experiment=shakespeare_cpu"),  # the same command resumes the same run
+    ([], True, None),
+    (["model=small"], False, None),
+    (["model.n_layer=8"], False, None),
+    (["experiment=exercise"], False, None),
+    (["mode=debug"], False, None),
+    (["trainer=cpu"], False, None),
+    (["hparams_search=lr_dropout"], False, None),
+    (["--help"], False, None),
+])
+def test_train_py_picks_the_cpu_preset_only_when_nothing_chose_a_size(argv, cuda, expected):
+    from attnlab.train import cpu_default_override
+    assert cpu_default_override(argv, cuda) == expected
+
+
+def test_train_py_says_when_it_runs_the_cpu_preset(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--cfg", "job"], capture_output=True, text=True,
+                       cwd=tmp_path, timeout=120)
+    assert r.returncode == 0
+    if torch.cuda.is_available():
+        assert "name: small" in r.stdout
+    else:
+        assert "runs experiment=shakespeare_cpu" in r.stderr and "model=small" in r.stderr
+        assert "name: mini" in r.stdout

@@ -154,3 +154,13 @@ def test_bits_per_byte_rescale_the_loss_by_the_splits_tokens_per_byte(make_cfg):
     ratio = dm.tokens_per_byte("test")
     assert 0.95 < ratio <= 1.0  # characters: one token per byte, fewer where a character takes several bytes
     assert metrics["test/bpb"] == pytest.approx(metrics["test/loss"] * ratio / math.log(2), rel=1e-5)
+
+
+def test_train_plays_keeps_a_slice_of_the_training_plays_and_the_same_held_out_plays():
+    from attnlab.data.corpus import DataError, shakespeare_splits
+    _, every = shakespeare_splits()
+    _, three = shakespeare_splits(train_plays=3)
+    assert len(three["train"]) == 3 and set(three["train"]) < set(every["train"])
+    assert three["val"] == every["val"] and three["test"] == every["test"]
+    with pytest.raises(DataError, match=r"dataset.train_plays=40 must be in \[1, 32\]"):
+        shakespeare_splits(train_plays=40)

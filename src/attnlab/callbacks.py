@@ -10,6 +10,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
+from lightning.pytorch.callbacks import RichProgressBar
 import torch
 
 from attnlab import memory
@@ -209,6 +210,64 @@ class ThroughputMonitor(L.Callback):
                 metrics["throughput/mfu"] = tps * fpt / (peak * trainer.world_size)
         pl_module.log_dict(metrics, on_step=True, on_epoch=False)
         self.t0, self.tokens = time.perf_counter(), 0
+
+
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}" if seconds >= 3600 else \
+        f"{seconds // 60}:{seconds % 60:02d}"
+
+
+class RunProgressBar(RichProgressBar):
+    """Rich's bar, with what a long run needs beside it: the time left for the whole run (not only the epoch;
+    measured wall time per step so far, validation included), tokens/s, the latest validation perplexity and,
+    in a multirun, which job of how many this is. Also logs one line with the run's estimated length once
+    ``estimate_after`` steps are done."""
+
+    def __init__(self, estimate_after: int = 10, **kwargs):
+        super().__init__(**kwargs)
+        self.estimate_after = estimate_after
+        self.start: tuple[float, int] | None = None  # (time, step) when this session's training began
+        self.job: tuple[int, int | None] | None = None
+        self.estimated = False
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        from attnlab.sweep import job_position
+        self.start, self.job = (time.perf_counter(), trainer.global_step), job_position()
+
+    def remaining_seconds(self, trainer) -> float | None:
+        if self.start is None or trainer.global_step <= self.start[1]:
+            return None
+        total = trainer.estimated_stepping_batches  # optimizer steps of the whole run (max_steps or the epochs)
+        if not math.isfinite(total):
+            return None
+        per_step = (time.perf_counter() - self.start[0]) / (trainer.global_step - self.start[1])
+        return max(0.0, (total - trainer.global_step) * per_step)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+        if not self.estimated and self.start and trainer.global_step - self.start[1] >= self.estimate_after:
+            self.estimated = True
+            left = self.remaining_seconds(trainer)
+            if left is not None:
+                log.info("estimated time left: %s for %d more steps (%.2f s per step so far)", duration(left),
+                         trainer.estimated_stepping_batches - trainer.global_step,
+                         (time.perf_counter() - self.start[0]) / (trainer.global_step - self.start[1]))
+
+    def get_metrics(self, trainer, pl_module) -> dict:
+        items = super().get_metrics(trainer, pl_module)
+        items.pop("v_num", None)
+        shown = {}
+        if self.job:
+            shown["job"] = f"{self.job[0]}/{self.job[1] or '?'}"
+        left = self.remaining_seconds(trainer) if trainer.training else None
+        if left is not None:
+            shown["run ETA"] = duration(left)
+        tps = trainer.callback_metrics.get("throughput/tokens_per_s")
+        if tps is not None:
+            shown["tok/s"] = f"{float(tps):,.0f}"
+        return {**shown, **items}
 
 
 class AttentionPicture(L.Callback):

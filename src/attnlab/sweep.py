@@ -62,6 +62,28 @@ def is_multirun() -> bool:
     return HydraConfig.initialized() and str(HydraConfig.get().mode) == "RunMode.MULTIRUN"
 
 
+def job_position() -> tuple[int, int | None] | None:
+    """(this job's number from 1, the number of jobs in the sweep or None if unknown) in a multirun, else None."""
+    if not is_multirun():
+        return None
+    from hydra.core.hydra_config import HydraConfig
+    hc = HydraConfig.get()
+    total = None
+    try:
+        if hc.sweeper.get("n_trials"):  # Optuna: a fixed number of trials
+            total = int(hc.sweeper.n_trials)
+        else:  # the basic sweeper: the product of every swept list, from the sweep's own command line
+            from hydra.core.override_parser.overrides_parser import OverridesParser
+            task = list(OmegaConf.load(Path(hc.sweep.dir) / "multirun.yaml").hydra.overrides.task)
+            task += [f"{k}={v}" for k, v in (hc.sweeper.get("params") or {}).items()]
+            total = 1
+            for o in OverridesParser.create().parse_overrides(task):
+                total *= len(list(o.sweep_iterator())) if o.is_sweep_override() else 1
+    except Exception:  # another sweeper or an unreadable sweep file: the position alone
+        total = None
+    return int(hc.job.num) + 1, total
+
+
 def parallel_jobs() -> int:
     """How many jobs of this multirun the launcher runs at once (1 for Hydra's basic launcher)."""
     if not is_multirun():

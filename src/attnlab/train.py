@@ -28,6 +28,22 @@ log = logging.getLogger(__name__)
 ConfigError = schema.ConfigError
 
 
+CPU_DEFAULT = "experiment=shakespeare_cpu"  # what `python train.py` runs where no GPU is visible
+SIZE_CHOICES = ("model", "experiment", "mode", "hparams_search", "trainer")  # choosing any of these opts out
+
+
+def cpu_default_override(argv: list[str], cuda_available: bool) -> str | None:
+    """``CPU_DEFAULT`` when the command line chooses no model size (no model, experiment, mode, search or
+    trainer setting) and there is no GPU: the full-size default would run for hours on a CPU. None otherwise."""
+    if cuda_available:
+        return None
+    for arg in argv:
+        key = arg.lstrip("+~").split("=", 1)[0].split(".", 1)[0].split("@", 1)[0]
+        if key in SIZE_CHOICES or arg in ("--help", "-h", "--hydra-help", "--info", "-i"):
+            return None
+    return CPU_DEFAULT
+
+
 def run_device(cfg: DictConfig) -> str:
     accel = str(cfg.trainer.accelerator)
     if accel in ("gpu", "cuda") and not torch.cuda.is_available():
