@@ -58,8 +58,11 @@ def test_every_run_has_a_row_with_its_outcome(sweep):
         rows = list(csv.DictReader(f))
     assert [r["attention"] for r in rows] == ["full", "longformer", "sparse", "bigbird"]
     assert float(rows[0]["val_ppl_best"]) == pytest.approx(full.val_ppl_best)
-    assert "| full |" in files["markdown"].read_text()
-    for kind in ("val_ppl", "cost"):
+    markdown = files["markdown"].read_text()
+    assert "| full |" in markdown
+    assert "## Samples" in markdown and full.sample["step"] == 10 and full.sample["continuation"] in markdown
+    assert len(full.train_curve) == 2  # one training perplexity per epoch, beside the validation curve
+    for kind in ("val_ppl", "cost", "train_val"):
         assert files[kind].stat().st_size > 10_000  # a rendered PNG, not an empty file
 
 

@@ -42,6 +42,8 @@ class Run:
     wall_s: float | None = None
     status: str = "unknown"
     val_curve: list[tuple[int, float, float | None]] = field(default_factory=list)  # (step, seconds, val ppl)
+    train_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, train ppl over the epoch)
+    sample: dict | None = None  # the last validation's first sample (samples.jsonl)
 
     def row(self) -> dict:
         d = asdict(self)
@@ -123,6 +125,7 @@ def read_run(folder: Path) -> Run:
         run.val_bpb_best = min(b for _, b in bpb) if bpb else None
         train = _floats(rows, "train/ppl_epoch") or _floats(rows, "train/ppl")
         run.train_ppl = train[-1][1] if train else None
+        run.train_curve = train
         test = _floats(rows, "test/ppl")
         run.test_ppl = test[-1][1] if test else None
         tps = sorted(v for _, v in _floats(rows, "throughput/tokens_per_s"))
@@ -131,6 +134,11 @@ def read_run(folder: Path) -> Run:
         run.peak_memory_MiB = max(peaks) / 2 ** 20 if peaks else None
         steps = [s for s, _ in _floats(rows, "train/loss")]
         run.steps = run.steps if run.steps is not None else (max(steps) + 1 if steps else None)
+    samples = folder / "samples.jsonl"
+    if samples.exists():
+        lines = [json.loads(x) for x in samples.read_text(encoding="utf-8").splitlines() if x.strip()]
+        last = [x for x in lines if x["step"] == lines[-1]["step"]] if lines else []
+        run.sample = last[0] if last else None
     return run
 
 
@@ -152,6 +160,13 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
         w.writerows(r.row() for r in runs)
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cell(r.row()[c]) for c in COLUMNS) + " |" for r in runs]
+    with_samples = [r for r in runs if r.sample]
+    if with_samples:
+        lines += ["", "## Samples", "", "The last validation's first sample of each run: a prompt from the validation "
+                  "text, then the model's continuation (samples.jsonl in each run folder).", ""]
+        for r in with_samples:
+            lines += [f"**{r.label}** (step {r.sample['step']})", "", "```", r.sample["prompt"] + " ⟶ " +
+                      r.sample["continuation"], "```", ""]
     files["markdown"].write_text("\n".join(lines) + "\n")
     files.update(_plots(runs, out))
     return files
@@ -178,6 +193,20 @@ def _plots(runs: list[Run], out: Path) -> dict[str, Path]:
         fig.tight_layout()
         files["val_ppl"] = out / "val_ppl.png"
         fig.savefig(files["val_ppl"], dpi=120)
+        plt.close(fig)
+    trained = [r for r in runs if r.train_curve and r.val_curve]
+    if trained:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for i, r in enumerate(trained):
+            ax.plot(*zip(*r.train_curve), "--", color=f"C{i}", label=f"{r.label}: train")
+            ax.plot([s for s, _, _ in r.val_curve], [p for _, _, p in r.val_curve], "-", color=f"C{i}",
+                    label=f"{r.label}: validation")
+        ax.set(xlabel="step", ylabel="perplexity", yscale="log", title="training (per epoch) and validation perplexity")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        files["train_val"] = out / "train_val.png"
+        fig.savefig(files["train_val"], dpi=120)
         plt.close(fig)
     bars = [r for r in runs if r.tokens_per_s or r.peak_memory_MiB]
     if bars:
