@@ -132,3 +132,38 @@ def test_every_search_config_composes_with_the_optuna_sweeper():
         assert str(cfg.hydra.sweeper.storage).startswith("sqlite:///"), name
         for key in cfg.hydra.sweeper.params:  # every searched key exists in the run's config
             assert OmegaConf.select(cfg, key, default="<absent>") != "<absent>", (name, key)
+
+
+def test_a_job_knows_its_place_in_the_sweep(tmp_path):
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+
+    from attnlab.sweep import job_position
+    from conftest import compose
+    cfg = compose(["mode=debug"], tmp_path / "run")
+    assert job_position() is None  # a single run
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    task = ["attention=full,flash,sparse", "seed=1,2", "mode=debug"]  # what Hydra saves from the command line
+    OmegaConf.save(OmegaConf.create({"hydra": {"overrides": {"task": task}}}), sweep_dir / "multirun.yaml")
+    OmegaConf.set_readonly(cfg.hydra, False)
+    with open_dict(cfg):
+        cfg.hydra.mode = "MULTIRUN"
+        cfg.hydra.job.num = 4
+        cfg.hydra.sweep.dir = str(sweep_dir)
+    HydraConfig().set_config(cfg)
+    assert job_position() == (5, 6)
+
+
+def test_the_progress_bar_estimates_the_whole_runs_time_left(monkeypatch):
+    import types
+
+    from attnlab import callbacks
+    bar = callbacks.RunProgressBar()
+    clock = [100.0]
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: clock[0])
+    bar.start = (100.0, 20)  # this session began at step 20 (a resumed run)
+    trainer = types.SimpleNamespace(global_step=30, estimated_stepping_batches=120)
+    clock[0] = 105.0  # 10 steps in 5 s
+    assert bar.remaining_seconds(trainer) == pytest.approx(90 * 0.5)
+    assert callbacks.duration(3725) == "1:02:05" and callbacks.duration(65) == "1:05"
