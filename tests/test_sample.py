@@ -146,3 +146,15 @@ def test_evaluate_on_other_text_with_the_runs_tokenizer(trained, tmp_path):
     used = max(cache.glob("text_files-char-*/tokenizer.json"), key=lambda p: p.stat().st_mtime)
     runs_own = Path(re.search(r"'cache_entry': '([^']+)'", (folder / "train.log").read_text()).group(1)) / "tokenizer.json"
     assert json.loads(used.read_text()) == json.loads(runs_own.read_text())
+
+
+def test_a_sweeps_job_is_found_by_its_number(tmp_path):
+    from attnlab.runs import find_run
+    job = tmp_path / "multirun" / "2026-01-01_00-00-00" / "3-attention=full,seed=2"  # = and , need quoting in Hydra
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "config.yaml").write_text("{}")
+    (job / "checkpoints").mkdir()
+    (job / "checkpoints" / "last.ckpt").write_bytes(b"")
+    assert find_run(str(job.parent / "3")) == (job, job / "checkpoints" / "last.ckpt")
+    with pytest.raises(ConfigError, match="no such file or folder"):
+        find_run(str(job.parent / "4"))

@@ -1,7 +1,8 @@
 """A finished (or stopped) run, rebuilt from its own folder: its config, checkpoint, tokenizer and model.
 
 ``run=`` names a run folder (the one with ``.hydra/config.yaml``; its best checkpoint is used, else
-``last.ckpt``), a ``.ckpt`` file inside one, or ``last`` (the newest run under ``outputs_root`` that has a
+``last.ckpt``), a ``.ckpt`` file inside one, a sweep's job by number (``outputs/multirun/<date>/3``: its
+folder's name holds ``=`` and ``,``, which Hydra's command line would need quoted), or ``last`` (the newest run under ``outputs_root`` that has a
 checkpoint). Used by ``evaluate.py`` and ``sample.py``: nothing of the training command needs repeating.
 """
 from __future__ import annotations
@@ -45,9 +46,12 @@ def find_run(run: str, outputs_root: str | Path = "outputs") -> tuple[Path, Path
     if str(run) == "last":
         run = str(newest_run(outputs_root))
     path = Path(str(run)).expanduser()
+    if not path.exists() and path.parent.is_dir():  # a sweep's job by number: <sweep folder>/<n> -> <n>-<overrides>
+        jobs = [p for p in path.parent.iterdir() if p.is_dir() and p.name.startswith(f"{path.name}-")]
+        path = jobs[0] if len(jobs) == 1 else path
     if not path.exists():
         raise ConfigError(f"run={run}: no such file or folder (give a run folder under outputs/, a .ckpt file, "
-                          f"or run=last)")
+                          f"a sweep's job as <sweep folder>/<job number>, or run=last)")
     if path.is_file():
         folder = next((p for p in path.parents if (p / ".hydra" / "config.yaml").is_file()), None)
         if folder is None:
