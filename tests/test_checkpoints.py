@@ -85,8 +85,8 @@ def test_ckpt_path_last_resumes_this_run_only(make_cfg, tmp_path):
 
 def test_the_same_command_again_finds_its_checkpoint_in_the_earlier_run_folder(make_cfg):
     args = ["mode=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=4", "test_after_fit=false",
-            "+callbacks.last_checkpoint._target_=attnlab.callbacks.LastCheckpoint",
-            "+callbacks.last_checkpoint.dirpath=${paths.checkpoint_dir}"]
+            "++callbacks.last_checkpoint._target_=attnlab.callbacks.LastCheckpoint",
+            "++callbacks.last_checkpoint.dirpath=${paths.checkpoint_dir}"]
     first = make_cfg(args, "2026-01-01_10-00-00")
     train(first)
     again = make_cfg([*args, "ckpt_path=last"], "2026-01-01_11-00-00")  # a new run folder, as Hydra makes one
@@ -159,8 +159,8 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
 
 def test_init_from_starts_from_weights_and_refuses_misfits(make_cfg, tmp_path):
     first = make_cfg(["mode=debug", "trainer.max_epochs=1", "test_after_fit=false",
-                      "+callbacks.last_checkpoint._target_=attnlab.callbacks.LastCheckpoint",
-                      "+callbacks.last_checkpoint.dirpath=${paths.checkpoint_dir}"], "first")
+                      "++callbacks.last_checkpoint._target_=attnlab.callbacks.LastCheckpoint",
+                      "++callbacks.last_checkpoint.dirpath=${paths.checkpoint_dir}"], "first")
     train(first)
     last = Path(first.paths.checkpoint_dir) / "last.ckpt"
     tuned = make_cfg(["mode=debug", "attention=longformer", "trainer.max_epochs=1", "test_after_fit=false",

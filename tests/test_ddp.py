@@ -18,9 +18,9 @@ from conftest import ROOT
 RUN = ["mode=debug", "trainer.max_epochs=-1", "scheduler.total_steps=8", "trainer.limit_val_batches=0",
        "test_after_fit=false", "trainer.log_every_n_steps=1", "callbacks.model_summary=null",
        "callbacks.attention_picture=null", "trainer.enable_model_summary=false",
-       "+callbacks.last_checkpoint._target_=attnlab.callbacks.LastCheckpoint",
-       "+callbacks.last_checkpoint.dirpath=${paths.checkpoint_dir}",
-       "+callbacks.last_checkpoint.every_n_train_steps=100"]
+       "++callbacks.last_checkpoint._target_=attnlab.callbacks.LastCheckpoint",
+       "++callbacks.last_checkpoint.dirpath=${paths.checkpoint_dir}",
+       "++callbacks.last_checkpoint.every_n_train_steps=100"]
 ONE = ["trainer=cpu", "data.batch_size=8"]
 TWO = ["trainer=ddp_cpu", "data.batch_size=4"]  # the same global batch of 8 windows
 

@@ -17,8 +17,8 @@ from conftest import ROOT
 
 TRAIN = ["mode=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=6", "test_after_fit=false",
          "callbacks.model_summary=null", "callbacks.attention_picture=null", "trainer.enable_model_summary=false",
-         "+callbacks.last_checkpoint._target_=attnlab.callbacks.LastCheckpoint",
-         "+callbacks.last_checkpoint.dirpath=${paths.checkpoint_dir}"]
+         "++callbacks.last_checkpoint._target_=attnlab.callbacks.LastCheckpoint",
+         "++callbacks.last_checkpoint.dirpath=${paths.checkpoint_dir}"]
 
 
 def run(script, *args, cwd, expect=0):

@@ -57,9 +57,9 @@ def test_own_blocked_flash_trains(make_cfg):
 
 def _resume_cfg(make_cfg, name, max_steps, extra=()):
     return make_cfg(["mode=debug", f"trainer.max_steps={max_steps}", "trainer.max_epochs=-1",
-                     "+callbacks.last_checkpoint._target_=attnlab.callbacks.LastCheckpoint",
-                     "+callbacks.last_checkpoint.dirpath=${paths.checkpoint_dir}",
-                     "+callbacks.last_checkpoint.every_n_train_steps=5", "trainer.limit_val_batches=0",
+                     "++callbacks.last_checkpoint._target_=attnlab.callbacks.LastCheckpoint",
+                     "++callbacks.last_checkpoint.dirpath=${paths.checkpoint_dir}",
+                     "++callbacks.last_checkpoint.every_n_train_steps=5", "trainer.limit_val_batches=0",
                      "test_after_fit=false", "trainer.log_every_n_steps=1", "scheduler.total_steps=20", *extra], name)
 
 

@@ -36,8 +36,7 @@ def newest_run(outputs_root: str | Path) -> Path:
     folders = [p.parents[1] for p in root.glob("**/.hydra/config.yaml")]
     with_ckpt = [(max(c.stat().st_mtime for c in ckpts), f) for f in folders if (ckpts := checkpoints_of(f))]
     if not with_ckpt:
-        raise ConfigError(f"run=last: no run folder with a checkpoint under {root} (train one first, not in "
-                          f"mode=debug, which saves none)")
+        raise ConfigError(f"run=last: no run folder with a checkpoint under {root} (train one first)")
     return max(with_ckpt)[1]
 
 
@@ -63,7 +62,8 @@ def find_run(run: str, outputs_root: str | Path = "outputs") -> tuple[Path, Path
     ckpts = checkpoints_of(path)
     best = [p for p in ckpts if p.name != "last.ckpt"]  # best_checkpoint's file: ranked by its own validation
     if not ckpts:
-        raise ConfigError(f"run={run}: the run folder has no checkpoint (was it a debug run? mode=debug saves none)")
+        raise ConfigError(f"run={run}: the run folder has no checkpoint (was it stopped before its first one, or "
+                          f"run with callbacks.last_checkpoint=null?)")
     return path, (best or ckpts)[0]
 
 
