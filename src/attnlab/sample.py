@@ -17,23 +17,26 @@ import torch
 from omegaconf import DictConfig
 
 from attnlab import runs
-from attnlab.schema import ConfigError
+from attnlab.schema import SEED, Choice, ConfigError, Number
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 
 
+RULES = {  # the schema's rule types (schema.py), for this command's own settings
+    "max_new_tokens": Number(int, low=1),
+    "num_samples": Number(int, low=1),
+    "temperature": Number(float, low=0, low_open=True, meaning="top_k=1 is greedy"),
+    "top_k": Number(int, low=1, nullable=True, meaning="null: no cut"),
+    "seed": SEED,
+    "device": Choice(DEVICES),
+}
+
+
 def check_settings(cfg: DictConfig) -> None:
-    rules = [("max_new_tokens", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-             ("num_samples", lambda v: isinstance(v, int) and v >= 1, "an integer >= 1"),
-             ("temperature", lambda v: isinstance(v, (int, float)) and v > 0, "a number > 0 (top_k=1 is greedy)"),
-             ("top_k", lambda v: v is None or (isinstance(v, int) and v >= 1), "an integer >= 1, or null (no cut)"),
-             ("seed", lambda v: isinstance(v, int) and v >= 0, "an integer >= 0"),
-             ("device", lambda v: v in DEVICES, f"one of {list(DEVICES)}")]
-    for key, ok, allowed in rules:
-        value = cfg.get(key)
-        if isinstance(value, bool) or not ok(value):
-            raise ConfigError(f"{key}={value!r} must be {allowed}")
+    for key, rule in RULES.items():
+        if rule.problem(cfg.get(key)):
+            raise ConfigError(f"{key}={cfg.get(key)!r} must be {rule.allowed()}")
 
 
 def unescape(text: str) -> str:
