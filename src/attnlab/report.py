@@ -177,6 +177,12 @@ def _plots(runs: list[Run], out: Path) -> dict[str, Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    def save(fig, path: Path) -> Path:
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
     files = {}
     curves = [r for r in runs if r.val_curve]
     if curves:
@@ -190,10 +196,7 @@ def _plots(runs: list[Run], out: Path) -> dict[str, Path]:
             ax.set_xlabel(xlabel), ax.set_ylabel("validation perplexity"), ax.set_yscale("log"), ax.grid(alpha=0.3)
         axes[0].legend(fontsize=7)
         fig.suptitle("validation perplexity per run")
-        fig.tight_layout()
-        files["val_ppl"] = out / "val_ppl.png"
-        fig.savefig(files["val_ppl"], dpi=120)
-        plt.close(fig)
+        files["val_ppl"] = save(fig, out / "val_ppl.png")
     trained = [r for r in runs if r.train_curve and r.val_curve]
     if trained:
         fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -204,10 +207,7 @@ def _plots(runs: list[Run], out: Path) -> dict[str, Path]:
         ax.set(xlabel="step", ylabel="perplexity", yscale="log", title="training (per epoch) and validation perplexity")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        files["train_val"] = out / "train_val.png"
-        fig.savefig(files["train_val"], dpi=120)
-        plt.close(fig)
+        files["train_val"] = save(fig, out / "train_val.png")
     bars = [r for r in runs if r.tokens_per_s or r.peak_memory_MiB]
     if bars:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -219,10 +219,7 @@ def _plots(runs: list[Run], out: Path) -> dict[str, Path]:
         for ax in axes:
             ax.tick_params(axis="x", labelsize=8), ax.grid(axis="y", alpha=0.3)
         fig.suptitle("cost per attention type (job number in brackets)")
-        fig.tight_layout()
-        files["cost"] = out / "cost.png"
-        fig.savefig(files["cost"], dpi=120)
-        plt.close(fig)
+        files["cost"] = save(fig, out / "cost.png")
     return files
 
 
