@@ -312,6 +312,8 @@ class SampleTexts(L.Callback):
         dm = trainer.datamodule
         if trainer.sanity_checking or not trainer.is_global_zero or getattr(dm, "tokens", None) is None:
             return
+        if "FSDP" in type(trainer.strategy).__name__:  # rank 0 alone holds a shard, not the model
+            return
         model = getattr(pl_module.model, "_orig_mod", pl_module.model)  # the eager module under torch.compile
         val, n = dm.tokens["val"], min(self.prompt_tokens, model.cfg.context - 1)
         if len(val) <= n or not model.attention.causal:
