@@ -35,7 +35,8 @@ class AttentionType:
         """Raise ValueError naming the bad setting and what is allowed."""
 
     def auto_backend(self, device: torch.device) -> str:
-        return "blocked"
+        # the batched band formulation where the pattern has that shape (fastest on a CPU), else the block loop
+        return "banded" if "banded" in self.backends() else "blocked"
 
     def keys_still_visible(self, key_pos: torch.Tensor, next_query: int, layer: int = 0) -> torch.Tensor | None:
         """Which cached keys (at positions ``key_pos``, all < next_query) a query at ``next_query`` or later may

@@ -29,6 +29,60 @@ MaskFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torc
 
 
 @dataclass(frozen=True)
+class Positions:
+    """A set of positions that does not depend on the length: the first k, listed ones, and/or the last c of
+    every block of l (``every`` holds (l, c) pairs)."""
+
+    first: int = 0
+    listed: tuple = ()
+    every: tuple = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.first or self.listed or self.every)
+
+    def __or__(self, other: "Positions") -> "Positions":
+        return Positions(max(self.first, other.first), tuple(sorted(set(self.listed) | set(other.listed))),
+                         tuple(sorted(set(self.every) | set(other.every))))
+
+    def at(self, n: int) -> torch.Tensor:
+        """The positions below n, sorted, as a long tensor."""
+        keep = torch.arange(n) < self.first  # (n,)
+        for p in self.listed:
+            if 0 <= p < n:
+                keep[p] = True
+        for l, c in self.every:
+            keep |= torch.arange(n) % l >= l - c
+        return keep.nonzero().flatten()
+
+
+@dataclass(frozen=True)
+class Cover:
+    """Where a pattern's allowed keys can lie, in shapes a backend can batch: a superset of the pattern (the
+    predicate stays the truth; a backend applies it inside the cover).
+
+    band (lo, hi): query i may see keys i+lo .. i+hi. block l: query i may see its own block of l positions.
+    columns: keys any query may see (global keys, block summaries). rows: queries that may see any key
+    (global queries). ``None`` in place of a Cover means "anywhere" (causal, every l-th key, random blocks).
+    """
+
+    band: tuple[int, int] | None = None
+    block: int = 0
+    columns: Positions = Positions()
+    rows: Positions = Positions()
+
+    def __or__(self, other: "Cover") -> "Cover | None":
+        if self.block and other.block and self.block != other.block:
+            return None  # two block sizes: no common shape
+        bands = [b for b in (self.band, other.band) if b is not None]
+        band = (min(b[0] for b in bands), max(b[1] for b in bands)) if bands else None
+        return Cover(band, self.block or other.block, self.columns | other.columns, self.rows | other.rows)
+
+
+def union_cover(a: Cover | None, b: Cover | None) -> Cover | None:
+    return None if a is None or b is None else a | b
+
+
+@dataclass(frozen=True)
 class Pattern:
     """A named mask predicate.
 
@@ -41,6 +95,7 @@ class Pattern:
     fn: MaskFn = field(compare=False, repr=False)
     per_head: bool = False
     fused_as: str | None = None
+    cover: Cover | None = field(default=None, compare=False, repr=False)  # follows from the name too
 
     def __call__(self, b, h, q_idx, kv_idx) -> torch.Tensor:
         return self.fn(b, h, q_idx, kv_idx)
@@ -50,12 +105,12 @@ class Pattern:
         if a.fused_as == "all":  # everything & p is p
             return c
         return Pattern(f"({a.name} & {c.name})", lambda b, h, q, k: a(b, h, q, k) & c(b, h, q, k),
-                       a.per_head or c.per_head)
+                       a.per_head or c.per_head, cover=a.cover if a.cover is not None else c.cover)
 
     def __or__(self, other: "Pattern") -> "Pattern":
         a, c = self, other
         return Pattern(f"({a.name} | {c.name})", lambda b, h, q, k: a(b, h, q, k) | c(b, h, q, k),
-                       a.per_head or c.per_head)
+                       a.per_head or c.per_head, cover=union_cover(a.cover, c.cover))
 
     def dense(self, n_q: int, n_k: int | None = None, n_heads: int = 1, device=None) -> torch.Tensor:
         """The explicit boolean mask, shape (n_heads, n_q, n_k). O(n^2): for references and pictures."""
@@ -101,13 +156,13 @@ def sliding_window(window: int, is_causal: bool = True, dilation: int = 1) -> Pa
         def fn(b, h, q, k):
             d = q - k
             return (d >= 0) & (d < window * dilation) & (d % dilation == 0)
-        return Pattern(f"window{window}{suffix}", fn)
+        return Pattern(f"window{window}{suffix}", fn, cover=Cover(band=(-(window - 1) * dilation, 0)))
     half = window // 2
 
     def fn(b, h, q, k):
         d = q - k
         return (d.abs() <= half * dilation) & (d % dilation == 0)
-    return Pattern(f"bi_window{window}{suffix}", fn)
+    return Pattern(f"bi_window{window}{suffix}", fn, cover=Cover(band=(-half * dilation, half * dilation)))
 
 
 def global_tokens(positions: int | Sequence[int]) -> Pattern:
@@ -118,21 +173,23 @@ def global_tokens(positions: int | Sequence[int]) -> Pattern:
     """
     if isinstance(positions, int):
         first = max(0, positions)
-        return Pattern(f"global{first}", lambda b, h, q, k: (q < first) | (k < first))
+        return Pattern(f"global{first}", lambda b, h, q, k: (q < first) | (k < first),
+                       cover=Cover(columns=Positions(first=first), rows=Positions(first=first)))
     pos = sorted(set(int(p) for p in positions))
     if not pos:
         return Pattern("global[]", lambda b, h, q, k: (q < 0) & (k < 0))
 
     def is_global(x):  # one comparison per global position: element-wise, no lookup table to move between devices
         return functools.reduce(operator.or_, (x == p for p in pos))
-    return Pattern(f"global{pos}", lambda b, h, q, k: is_global(q) | is_global(k))
+    return Pattern(f"global{pos}", lambda b, h, q, k: is_global(q) | is_global(k),
+                   cover=Cover(columns=Positions(listed=tuple(pos)), rows=Positions(listed=tuple(pos))))
 
 
 # --- Child et al. (2019) components ------------------------------------------------------------------
 
 def band(width: int) -> Pattern:
     """The local band |i-j| < l (strided sparse attention's first component)."""
-    return Pattern(f"band{width}", lambda b, h, q, k: (q - k).abs() < width)
+    return Pattern(f"band{width}", lambda b, h, q, k: (q - k).abs() < width, cover=Cover(band=(1 - width, width - 1)))
 
 
 def every_lth(stride: int) -> Pattern:
@@ -142,7 +199,7 @@ def every_lth(stride: int) -> Pattern:
 
 def same_block(block: int) -> Pattern:
     """The query's own block of l positions, floor(j/l) == floor(i/l) (fixed sparse attention's first component)."""
-    return Pattern(f"block{block}", lambda b, h, q, k: (q // block) == (k // block))
+    return Pattern(f"block{block}", lambda b, h, q, k: (q // block) == (k // block), cover=Cover(block=block))
 
 
 def block_summaries(block: int, summary: int) -> Pattern:
@@ -150,7 +207,8 @@ def block_summaries(block: int, summary: int) -> Pattern:
 
     The diagonal j == i is added so that no query has an empty row when this component is used alone in
     a head (split heads and alternating layers)."""
-    return Pattern(f"summary{block}c{summary}", lambda b, h, q, k: ((k % block) >= block - summary) | (q == k))
+    return Pattern(f"summary{block}c{summary}", lambda b, h, q, k: ((k % block) >= block - summary) | (q == k),
+                   cover=Cover(band=(0, 0), columns=Positions(every=((block, summary),))))
 
 
 # --- combinators beyond & and | ------------------------------------------------------------------------
@@ -159,4 +217,4 @@ def split_heads(even: Pattern, odd: Pattern) -> Pattern:
     """Even heads use ``even``, odd heads ``odd`` (one pattern per head group)."""
     def fn(b, h, q, k):
         return torch.where(h % 2 == 0, even(b, h, q, k), odd(b, h, q, k))
-    return Pattern(f"split({even.name}, {odd.name})", fn, per_head=True)
+    return Pattern(f"split({even.name}, {odd.name})", fn, per_head=True, cover=union_cover(even.cover, odd.cover))

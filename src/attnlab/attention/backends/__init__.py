@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch
 
+from attnlab.attention.backends import banded as _banded
 from attnlab.attention.backends import flex as _flex
 from attnlab.attention.backends import sdpa as _sdpa
 from attnlab.attention.backends.blocked import blocked_attention
@@ -68,6 +69,9 @@ BACKENDS: dict[str, Backend] = {
                      uses_blocks=False, materialises_scores=True),
     "blocked": Backend("blocked", blocked_attention,
                        "own tiled / block-sparse online softmax, recompute in backward (PyTorch, any device)"),
+    "banded": Backend("banded", _banded.banded_attention,
+                      "each query block against its band of keys plus shared column keys, batched (any device)",
+                      handles=_banded.handles),
     "sdpa": Backend("sdpa", _sdpa.sdpa_attention, "torch.nn.functional.scaled_dot_product_attention (fused)",
                     handles=_sdpa.handles, uses_blocks=False),
     "flex": Backend("flex", _flex.flex_attention, "FlexAttention with a block mask from the predicate",

@@ -69,7 +69,7 @@ class SparseAttention(AttentionType):
             raise ValueError(f"attention.heads=split needs at least 2 heads, the model has n_head={n_head}")
 
     def auto_backend(self, device: torch.device) -> str:
-        return "flex" if device.type == "cuda" else "blocked"
+        return "flex" if device.type == "cuda" else super().auto_backend(device)
 
     @classmethod
     def example(cls, n: int) -> dict:
