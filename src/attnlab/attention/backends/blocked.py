@@ -27,34 +27,40 @@ from attnlab.attention.backends.layout import DERIVED, block_layout, mask_tiles,
 from attnlab.attention.patterns import Pattern
 
 
+STEP_KEYS = 512  # keys a row takes per step (G = STEP_KEYS // block blocks): large products, few Python steps
+
+
 @dataclass(frozen=True)
 class RowPlan:
-    """The kept blocks as per-row lists, rows sorted by how many blocks they keep (most first).
+    """The kept blocks as per-row lists, rows sorted by how many blocks they keep (most first), visited G at a time.
 
-    A *row* is one (head, query block) pair, flattened as ``head * n_blocks + query_block``. Sorting lets the
-    loop process, at step t, the prefix of rows that still have a t-th kept block, so work is proportional
-    to the number of kept blocks even when rows differ a lot (global tokens).
+    A *row* is one (head, query block) pair, flattened as ``head * n_blocks + query_block``. At step t every row
+    still active takes its kept blocks t*G .. t*G+G-1 as one K x (G*K) tile of scores; a row with fewer left
+    pads with key block 0 under an all-masked tile. Sorting lets step t process the prefix of rows that still
+    have blocks, so work is proportional to the number of kept blocks even when rows differ a lot (globals).
     """
 
     order_R: torch.Tensor  # (R,) row ids, most kept blocks first
-    kv_block_RT: torch.Tensor  # (R, max_kept) flat key-block ids (head * n_blocks + key block) per sorted row
-    tile_RT: torch.Tensor  # (R, max_kept) index into ``tiles`` of that block's mask (the last tile: all allowed)
-    tiles: torch.Tensor  # (P + 1, K, K) bool
-    active: list  # active[t] = number of sorted rows that have a t-th kept block
-    partial: list  # partial[t] = sorted rows (< active[t]) whose t-th block needs its mask, or None
+    kv_block_RT: torch.Tensor  # (R, steps * G) flat key-block ids (head * n_blocks + key block) per sorted row
+    active: list  # active[t] = number of sorted rows that have blocks at step t
+    partial: list  # partial[t] = (rows (P,), slots (P,), tiles (P, K, K) bool) of the masked tiles of step t, or None
     n_blocks: int
+    group: int  # G
 
-    def masked(self, s_BAKK: torch.Tensor, t: int, fill: float) -> torch.Tensor:
-        """Scores or probabilities of step t with the disallowed pairs set to ``fill``; only partial tiles are
-        touched (full blocks, most of a dense causal layout, need no mask)."""
-        rows = self.partial[t]
-        if rows is None:
-            return s_BAKK
-        if len(rows) == s_BAKK.shape[1]:
-            return s_BAKK.masked_fill(~self.tiles[self.tile_RT[: len(rows), t]], fill)
-        s_BAKK = s_BAKK.clone()
-        s_BAKK[:, rows] = s_BAKK[:, rows].masked_fill(~self.tiles[self.tile_RT[rows, t]], fill)
-        return s_BAKK
+    def step_blocks(self, t: int) -> torch.Tensor:
+        """(A, G) key blocks of the active rows at step t."""
+        return self.kv_block_RT[: self.active[t], t * self.group:(t + 1) * self.group]
+
+    def masked(self, s_BAKL: torch.Tensor, t: int, fill: float) -> torch.Tensor:
+        """Scores or probabilities of step t, (B, A, K, G*K), with the disallowed pairs set to ``fill``, in place;
+        only the partial tiles are touched (full blocks, most of a dense causal layout, need no mask)."""
+        if self.partial[t] is None:
+            return s_BAKL
+        rows, slots, tiles = self.partial[t]
+        B, A, K = s_BAKL.shape[:3]
+        s5 = s_BAKL.view(B, A, K, self.group, K)  # (B, A, K, G, K)
+        s5[:, rows, :, slots, :] = s5[:, rows, :, slots, :].masked_fill(~tiles.unsqueeze(1), fill)  # (P, B, K, K)
+        return s_BAKL
 
 
 def row_plan(pattern: Pattern, seq_len: int, block: int, n_heads: int, device) -> RowPlan:
@@ -65,26 +71,34 @@ def row_plan(pattern: Pattern, seq_len: int, block: int, n_heads: int, device) -
 def _build_row_plan(pattern: Pattern, seq_len: int, block: int, n_heads: int, device) -> RowPlan:
     lists = query_lists(pattern, seq_len, block, n_heads)
     hl, nb, max_kept = lists.block_idx.shape
+    G = max(1, min(STEP_KEYS // block, max_kept))
+    steps = -(-max_kept // G)
     expand = lambda x: x.expand(n_heads, *x.shape[1:]).reshape(n_heads * nb, *x.shape[2:])  # noqa: E731
     count_R = expand(lists.count)  # (R,)
     head_of_row = torch.arange(n_heads).repeat_interleave(nb)  # (R,)
     kv_block_RT = expand(lists.block_idx) + (head_of_row * nb).unsqueeze(1)  # (R, max_kept) flat ids
     tiles = mask_tiles(pattern, block_layout(pattern, seq_len, block, n_heads)).tiles
-    tiles = torch.cat([tiles, torch.ones(1, block, block, dtype=torch.bool)])  # the last one: all allowed
-    full_tile = len(tiles) - 1
+    none_tile, full_tile = len(tiles), len(tiles) + 1
+    tiles = torch.cat([tiles, torch.zeros(1, block, block, dtype=torch.bool),  # padding slots: nothing allowed
+                       torch.ones(1, block, block, dtype=torch.bool)])  # full blocks: everything allowed
     tile_RT = expand(lists.tile)
     tile_RT = torch.where(tile_RT < 0, torch.full_like(tile_RT, full_tile), tile_RT)
+    past_count = torch.arange(max_kept) >= count_R.unsqueeze(1)  # (R, max_kept) slots after a row's last block
+    tile_RT = tile_RT.masked_fill(past_count, none_tile)
+    pad = steps * G - max_kept
+    kv_block_RT = torch.nn.functional.pad(kv_block_RT.masked_fill(past_count, 0), (0, pad))
+    tile_RT = torch.nn.functional.pad(tile_RT, (0, pad), value=none_tile)
     order_R = torch.argsort(count_R, descending=True, stable=True)
     count_sorted = count_R[order_R]
     tile_RT, kv_block_RT = tile_RT[order_R], kv_block_RT[order_R]
-    active = [int((count_sorted > t).sum()) for t in range(int(count_sorted[0]) if len(count_sorted) else 0)]
+    active = [int((count_sorted > t * G).sum()) for t in range(steps)]
     partial = []
     for t, n_active in enumerate(active):
-        rows = (tile_RT[:n_active, t] != full_tile).nonzero().flatten()
+        step_tiles = tile_RT[:n_active, t * G:(t + 1) * G]  # (A, G)
+        rows, slots = (step_tiles != full_tile).nonzero(as_tuple=True)
         partial.append(None if len(rows) == 0 else
-                       rows.to(device) if len(rows) < n_active else torch.arange(n_active, device=device))
-    return RowPlan(order_R.to(device), kv_block_RT.to(device), tile_RT.to(device), tiles.to(device), active,
-                   partial, nb)
+                       (rows.to(device), slots.to(device), tiles[step_tiles[rows, slots]].to(device)))
+    return RowPlan(order_R.to(device), kv_block_RT.to(device), active, partial, nb, G)
 
 
 def _to_rows(x_BHND: torch.Tensor, block: int) -> torch.Tensor:
@@ -104,6 +118,20 @@ def _from_rows(x_BRKD: torch.Tensor, plan: RowPlan, H: int, N: int) -> torch.Ten
     return out.reshape(B, H, plan.n_blocks * K, *out.shape[3:])[:, :, :N]
 
 
+def gather_keys(k_BRKD: torch.Tensor, v_BRKD: torch.Tensor, blocks_AG: torch.Tensor):
+    """The G key / value blocks of each active row side by side: (B, A, G*K, D) each."""
+    B, _, K, D = k_BRKD.shape
+    A, G = blocks_AG.shape
+    flat = blocks_AG.flatten()
+    return k_BRKD[:, flat].view(B, A, G * K, D), v_BRKD[:, flat].view(B, A, G * K, D)
+
+
+def as_blocks(x_BALD: torch.Tensor, block: int) -> torch.Tensor:
+    """(B, A, G*K, D) -> (B, A*G, K, D): one entry per visited key block, for index_add_ by block id."""
+    B, A, L, D = x_BALD.shape
+    return x_BALD.reshape(B, A * (L // block), block, D)
+
+
 class BlockedAttentionFn(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q_BHND, k_BHND, v_BHND, pattern: Pattern, block: int, scale: float):
@@ -117,17 +145,17 @@ class BlockedAttentionFn(torch.autograd.Function):
         m_BRK = torch.full((B, R, block), -math.inf, device=q_BHND.device, dtype=acc)  # running max per query
         l_BRK = torch.zeros(B, R, block, device=q_BHND.device, dtype=acc)  # running sum of exp(s - m)
         o_BRKD = torch.zeros(B, R, block, D, device=q_BHND.device, dtype=acc)  # running sum of exp(s - m) v
+        q_BRKD = q_BRKD * scale
         for t, A in enumerate(plan.active):
-            kv_A = plan.kv_block_RT[:A, t]  # key block of each active row
-            s_BAKK = q_BRKD[:, :A] @ k_BRKD[:, kv_A].transpose(-1, -2) * scale
-            s_BAKK = plan.masked(s_BAKK, t, -math.inf)  # the predicate, element-wise, in partial blocks only
+            k_BALD, v_BALD = gather_keys(k_BRKD, v_BRKD, plan.step_blocks(t))  # (B, A, G*K, D): G blocks a row
+            s_BAKL = plan.masked(q_BRKD[:, :A] @ k_BALD.transpose(-1, -2), t, -math.inf)  # predicate: partial tiles
             m_old = m_BRK[:, :A]
-            m_new = torch.maximum(m_old, s_BAKK.amax(-1))  # (B, A, K)
+            m_new = torch.maximum(m_old, s_BAKL.amax(-1))  # (B, A, K)
             m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)  # no -inf - -inf
-            p_BAKK = torch.exp(s_BAKK - m_safe.unsqueeze(-1))
+            p_BAKL = torch.exp(s_BAKL - m_safe.unsqueeze(-1))
             alpha = torch.exp(m_old - m_safe)  # rescale of the old sums; 0 when m_old = -inf
-            l_BRK[:, :A] = l_BRK[:, :A] * alpha + p_BAKK.sum(-1)
-            o_BRKD[:, :A] = o_BRKD[:, :A] * alpha.unsqueeze(-1) + p_BAKK @ v_BRKD[:, kv_A]
+            l_BRK[:, :A] = l_BRK[:, :A] * alpha + p_BAKL.sum(-1)
+            o_BRKD[:, :A] = o_BRKD[:, :A] * alpha.unsqueeze(-1) + p_BAKL @ v_BALD
             m_BRK[:, :A] = m_new
         empty = l_BRK == 0  # queries that see no key (padding rows)
         o_BRKD = o_BRKD / torch.where(empty, torch.ones_like(l_BRK), l_BRK).unsqueeze(-1)
@@ -146,24 +174,24 @@ class BlockedAttentionFn(torch.autograd.Function):
         plan = row_plan(pattern, N, block, H, q_BHND.device)
         acc = out_BHND.dtype  # the forward's accumulation dtype
         rows = lambda x: _to_rows(x, block)[:, plan.order_R]  # noqa: E731  (B, R, K, ...) in plan order
-        q_BRKD, do_BRKD, o_BRKD = rows(q_BHND.to(acc)), rows(dout_BHND.to(acc)), rows(out_BHND)
+        q_BRKD, do_BRKD, o_BRKD = rows(q_BHND.to(acc) * scale), rows(dout_BHND.to(acc)), rows(out_BHND)
         lse_BRK = rows(lse_BHN.unsqueeze(-1)).squeeze(-1)
         delta_BRK = (do_BRKD * o_BRKD).sum(-1)  # rowsum(dO * O) = sum_j P_ij dP_ij
         k_BRKD, v_BRKD = _to_rows(k_BHND.to(acc), block), _to_rows(v_BHND.to(acc), block)
         dq_BRKD = torch.zeros_like(q_BRKD)
         dk_BRKD, dv_BRKD = torch.zeros_like(k_BRKD), torch.zeros_like(v_BRKD)
         for t, A in enumerate(plan.active):
-            kv_A = plan.kv_block_RT[:A, t]
-            k_t, v_t = k_BRKD[:, kv_A], v_BRKD[:, kv_A]  # (B, A, K, D)
+            blocks_AG = plan.step_blocks(t)
+            k_BALD, v_BALD = gather_keys(k_BRKD, v_BRKD, blocks_AG)  # (B, A, G*K, D)
             q_t, do_t = q_BRKD[:, :A], do_BRKD[:, :A]
-            s_BAKK = q_t @ k_t.transpose(-1, -2) * scale  # recomputed
-            p_BAKK = plan.masked(torch.exp(s_BAKK - lse_BRK[:, :A].unsqueeze(-1)), t, 0.0)
-            dv_BRKD.index_add_(1, kv_A, p_BAKK.transpose(-1, -2) @ do_t)  # dV_j += P^T dO
-            dp_BAKK = do_t @ v_t.transpose(-1, -2)
-            ds_BAKK = p_BAKK * (dp_BAKK - delta_BRK[:, :A].unsqueeze(-1)) * scale  # d(scores before scaling)
-            dq_BRKD[:, :A] += ds_BAKK @ k_t
-            dk_BRKD.index_add_(1, kv_A, ds_BAKK.transpose(-1, -2) @ q_t)
-        dq_BHND = _from_rows(dq_BRKD, plan, H, N)
+            s_BAKL = q_t @ k_BALD.transpose(-1, -2)  # recomputed (q carries the scale)
+            p_BAKL = plan.masked(torch.exp(s_BAKL - lse_BRK[:, :A].unsqueeze(-1)), t, 0.0)
+            dv_BRKD.index_add_(1, blocks_AG.flatten(), as_blocks(p_BAKL.transpose(-1, -2) @ do_t, block))  # P^T dO
+            dp_BAKL = do_t @ v_BALD.transpose(-1, -2)
+            ds_BAKL = p_BAKL * (dp_BAKL - delta_BRK[:, :A].unsqueeze(-1))  # d(scaled scores); dq gets the scale once
+            dq_BRKD[:, :A] += ds_BAKL @ k_BALD
+            dk_BRKD.index_add_(1, blocks_AG.flatten(), as_blocks(ds_BAKL.transpose(-1, -2) @ q_t, block))
+        dq_BHND = _from_rows(dq_BRKD * scale, plan, H, N)
         unrow = lambda x: x.reshape(B, H, plan.n_blocks * block, D)[:, :, :N]  # noqa: E731  key tiles are not reordered
         return dq_BHND.to(q_BHND.dtype), unrow(dk_BRKD).to(k_BHND.dtype), unrow(dv_BRKD).to(v_BHND.dtype), None, None, None
 
