@@ -244,13 +244,15 @@ def main(argv=None):
                 print(f"    n={r['length']:>6}  {r['seconds'] * 1e3:10.2f} ms  {fmt_bytes(r['peak_bytes']):>10}", flush=True)
             else:
                 print(f"    n={r['length']}: stopped ({r['stopped']})", flush=True)
-    table = render_table(results, args)
+    table = render_table(results, args) + "\n" + render_ratios(results, args)
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"attention-{args.device}-{dt.datetime.now().strftime('%Y%m%d-%H%M')}"
     (out / f"{stem}.json").write_text(json.dumps({"machine": info, "args": vars(args), "results": results}, indent=1))
-    (out / f"{stem}.md").write_text(table + "\n")
+    (out / f"{stem}.md").write_text(f"attention benchmark, {info['date']}, {info.get('gpu', info['cpu'])} "
+                                    f"({info['cpus']} cpus), torch {info['torch']}, {args.device}, {args.dtype}, "
+                                    f"heads {args.heads}, head dim {args.dim}\n" + table + "\n")
     plot(results, info, args, out / f"{stem}.png")
     print(f"wrote {out / stem}.json, .md and .png")
 
@@ -285,6 +287,59 @@ def render_table(results, args) -> str:
                         cells.append(f"{r['seconds'] * 1e3:.1f}" if metric == "seconds" else
                                      fmt_bytes(r["peak_bytes"]) if metric == "peak_bytes" else f"{r['tflops']:.3g}")
                 lines.append(f"| {t} / {b} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+YARDSTICK = ("full", "sdpa")  # PyTorch's fused kernel on full causal attention: what every ratio divides by
+# issue #11's goals, forward + backward, at the longest length both rows reach: (type, backend, metric, bound)
+GOALS = [("longformer", "banded", "time", 0.10),  # time <= 0.10x the fused full causal kernel's
+         ("sparse", "banded", "rate", 0.3),  # TFLOP/s on its kept scores >= 0.3x the fused kernel's
+         ("flash", "blocked", "rate", 0.5)]
+
+
+def ratio_rows(results, mode: str) -> dict:
+    """{(type, backend): {length: (time ratio, rate ratio)}} against the yardstick at the same length."""
+    def at(t, b, n):
+        return next((r for r in results if (r["type"], r["backend"], r["mode"], r["length"]) == (t, b, mode, n)
+                     and "seconds" in r), None)
+    out = {}
+    for r in results:
+        base = at(*YARDSTICK, r["length"])
+        if r["mode"] != mode or "seconds" not in r or base is None:
+            continue
+        out.setdefault((r["type"], r["backend"]), {})[r["length"]] = (
+            r["seconds"] / base["seconds"], r["tflops"] / base["tflops"])
+    return out
+
+
+def render_ratios(results, args) -> str:
+    """The side-by-side ratios to the fused kernel, and each goal met or missed (by how much)."""
+    if "fwdbwd" not in args.modes:
+        return ""
+    ratios = ratio_rows(results, "fwdbwd")
+    if not ratios:
+        return f"\n(no ratios: the yardstick {YARDSTICK[0]} / {YARDSTICK[1]} was not measured)"
+    types = registered_types()
+    lengths = sorted({n for row in ratios.values() for n in row})
+    lines = [f"\nforward + backward against {YARDSTICK[0]} / {YARDSTICK[1]} (fused, full causal) at the same length: "
+             "time ratio (lower is faster) / TFLOP/s ratio on each row's own allowed scores:\n",
+             "| type / backend | " + " | ".join(str(n) for n in lengths) + " |", "|---|" + "---|" * len(lengths)]
+    for t, b in sorted(ratios, key=lambda k: (types.index(k[0]), k[1])):
+        row = ratios[(t, b)]
+        lines.append(f"| {t} / {b} | " + " | ".join(
+            f"{row[n][0]:.3f}x / {row[n][1]:.2f}x" if n in row else "—" for n in lengths) + " |")
+    lines.append("\ngoals (issue #11), at the longest length measured for both:")
+    for t, b, metric, bound in GOALS:
+        row = ratios.get((t, b))
+        if not row:
+            lines.append(f"- {t} / {b}: not measured")
+            continue
+        n = max(row)
+        value = row[n][0] if metric == "time" else row[n][1]
+        met = value <= bound if metric == "time" else value >= bound
+        what = "time" if metric == "time" else "TFLOP/s"
+        lines.append(f"- {t} / {b} {what} {'<=' if metric == 'time' else '>='} {bound}x at n={n}: {value:.3f}x -> "
+                     + ("met" if met else f"MISSED by {abs(value / bound - 1) * 100:.0f}%"))
     return "\n".join(lines)
 
 
