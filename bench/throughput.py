@@ -1,8 +1,16 @@
-"""Training throughput: tokens/s, ms/iteration and MFU, per attention type, raw PyTorch loop vs Lightning.
+"""Training throughput: tokens/s, ms/iteration and MFU, per attention type, raw PyTorch loop vs Lightning;
+and side by side with nanoGPT itself on its CPU recipe.
 
     python bench/throughput.py --preset nanogpt --compile --precision bf16     # nanoGPT shakespeare_char shape
     python bench/throughput.py --preset gpt2 --compile --precision bf16        # GPT-2 124M, batch 12 x 1024
     python bench/throughput.py --preset tiny --steps 20                        # a quick CPU check
+    python bench/throughput.py --vs-nanogpt ~/nanoGPT --repeats 2              # both codebases, same recipe
+
+``--vs-nanogpt DIR`` (a checkout of github.com/karpathy/nanoGPT) trains nanoGPT's CPU recipe for shakespeare_char
+(its README's command) and ``python train.py experiment=nanogpt_cpu`` on the same input.txt, one after the
+other, ``--repeats`` times alternating. Without ``DIR/data/shakespeare_char/input.txt`` it writes one of the same
+size (1,115,394 characters) from the embedded plays and runs nanoGPT's prepare.py. It reports training
+tokens/s (evaluation time left out on both sides), wall time and validation loss at step 2000.
 
 The raw loop is the yardstick (random tokens already on the device, as nanoGPT's bench.py does); the
 Lightning row runs the same model through ``lightning.Trainer`` with attnlab's LitGPT, so the difference is
@@ -14,7 +22,11 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import os
 import platform
+import re
+import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -109,6 +121,120 @@ def bench_lightning(args, preset, attn_cfg, device):
     return timer.dt, B * T / timer.dt, lit.model.flops_per_token(T)
 
 
+# --- side by side with nanoGPT -----------------------------------------------------------------------------
+
+NANOGPT_CPU_RECIPE = [  # nanoGPT's README, "I only have a macbook": its shakespeare_char config, sized for a CPU
+    "config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1",
+    "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
+    "--lr_decay_iters=2000", "--dropout=0.0"]
+TINY_SHAKESPEARE_CHARS = 1_115_394  # the size of nanoGPT's input.txt
+RECIPE_TOKENS_PER_STEP = 12 * 64
+
+
+def nanogpt_text(nanogpt: Path) -> Path:
+    """nanoGPT's shakespeare_char input.txt, prepared; written from the embedded plays if the checkout has none."""
+    data = nanogpt / "data" / "shakespeare_char"
+    text_path = data / "input.txt"
+    if not text_path.exists():
+        from attnlab.data.corpus import shakespeare_splits
+        splits, _ = shakespeare_splits()
+        text = "\n".join(splits["train"] + splits["val"] + splits["test"])
+        cut = text.rfind("\n", 0, TINY_SHAKESPEARE_CHARS) + 1  # a whole line, about tiny Shakespeare's size
+        tmp = text_path.with_suffix(".txt.partial")
+        tmp.write_text(text[:cut], encoding="utf-8")
+        tmp.replace(text_path)  # never a half-written input.txt
+        print(f"wrote {text_path} ({cut:,} characters of the embedded plays; tiny Shakespeare is not reachable here)")
+    if not (data / "train.bin").exists() or (data / "train.bin").stat().st_mtime < text_path.stat().st_mtime:
+        subprocess.run([sys.executable, "prepare.py"], cwd=data, check=True, capture_output=True)
+    return text_path
+
+
+def run_streaming(cmd: list[str], cwd: Path, show: str) -> tuple[str, float]:
+    """Run a command, echo the lines matching ``show`` (progress), return all output and the wall time."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "WANDB_MODE": "disabled"})
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if re.search(show, line):
+            print("    " + line.rstrip()[:150], flush=True)
+    if proc.wait() != 0:
+        raise RuntimeError(f"{' '.join(cmd[:4])} ... failed (exit {proc.returncode}):\n" + "".join(lines[-20:]))
+    return "".join(lines), time.perf_counter() - t0
+
+
+def run_nanogpt(nanogpt: Path, out_dir: Path) -> dict:
+    log, wall = run_streaming([sys.executable, "train.py", *NANOGPT_CPU_RECIPE, f"--out_dir={out_dir}"], nanogpt,
+                              show=r"^step \d+:")
+    times = [float(ms) / 1e3 for it, ms in re.findall(r"^iter (\d+): loss [\d.]+, time ([\d.]+)ms", log, re.M)
+             if int(it) % 250]  # iterations that ran an evaluation (every 250) are left out, and iteration 0
+    evals = re.findall(r"^step (\d+): train loss ([\d.]+), val loss ([\d.]+)", log, re.M)
+    step, _, val = evals[-1]
+    return {"tokens_per_s": RECIPE_TOKENS_PER_STEP * len(times) / sum(times), "wall_s": wall,
+            "val_loss": float(val), "val_step": int(step)}
+
+
+def run_attnlab(text: Path, out_dir: Path, extra: list[str]) -> dict:
+    import csv
+    _, wall = run_streaming([sys.executable, str(ROOT / "train.py"), "experiment=nanogpt_cpu", "dataset=text_files",
+                             f"dataset.path={text}", "logger=csv", f"hydra.run.dir={out_dir}", *extra], ROOT,
+                            show=r"estimated time left|val/loss")
+    rows = list(csv.DictReader(open(out_dir / "csv" / "metrics.csv")))
+    tps = [float(r["throughput/tokens_per_s"]) for r in rows if r.get("throughput/tokens_per_s")]
+    vals = [(int(r["step"]), float(r["val/loss"])) for r in rows if r.get("val/loss")]
+    step, val = vals[-1]
+    # windows of equal token counts: the run's rate is their harmonic mean (total tokens over total time)
+    return {"tokens_per_s": len(tps) / sum(1 / t for t in tps), "wall_s": wall, "val_loss": val, "val_step": step}
+
+
+def vs_nanogpt(args) -> None:
+    import tempfile
+    import torch
+    nanogpt = Path(args.vs_nanogpt).expanduser().resolve()
+    if not (nanogpt / "train.py").exists() or not (nanogpt / "config" / "train_shakespeare_char.py").exists():
+        raise SystemExit(f"--vs-nanogpt {nanogpt}: not a nanoGPT checkout (no train.py and "
+                         f"config/train_shakespeare_char.py); git clone https://github.com/karpathy/nanoGPT")
+    text = nanogpt_text(nanogpt)
+    stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    cpu = platform.processor() or platform.machine()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    machine = f"{cpu}, {os.cpu_count()} cpus, torch {torch.__version__}"
+    print(f"attnlab vs nanoGPT, CPU recipe for shakespeare_char, {stamp}, {machine}\ntext: {text}")
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeats):
+            for who in ("nanoGPT", "attnlab"):
+                print(f"[{len(runs) + 1}/{2 * args.repeats}] {who} (2,000 steps) ...", flush=True)
+                out = Path(tmp) / f"{who}-{i}"
+                r = run_nanogpt(nanogpt, out) if who == "nanoGPT" else run_attnlab(text, out, args.attnlab_args)
+                runs.append({"who": who, "repeat": i, **r})
+                print(f"    {r['tokens_per_s']:,.0f} training tokens/s, {r['wall_s']:.0f} s wall, "
+                      f"val loss {r['val_loss']:.4f} at step {r['val_step']}", flush=True)
+    lines = ["| run | training tokens/s | wall time (s) | val loss at 2000 |", "|---|---|---|---|"]
+    for r in runs:
+        lines.append(f"| {r['who']} #{r['repeat'] + 1} | {r['tokens_per_s']:,.0f} | {r['wall_s']:.0f} | {r['val_loss']:.4f} |")
+    med = lambda who, k: statistics.median(r[k] for r in runs if r["who"] == who)  # noqa: E731
+    ratio_tps = med("attnlab", "tokens_per_s") / med("nanoGPT", "tokens_per_s")
+    ratio_wall = med("attnlab", "wall_s") / med("nanoGPT", "wall_s")
+    lines.append(f"| attnlab / nanoGPT (medians) | **{ratio_tps:.3f}x** | {ratio_wall:.3f}x | "
+                 f"{med('attnlab', 'val_loss') - med('nanoGPT', 'val_loss'):+.4f} |")
+    goal = "met" if ratio_tps >= 1.1 else f"MISSED by {(1 - ratio_tps / 1.1) * 100:.0f}%"
+    lines.append(f"\ngoal (issue #11): attnlab >= 1.1x nanoGPT's training tokens/s -> {goal}; "
+                 f"val loss at 2000 steps: attnlab {med('attnlab', 'val_loss'):.4f}, nanoGPT {med('nanoGPT', 'val_loss'):.4f}")
+    print("\n".join(lines))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"throughput-vs-nanogpt-cpu-{dt.datetime.now().strftime('%Y%m%d-%H%M')}"
+    path.with_suffix(".json").write_text(json.dumps({"date": stamp, "machine": machine, "nanogpt_recipe": NANOGPT_CPU_RECIPE,
+                                                     "attnlab_args": args.attnlab_args, "runs": runs}, indent=1))
+    path.with_suffix(".md").write_text(f"attnlab vs nanoGPT, {stamp}, {machine}\n\n" + "\n".join(lines) + "\n")
+    print(f"wrote {path}.json and .md")
+
+
 def main(argv=None):
     import torch
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -120,7 +246,12 @@ def main(argv=None):
     ap.add_argument("--precision", default="bf16" if torch.cuda.is_available() else "32", choices=["32", "bf16"])
     ap.add_argument("--no-lightning", action="store_true", help="only the raw loop")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    ap.add_argument("--vs-nanogpt", metavar="DIR", help="a nanoGPT checkout: run both codebases on its CPU recipe")
+    ap.add_argument("--repeats", type=int, default=1, help="with --vs-nanogpt: alternating runs of each")
+    ap.add_argument("--attnlab-args", nargs="*", default=[], help="with --vs-nanogpt: extra overrides for train.py")
     args = ap.parse_args(argv)
+    if args.vs_nanogpt:
+        return vs_nanogpt(args)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True

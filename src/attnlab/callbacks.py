@@ -168,7 +168,8 @@ class MemoryMonitor(L.Callback):
 
 
 class ThroughputMonitor(L.Callback):
-    """Tokens per second over the last ``log_every_n_steps`` steps, and model FLOPs utilisation on a GPU."""
+    """Training tokens per second over the last ``log_every_n_steps`` steps (validation time left out), and model
+    FLOPs utilisation on a GPU."""
 
     def __init__(self, log_every_n_steps: int = 10):
         self.every = log_every_n_steps
@@ -176,6 +177,7 @@ class ThroughputMonitor(L.Callback):
         self.tokens = 0
         self.started: float | None = None  # when this process began training
         self.earlier_seconds = 0.0  # training time before a resume (from the checkpoint)
+        self.paused_at: float | None = None  # when the running validation began
 
     def train_seconds(self) -> float:
         """Wall-clock training time of the whole run, across resumes (time/train_s: curves against time)."""
@@ -192,6 +194,14 @@ class ThroughputMonitor(L.Callback):
             self.t0 = time.perf_counter()
         if self.started is None:
             self.started = self.t0
+
+    def on_validation_start(self, trainer, pl_module) -> None:
+        self.paused_at = time.perf_counter()
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if self.t0 is not None and self.paused_at is not None:
+            self.t0 += time.perf_counter() - self.paused_at  # the window's clock skips the validation
+        self.paused_at = None
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         self.tokens += batch[0].numel()

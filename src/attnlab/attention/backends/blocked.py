@@ -27,7 +27,8 @@ from attnlab.attention.backends.layout import DERIVED, block_layout, mask_tiles,
 from attnlab.attention.patterns import Pattern
 
 
-STEP_KEYS = 512  # keys a row takes per step (G = STEP_KEYS // block blocks): large products, few Python steps
+STEP_KEYS = 512  # keys a row takes per step at most (G blocks of K): larger products, fewer Python steps...
+STEP_BLOCKS = 4  # ...and at most 4 blocks, so the gathered keys stay within 4x the queries' size (memory)
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ def row_plan(pattern: Pattern, seq_len: int, block: int, n_heads: int, device) -
 def _build_row_plan(pattern: Pattern, seq_len: int, block: int, n_heads: int, device) -> RowPlan:
     lists = query_lists(pattern, seq_len, block, n_heads)
     hl, nb, max_kept = lists.block_idx.shape
-    G = max(1, min(STEP_KEYS // block, max_kept))
+    G = max(1, min(STEP_KEYS // block, STEP_BLOCKS, max_kept))
     steps = -(-max_kept // G)
     expand = lambda x: x.expand(n_heads, *x.shape[1:]).reshape(n_heads * nb, *x.shape[2:])  # noqa: E731
     count_R = expand(lists.count)  # (R,)
@@ -118,12 +119,25 @@ def _from_rows(x_BRKD: torch.Tensor, plan: RowPlan, H: int, N: int) -> torch.Ten
     return out.reshape(B, H, plan.n_blocks * K, *out.shape[3:])[:, :, :N]
 
 
-def gather_keys(k_BRKD: torch.Tensor, v_BRKD: torch.Tensor, blocks_AG: torch.Tensor):
-    """The G key / value blocks of each active row side by side: (B, A, G*K, D) each."""
-    B, _, K, D = k_BRKD.shape
-    A, G = blocks_AG.shape
-    flat = blocks_AG.flatten()
-    return k_BRKD[:, flat].view(B, A, G * K, D), v_BRKD[:, flat].view(B, A, G * K, D)
+class Workspace:
+    """Buffers reused by the steps of one call. Rows are sorted, so the first step is the widest: each buffer is
+    allocated once and later steps take a prefix. Fewer fresh allocations: less page faulting and memory traffic."""
+
+    def __init__(self):
+        self._buffers: dict[str, torch.Tensor] = {}
+
+    def take(self, name: str, shape: tuple, like: torch.Tensor) -> torch.Tensor:
+        n = math.prod(shape)
+        buf = self._buffers.get(name)
+        if buf is None or buf.numel() < n:
+            buf = self._buffers[name] = torch.empty(n, dtype=like.dtype, device=like.device)
+        return buf[:n].view(shape)
+
+    def gather(self, name: str, x_BRKD: torch.Tensor, blocks: torch.Tensor, A: int) -> torch.Tensor:
+        """Blocks ``blocks`` (A*G,) of x, G per active row side by side: (B, A, G*K, D)."""
+        B, _, K, D = x_BRKD.shape
+        out = self.take(name, (B, len(blocks), K, D), x_BRKD)
+        return torch.index_select(x_BRKD, 1, blocks, out=out).view(B, A, -1, D)
 
 
 def as_blocks(x_BALD: torch.Tensor, block: int) -> torch.Tensor:
@@ -146,16 +160,19 @@ class BlockedAttentionFn(torch.autograd.Function):
         l_BRK = torch.zeros(B, R, block, device=q_BHND.device, dtype=acc)  # running sum of exp(s - m)
         o_BRKD = torch.zeros(B, R, block, D, device=q_BHND.device, dtype=acc)  # running sum of exp(s - m) v
         q_BRKD = q_BRKD * scale
+        work = Workspace()
         for t, A in enumerate(plan.active):
-            k_BALD, v_BALD = gather_keys(k_BRKD, v_BRKD, plan.step_blocks(t))  # (B, A, G*K, D): G blocks a row
-            s_BAKL = plan.masked(q_BRKD[:, :A] @ k_BALD.transpose(-1, -2), t, -math.inf)  # predicate: partial tiles
+            blocks = plan.step_blocks(t).flatten()  # (A*G,) the G key blocks of each active row, side by side
+            k_BALD = work.gather("k", k_BRKD, blocks, A)  # (B, A, G*K, D)
+            s_BAKL = torch.matmul(q_BRKD[:, :A], k_BALD.transpose(-1, -2), out=work.take("s", (B, A, block, k_BALD.shape[2]), q_BRKD))
+            plan.masked(s_BAKL, t, -math.inf)  # the predicate, in place, in partial tiles only
             m_old = m_BRK[:, :A]
             m_new = torch.maximum(m_old, s_BAKL.amax(-1))  # (B, A, K)
             m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)  # no -inf - -inf
-            p_BAKL = torch.exp(s_BAKL - m_safe.unsqueeze(-1))
+            p_BAKL = s_BAKL.sub_(m_safe.unsqueeze(-1)).exp_()  # in place: the scores become probabilities
             alpha = torch.exp(m_old - m_safe)  # rescale of the old sums; 0 when m_old = -inf
             l_BRK[:, :A] = l_BRK[:, :A] * alpha + p_BAKL.sum(-1)
-            o_BRKD[:, :A] = o_BRKD[:, :A] * alpha.unsqueeze(-1) + p_BAKL @ v_BALD
+            o_BRKD[:, :A] = o_BRKD[:, :A] * alpha.unsqueeze(-1) + p_BAKL @ work.gather("v", v_BRKD, blocks, A)
             m_BRK[:, :A] = m_new
         empty = l_BRK == 0  # queries that see no key (padding rows)
         o_BRKD = o_BRKD / torch.where(empty, torch.ones_like(l_BRK), l_BRK).unsqueeze(-1)
@@ -180,17 +197,21 @@ class BlockedAttentionFn(torch.autograd.Function):
         k_BRKD, v_BRKD = _to_rows(k_BHND.to(acc), block), _to_rows(v_BHND.to(acc), block)
         dq_BRKD = torch.zeros_like(q_BRKD)
         dk_BRKD, dv_BRKD = torch.zeros_like(k_BRKD), torch.zeros_like(v_BRKD)
+        work = Workspace()
         for t, A in enumerate(plan.active):
-            blocks_AG = plan.step_blocks(t)
-            k_BALD, v_BALD = gather_keys(k_BRKD, v_BRKD, blocks_AG)  # (B, A, G*K, D)
+            blocks = plan.step_blocks(t).flatten()
+            k_BALD, v_BALD = work.gather("k", k_BRKD, blocks, A), work.gather("v", v_BRKD, blocks, A)  # (B, A, G*K, D)
             q_t, do_t = q_BRKD[:, :A], do_BRKD[:, :A]
-            s_BAKL = q_t @ k_BALD.transpose(-1, -2)  # recomputed (q carries the scale)
-            p_BAKL = plan.masked(torch.exp(s_BAKL - lse_BRK[:, :A].unsqueeze(-1)), t, 0.0)
-            dv_BRKD.index_add_(1, blocks_AG.flatten(), as_blocks(p_BAKL.transpose(-1, -2) @ do_t, block))  # P^T dO
-            dp_BAKL = do_t @ v_BALD.transpose(-1, -2)
-            ds_BAKL = p_BAKL * (dp_BAKL - delta_BRK[:, :A].unsqueeze(-1))  # d(scaled scores); dq gets the scale once
-            dq_BRKD[:, :A] += ds_BAKL @ k_BALD
-            dk_BRKD.index_add_(1, blocks_AG.flatten(), as_blocks(ds_BAKL.transpose(-1, -2) @ q_t, block))
+            shape = (B, A, block, k_BALD.shape[2])
+            s_BAKL = torch.matmul(q_t, k_BALD.transpose(-1, -2), out=work.take("s", shape, q_t))  # recomputed
+            p_BAKL = plan.masked(s_BAKL.sub_(lse_BRK[:, :A].unsqueeze(-1)).exp_(), t, 0.0)  # in place
+            pdo = torch.matmul(p_BAKL.transpose(-1, -2), do_t, out=work.take("kd", k_BALD.shape, q_t))
+            dv_BRKD.index_add_(1, blocks, as_blocks(pdo, block))  # dV_j += P^T dO
+            dp_BAKL = torch.matmul(do_t, v_BALD.transpose(-1, -2), out=work.take("dp", shape, q_t))
+            ds_BAKL = dp_BAKL.sub_(delta_BRK[:, :A].unsqueeze(-1)).mul_(p_BAKL)  # d(scaled scores), in place
+            dq_BRKD[:, :A] += ds_BAKL @ k_BALD  # the scale once, at the end
+            dsq = torch.matmul(ds_BAKL.transpose(-1, -2), q_t, out=work.take("kd", k_BALD.shape, q_t))
+            dk_BRKD.index_add_(1, blocks, as_blocks(dsq, block))
         dq_BHND = _from_rows(dq_BRKD * scale, plan, H, N)
         unrow = lambda x: x.reshape(B, H, plan.n_blocks * block, D)[:, :, :N]  # noqa: E731  key tiles are not reordered
         return dq_BHND.to(q_BHND.dtype), unrow(dk_BRKD).to(k_BHND.dtype), unrow(dv_BRKD).to(v_BHND.dtype), None, None, None

@@ -1,0 +1,28 @@
+"""Callbacks whose arithmetic a user reads off a dashboard: it has to be right."""
+from types import SimpleNamespace
+
+import torch
+
+from attnlab import callbacks
+
+
+def test_training_tokens_per_second_leave_the_validation_time_out(monkeypatch):
+    clock = [0.0]
+    monkeypatch.setattr(callbacks.time, "perf_counter", lambda: clock[0])
+    mon = callbacks.ThroughputMonitor(log_every_n_steps=4)
+    logged = []
+    module = SimpleNamespace(device=torch.device("cpu"), log_dict=lambda m, **kw: logged.append(m))
+    trainer = SimpleNamespace(global_step=0, world_size=1)
+    batch = (torch.zeros(2, 50, dtype=torch.long),)  # 100 tokens a step
+    for step in range(1, 5):
+        mon.on_train_batch_start(trainer, module, batch, step - 1)
+        clock[0] += 0.1  # a training step: 0.1 s
+        trainer.global_step = step
+        mon.on_train_batch_end(trainer, module, None, batch, step - 1)
+        if step == 2:  # a 10 s validation inside the window
+            mon.on_validation_start(trainer, module)
+            clock[0] += 10.0
+            mon.on_validation_end(trainer, module)
+    assert len(logged) == 1
+    assert abs(logged[0]["throughput/tokens_per_s"] - 400 / 0.4) < 1e-6  # not 400 / 10.4
+    assert abs(logged[0]["time/train_s"] - 10.4) < 1e-6  # wall-clock curves still include it
