@@ -58,7 +58,7 @@ def bench_raw(args, preset, attn_cfg, device):
     L_, H, C, T, B, V, p = preset
     torch.manual_seed(0)
     model = GPT(GPTConfig(vocab_size=V, context=T, n_layer=L_, n_head=H, d_model=C, dropout=p), dict(attn_cfg)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type == "cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)  # as conf/optimizer/adamw.yaml
     fwd = torch.compile(model) if args.compile else model
     x = torch.randint(0, V, (B, T), device=device)
     y = torch.randint(0, V, (B, T), device=device)
