@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "src"))
 PRESETS = {
     # name: (n_layer, n_head, d_model, context, batch, vocab, dropout)
     "tiny": (2, 4, 64, 64, 16, 85, 0.0),
+    "nanogpt_cpu": (4, 4, 128, 64, 12, 65, 0.0),  # nanoGPT's CPU recipe (experiment=nanogpt_cpu)
     "nanogpt": (6, 6, 384, 256, 64, 65, 0.2),  # nanoGPT config/train_shakespeare_char.py
     "gpt2": (12, 12, 768, 1024, 12, 50304, 0.0),  # nanoGPT bench.py: GPT-2 124M, vocab padded to 50304
 }

@@ -34,6 +34,8 @@ def test_attention_benchmark_writes_table_json_and_plot(tmp_path):
     full = {r["length"]: r["attended_pairs"] for r in timed if r["type"] == "full"}
     assert full[256] == 256 * 257 // 2
     assert list(tmp_path.glob("attention-cpu-*.png"))
+    assert "against full / sdpa (fused, full causal)" in out and "| longformer / banded |" in out
+    assert "- longformer / banded time <= 0.1x at n=256:" in out  # each goal says met or missed by how much
 
 
 def test_throughput_benchmark_raw_and_lightning(tmp_path):
@@ -65,3 +67,33 @@ def test_decode_benchmark_compares_cache_and_recomputation(tmp_path):
     assert data["machine"]["date"] and {r["prompt"] for r in data["rows"]} == {32, 64}
     assert all(r["cached_ms_per_token"] > 0 and r["uncached_ms_per_token"] > 0 for r in data["rows"])
     assert len(data["stream"]) == len(ATTENTION_TYPES) and list(tmp_path.glob("decode-cpu-*.png"))
+
+
+FAKE_NANOGPT = """
+import sys
+out = [a for a in sys.argv if a.startswith("--out_dir=")]
+assert "--device=cpu" in sys.argv and "--batch_size=12" in sys.argv and out
+for it in range(0, 501):
+    if it % 250 == 0:
+        print(f"step {it}: train loss 2.0, val loss {3.0 - it / 1000:.4f}")
+    print(f"iter {it}: loss 2.0, time {10000.0 if it % 250 == 0 else 100.0:.2f}ms, mfu -100.00%")
+"""
+
+
+def test_side_by_side_with_nanogpt_counts_training_time_only(tmp_path):
+    nanogpt = tmp_path / "nanoGPT"
+    (nanogpt / "config").mkdir(parents=True)
+    (nanogpt / "config" / "train_shakespeare_char.py").write_text("")
+    (nanogpt / "train.py").write_text(FAKE_NANOGPT)
+    data = nanogpt / "data" / "shakespeare_char"
+    data.mkdir(parents=True)
+    (data / "prepare.py").write_text("open('train.bin', 'w').write('x')\n")
+    out = run("throughput.py", "--vs-nanogpt", str(nanogpt), "--attnlab-args", "trainer.max_steps=20",
+              "trainer.val_check_interval=10", "callbacks.sample_texts=null", tmp_path=tmp_path / "out")
+    assert len((data / "input.txt").read_text()) > 1_000_000  # written from the embedded plays
+    [js] = (tmp_path / "out").glob("throughput-vs-nanogpt-cpu-*.json")
+    runs = {r["who"]: r for r in json.loads(js.read_text())["runs"]}
+    assert runs["nanoGPT"]["tokens_per_s"] == pytest.approx(12 * 64 / 0.1)  # the 10 s evaluation steps left out
+    assert runs["nanoGPT"]["val_loss"] == pytest.approx(2.5) and runs["nanoGPT"]["val_step"] == 500
+    assert runs["attnlab"]["val_step"] == 20 and runs["attnlab"]["tokens_per_s"] > 0
+    assert "attnlab / nanoGPT (medians)" in out and "goal (issue #11)" in out

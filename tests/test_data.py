@@ -83,6 +83,21 @@ def test_cache_detects_corruption_and_rebuilds(tmp_path):
     assert not list((tmp_path / "tokens").glob("*.tmp*"))  # no half-written entries left behind
 
 
+def test_a_cache_hit_converts_no_markdown_and_a_new_conversion_rebuilds(tmp_path, monkeypatch):
+    from attnlab.data import corpus
+    make = lambda: TextDataModule({"name": "shakespeare", "source": "shakespeare"}, {"name": "char"}, 32, 4,  # noqa: E731
+                                  str(tmp_path))
+    first = make()
+    first.prepare_data()
+    monkeypatch.setattr(corpus, "markdown_to_play", lambda md: (_ for _ in ()).throw(AssertionError("converted")))
+    again = make()
+    again.prepare_data()  # start-up of every later run: no conversion (it costs seconds)
+    assert np.array_equal(again.tokens["train"], first.tokens["train"])
+    monkeypatch.setattr(corpus, "MARKDOWN_VERSION", corpus.MARKDOWN_VERSION + 1)
+    with pytest.raises(AssertionError, match="converted"):
+        make().prepare_data()  # another conversion is another cache entry
+
+
 def test_documents_are_separated_by_eos(tmp_path):
     dm = TextDataModule({"name": "shakespeare", "source": "shakespeare"}, {"name": "char"}, 32, 4, str(tmp_path))
     dm.prepare_data()

@@ -73,16 +73,17 @@ def markdown_to_play(md: str) -> str:
     return text.strip() + "\n"
 
 
-def shakespeare_splits(val_plays: int = 3, test_plays: int = 3, split_seed: int = 1234,
-                       train_plays: int | None = None):
-    """Split the plays (not lines) so that no play leaks across splits; same seed, same split.
+MARKDOWN_VERSION = 1  # bump when markdown_to_play's output changes: token caches of the plays are keyed by it
 
-    ``train_plays`` keeps only that many of the training plays (the next ones in the seeded order), for runs
-    sized to a CPU; the validation and test plays do not change with it, so the numbers stay comparable.
 
-    Returns ({split: [play text, ...]}, {split: [play name, ...]})."""
-    files = play_files()
-    names = sorted(files)
+def shakespeare_choice(val_plays: int = 3, test_plays: int = 3, split_seed: int = 1234,
+                       train_plays: int | None = None) -> dict[str, list[str]]:
+    """Which plays go to which split ({split: [play name, ...]}), without reading a play.
+
+    The split is by play (no play leaks across splits); same seed, same split. ``train_plays`` keeps only that
+    many of the training plays (the next ones in the seeded order), for runs sized to a CPU; the validation
+    and test plays do not change with it, so the numbers stay comparable."""
+    names = sorted(play_files())
     if val_plays + test_plays >= len(names):
         raise DataError(f"dataset.val_plays={val_plays} + dataset.test_plays={test_plays} leaves no training "
                         f"play out of {len(names)}")
@@ -94,8 +95,28 @@ def shakespeare_splits(val_plays: int = 3, test_plays: int = 3, split_seed: int 
     order = names[:]
     rng.shuffle(order)
     train_end = val_plays + test_plays + (rest if train_plays is None else train_plays)
-    chosen = {"val": sorted(order[:val_plays]), "test": sorted(order[val_plays:val_plays + test_plays]),
-              "train": sorted(order[val_plays + test_plays:train_end])}
+    return {"val": sorted(order[:val_plays]), "test": sorted(order[val_plays:val_plays + test_plays]),
+            "train": sorted(order[val_plays + test_plays:train_end])}
+
+
+def shakespeare_fingerprint(chosen: dict[str, list[str]]) -> str:
+    """A key for the text of a split of the plays, from the Markdown files' bytes and the conversion's version:
+    a cache hit needs no conversion (which costs seconds)."""
+    files = play_files()
+    h = hashlib.sha256(f"markdown_to_play v{MARKDOWN_VERSION}".encode())
+    for s in SPLITS:
+        for name in chosen[s]:
+            h.update(s.encode()), h.update(name.encode()), h.update(files[name].read_bytes()), h.update(b"\0")
+    return h.hexdigest()[:16]
+
+
+def shakespeare_splits(val_plays: int = 3, test_plays: int = 3, split_seed: int = 1234,
+                       train_plays: int | None = None):
+    """The plays as text, split as ``shakespeare_choice`` says.
+
+    Returns ({split: [play text, ...]}, {split: [play name, ...]})."""
+    chosen = shakespeare_choice(val_plays, test_plays, split_seed, train_plays)
+    files = play_files()
     return {s: [markdown_to_play(files[n].read_text(encoding="utf-8")) for n in chosen[s]] for s in SPLITS}, chosen
 
 

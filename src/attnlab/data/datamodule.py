@@ -6,6 +6,7 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import Callable
 
 import lightning as L
 import numpy as np
@@ -13,7 +14,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from attnlab.data import cache
-from attnlab.data.corpus import SPLITS, DataError, fingerprint, hub_splits, shakespeare_splits, text_file_splits
+from attnlab.data.corpus import (SPLITS, DataError, fingerprint, hub_splits, shakespeare_choice, shakespeare_fingerprint,
+                                 shakespeare_splits, text_file_splits)
 from attnlab.data.tokenizers import build_tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -143,19 +145,23 @@ class TextDataModule(L.LightningDataModule):
         self.info: dict = {}
 
     # -- preparing the token arrays (once per corpus x tokenizer x settings, then cached) --------------
-    def _read_splits(self) -> tuple[dict[str, list[str]], dict]:
+    def _corpus(self) -> tuple[str, Callable[[], dict[str, list[str]]], dict]:
+        """(a fingerprint of the split text, a function that reads it, extra facts for the cache's meta.json).
+        The embedded plays are fingerprinted from their files, so a cache hit converts no Markdown."""
         d = self.dataset_cfg
         source = d.get("source")
         if source == "shakespeare":
-            splits, chosen = shakespeare_splits(d.get("val_plays", 3), d.get("test_plays", 3), d.get("split_seed", 1234),
-                                                d.get("train_plays"))
-            return splits, {"plays": chosen}
+            settings = (d.get("val_plays", 3), d.get("test_plays", 3), d.get("split_seed", 1234), d.get("train_plays"))
+            chosen = shakespeare_choice(*settings)
+            return shakespeare_fingerprint(chosen), lambda: shakespeare_splits(*settings)[0], {"plays": chosen}
         if source == "hub":
-            return hub_splits(d["path"], d.get("hf_config"), str(self.cache_dir / "hf"), d.get("text_field", "text")), {}
-        if source == "text_files":
-            return text_file_splits(d.get("path"), d.get("val_fraction", 0.05), d.get("test_fraction", 0.05),
-                                    d.get("split_seed", 1234)), {}
-        raise DataError(f"unknown dataset.source {source!r}; valid: ['hub', 'shakespeare', 'text_files']")
+            splits = hub_splits(d["path"], d.get("hf_config"), str(self.cache_dir / "hf"), d.get("text_field", "text"))
+        elif source == "text_files":
+            splits = text_file_splits(d.get("path"), d.get("val_fraction", 0.05), d.get("test_fraction", 0.05),
+                                      d.get("split_seed", 1234))
+        else:
+            raise DataError(f"unknown dataset.source {source!r}; valid: ['hub', 'shakespeare', 'text_files']")
+        return fingerprint(splits), lambda: splits, {}
 
     def prepare_data(self) -> None:
         self._load_or_build()
@@ -163,14 +169,14 @@ class TextDataModule(L.LightningDataModule):
     def _load_or_build(self) -> None:
         if self.tokens is not None:
             return
-        splits, extra = self._read_splits()
+        corpus_key, read_splits, extra = self._corpus()
         tok_cfg = self.tokenizer_cfg
         fixed = None
         if self.tokenizer_from:
             if not (Path(self.tokenizer_from) / "tokenizer.json").is_file():
                 raise DataError(f"tokenizer_from={self.tokenizer_from}: no tokenizer.json there")
             fixed = load_tokenizer(self.tokenizer_from)
-        settings = {"corpus": fingerprint(splits), "tokenizer": tok_cfg.get("name"),
+        settings = {"corpus": corpus_key, "tokenizer": tok_cfg.get("name"),
                     "vocab_size": tok_cfg.get("vocab_size"), "eos_between_documents": True}
         if fixed is not None:
             settings["tokenizer_from"] = fixed.fingerprint
@@ -181,6 +187,7 @@ class TextDataModule(L.LightningDataModule):
             if tokens is None:
                 log.info("tokenising %s with %s (cached afterwards in %s)", self.dataset_cfg.get("name"),
                          tok_cfg.get("name"), entry)
+                splits = read_splits()
                 tokenizer = fixed or build_tokenizer(tok_cfg.get("name"), splits["train"], tok_cfg.get("vocab_size", 4096))
                 dtype = np.uint16 if tokenizer.vocab_size < 2 ** 16 else np.uint32
                 arrays = {}
