@@ -183,7 +183,7 @@ def run_attnlab(text: Path, out_dir: Path, extra: list[str]) -> dict:
                             show=r"estimated time left|val/loss")
     rows = list(csv.DictReader(open(out_dir / "csv" / "metrics.csv")))
     tps = [float(r["throughput/tokens_per_s"]) for r in rows if r.get("throughput/tokens_per_s")]
-    vals = [(int(r["step"]), float(r["val/loss"])) for r in rows if r.get("val/loss")]
+    vals = [(int(r["step"]) + 1, float(r["val/loss"])) for r in rows if r.get("val/loss")]  # logged at steps done - 1
     step, val = vals[-1]
     # windows of equal token counts: the run's rate is their harmonic mean (total tokens over total time)
     return {"tokens_per_s": len(tps) / sum(1 / t for t in tps), "wall_s": wall, "val_loss": val, "val_step": step}
