@@ -113,7 +113,7 @@ def _build_band_plan(pattern: Pattern, N: int, block: int, heads: int, device) -
         groups.append(Group(first, last, all_columns[used].to(device), Bias(mask.unsqueeze(0).to(device))))
 
     candidates = cover.rows.at(N)  # global queries: the only ones that may see keys outside band + columns
-    dense_rows = dense_mask = None
+    dense_rows = dense_bias = None
     dense_pairs = 0
     if len(candidates):
         k = torch.arange(N).view(1, 1, -1)
@@ -124,13 +124,13 @@ def _build_band_plan(pattern: Pattern, N: int, block: int, heads: int, device) -
             dense_rows, dense_mask = candidates[outside], allowed[:, outside]
             covered_pairs -= int(covered[:, outside].sum())
             dense_pairs = int(dense_mask.sum())
-            dense_rows, dense_mask = dense_rows.to(device), Bias(dense_mask.unsqueeze(0).to(device))
+            dense_rows, dense_bias = dense_rows.to(device), Bias(dense_mask.unsqueeze(0).to(device))
     expected = block_layout(pattern, N, 128, heads).allowed_pairs
     if covered_pairs + dense_pairs != expected:
         raise RuntimeError(f"banded attention: the cover of pattern {pattern.name} holds "
                            f"{covered_pairs + dense_pairs} allowed pairs of {expected} at length {N}; "
                            f"its Cover (patterns.py) is wrong")
-    return BandPlan(K, nb, lo, band_len, tuple(groups), dense_rows, dense_mask)
+    return BandPlan(K, nb, lo, band_len, tuple(groups), dense_rows, dense_bias)
 
 
 def banded_attention(q, k, v, pattern: Pattern, block: int = 64) -> torch.Tensor:
