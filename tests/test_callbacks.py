@@ -26,3 +26,11 @@ def test_training_tokens_per_second_leave_the_validation_time_out(monkeypatch):
     assert len(logged) == 1
     assert abs(logged[0]["throughput/tokens_per_s"] - 400 / 0.4) < 1e-6  # not 400 / 10.4
     assert abs(logged[0]["time/train_s"] - 10.4) < 1e-6  # wall-clock curves still include it
+
+
+def test_progress_bar_of_a_step_bounded_run_names_its_steps_not_epoch_minus_two():
+    bar = callbacks.RunProgressBar()
+    bar._trainer = SimpleNamespace(max_epochs=-1, max_steps=2000)
+    assert bar._get_train_description(0).strip() == "Epoch 0 (2,000 steps)"
+    bar._trainer = SimpleNamespace(max_epochs=10, max_steps=-1)
+    assert bar._get_train_description(3).strip() == "Epoch 3/9"

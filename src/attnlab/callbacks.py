@@ -265,6 +265,14 @@ class RunProgressBar(RichProgressBar):
                          trainer.estimated_stepping_batches - trainer.global_step,
                          (time.perf_counter() - self.start[0]) / (trainer.global_step - self.start[1]))
 
+    def _get_train_description(self, current_epoch: int) -> str:
+        # Lightning writes "Epoch 0/-2" for a run bounded by steps (max_epochs=-1): say the step budget instead
+        trainer = self.trainer
+        if trainer.max_epochs is None or trainer.max_epochs >= 0:
+            return super()._get_train_description(current_epoch)
+        description = f"Epoch {current_epoch} ({trainer.max_steps:,} steps)"
+        return f"{description:{len(self.validation_description)}}"
+
     def get_metrics(self, trainer, pl_module) -> dict:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)
