@@ -12,6 +12,10 @@ so that they run on any device and under ``torch.vmap`` inside FlexAttention. No
 index ``b``: the layout is shared by the whole batch. ``q_idx`` is the query position i, ``kv_idx`` the key
 position j, both 0-based in the same sequence.
 
+Each primitive also says where its keys can lie (a ``Cover``: a band of offsets, an own block, shared columns,
+global rows), and ``&`` / ``|`` combine covers; the banded backend turns that shape into batched products and
+checks it against the predicate.
+
 A pattern's ``name`` describes it completely (every parameter is in it): two patterns with the same name
 and ``per_head`` are the same predicate, which is what lets everything derived from a pattern be cached
 by name (``backends/layout.py``).
@@ -36,9 +40,6 @@ class Positions:
     first: int = 0
     listed: tuple = ()
     every: tuple = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.first or self.listed or self.every)
 
     def __or__(self, other: "Positions") -> "Positions":
         return Positions(max(self.first, other.first), tuple(sorted(set(self.listed) | set(other.listed))),
