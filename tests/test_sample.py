@@ -142,8 +142,8 @@ def test_evaluate_on_other_text_with_the_runs_tokenizer(trained, tmp_path):
     metrics = json.loads(metrics.read_text())
     assert metrics["dataset"] == "text_files" and metrics["bpb"] > 0 and metrics["ppl"] > 1
     # encoded with the run's tokenizer (the Shakespeare characters), not one trained on this text
-    cache = Path(os.environ["ATTNLAB_CACHE"]) / "tokens"
-    used = max(cache.glob("text_files-char-*/tokenizer.json"), key=lambda p: p.stat().st_mtime)
+    used = Path(metrics["tokens"]) / "tokenizer.json"
+    assert used.parent.name.startswith("text_files-char-")
     runs_own = Path(re.search(r"'cache_entry': '([^']+)'", (folder / "train.log").read_text()).group(1)) / "tokenizer.json"
     assert json.loads(used.read_text()) == json.loads(runs_own.read_text())
 

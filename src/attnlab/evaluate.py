@@ -40,6 +40,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         [metrics] = run(model, datamodule=datamodule, verbose=False)
     result = {"run": str(folder), "checkpoint": str(ckpt), "split": cfg.split,
               "dataset": (other or loaded.cfg.dataset).get("name"),
+              "tokens": datamodule.info.get("cache_entry"),  # the token cache read: text, split and tokenizer
               "loss": float(metrics[f"{cfg.split}/loss"]), "ppl": float(metrics[f"{cfg.split}/ppl"]),
               "bpb": float(metrics[f"{cfg.split}/bpb"]) if f"{cfg.split}/bpb" in metrics else None,
               "processes": trainer.world_size}
