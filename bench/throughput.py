@@ -33,6 +33,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
 
 PRESETS = {
     # name: (n_layer, n_head, d_model, context, batch, vocab, dropout)
@@ -124,12 +125,13 @@ def bench_lightning(args, preset, attn_cfg, device):
 
 # --- side by side with nanoGPT -----------------------------------------------------------------------------
 
+_L, _H, _C, _T, _B, _, _P = PRESETS["nanogpt_cpu"]
 NANOGPT_CPU_RECIPE = [  # nanoGPT's README, "I only have a macbook": its shakespeare_char config, sized for a CPU
     "config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20", "--log_interval=1",
-    "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128", "--max_iters=2000",
-    "--lr_decay_iters=2000", "--dropout=0.0"]
+    f"--block_size={_T}", f"--batch_size={_B}", f"--n_layer={_L}", f"--n_head={_H}", f"--n_embd={_C}",
+    "--max_iters=2000", "--lr_decay_iters=2000", f"--dropout={_P}"]
 TINY_SHAKESPEARE_CHARS = 1_115_394  # the size of nanoGPT's input.txt
-RECIPE_TOKENS_PER_STEP = 12 * 64
+RECIPE_TOKENS_PER_STEP = _B * _T
 
 
 def nanogpt_text(nanogpt: Path) -> Path:
@@ -191,19 +193,14 @@ def run_attnlab(text: Path, out_dir: Path, extra: list[str]) -> dict:
 
 def vs_nanogpt(args) -> None:
     import tempfile
-    import torch
     nanogpt = Path(args.vs_nanogpt).expanduser().resolve()
     if not (nanogpt / "train.py").exists() or not (nanogpt / "config" / "train_shakespeare_char.py").exists():
         raise SystemExit(f"--vs-nanogpt {nanogpt}: not a nanoGPT checkout (no train.py and "
                          f"config/train_shakespeare_char.py); git clone https://github.com/karpathy/nanoGPT")
     text = nanogpt_text(nanogpt)
-    stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    machine = f"{cpu}, {os.cpu_count()} cpus, torch {torch.__version__}"
+    from attention import machine as machine_info  # bench/attention.py: date, CPU model, cores, torch
+    info = machine_info()
+    stamp, machine = info["date"], f"{info['cpu']}, {info['cpus']} cpus, torch {info['torch']}"
     print(f"attnlab vs nanoGPT, CPU recipe for shakespeare_char, {stamp}, {machine}\ntext: {text}")
     runs = []
     with tempfile.TemporaryDirectory() as tmp:

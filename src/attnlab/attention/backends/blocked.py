@@ -164,7 +164,8 @@ class BlockedAttentionFn(torch.autograd.Function):
         for t, A in enumerate(plan.active):
             blocks = plan.step_blocks(t).flatten()  # (A*G,) the G key blocks of each active row, side by side
             k_BALD = work.gather("k", k_BRKD, blocks, A)  # (B, A, G*K, D)
-            s_BAKL = torch.matmul(q_BRKD[:, :A], k_BALD.transpose(-1, -2), out=work.take("s", (B, A, block, k_BALD.shape[2]), q_BRKD))
+            s_shape = (B, A, block, k_BALD.shape[2])  # (B, A, K, G*K)
+            s_BAKL = torch.matmul(q_BRKD[:, :A], k_BALD.transpose(-1, -2), out=work.take("s", s_shape, q_BRKD))
             plan.masked(s_BAKL, t, -math.inf)  # the predicate, in place, in partial tiles only
             m_old = m_BRK[:, :A]
             m_new = torch.maximum(m_old, s_BAKL.amax(-1))  # (B, A, K)
