@@ -4,26 +4,17 @@ Examples:
     python evaluate.py run=outputs/full-small-shakespeare-char/2026-11-25_10-00-00
     python evaluate.py run=path/to/last.ckpt split=val trainer=ddp_cpu   # two processes, the same numbers
 """
-import logging
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from attnlab.data.corpus import DataError
+from attnlab.cli import run_task
 from attnlab.evaluate import evaluate
-from attnlab.schema import ConfigError
-
-log = logging.getLogger("attnlab")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")
-def main(cfg: DictConfig) -> float:
-    try:
-        return evaluate(cfg)["loss"]
-    except (ConfigError, DataError) as e:
-        log.error("%s", e)
-        sys.exit(2)
+def main(cfg: DictConfig) -> float | None:
+    result = run_task(evaluate, cfg)
+    return None if result is None else result["loss"]
 
 
 if __name__ == "__main__":

@@ -5,26 +5,16 @@ Examples:
     python sample.py run=outputs/longformer-small-shakespeare-char/<date> temperature=0.7 top_k=50
     python sample.py -m run=last temperature=0.5,0.8,1.2      # one job per temperature
 """
-import logging
-import sys
-
 import hydra
 from omegaconf import DictConfig
 
-from attnlab.data.corpus import DataError
+from attnlab.cli import run_task
 from attnlab.sample import sample
-from attnlab.schema import ConfigError
-
-log = logging.getLogger("attnlab")
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="sample")
 def main(cfg: DictConfig) -> None:
-    try:
-        sample(cfg)
-    except (ConfigError, DataError) as e:
-        log.error("%s", e)
-        sys.exit(2)
+    run_task(sample, cfg)
 
 
 if __name__ == "__main__":

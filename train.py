@@ -13,30 +13,27 @@ import hydra
 from omegaconf import DictConfig
 
 from attnlab.callbacks import TrainingDiverged
-from attnlab.data.corpus import DataError
-from attnlab.sweep import is_multirun, one_line
-from attnlab.train import ConfigError, cpu_default_override, train
+from attnlab.cli import run_task
+from attnlab.train import cpu_default_override, train
 
 log = logging.getLogger("attnlab")
 
 
+def train_or_stop(cfg: DictConfig) -> dict:
+    try:
+        return train(cfg)
+    except TrainingDiverged as e:  # its message says what happened and what to try: one line, exit 1
+        from attnlab.sweep import is_multirun
+        if is_multirun():
+            raise
+        log.error("%s", e)
+        sys.exit(1)
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    try:
-        metrics = train(cfg)
-    except (ConfigError, DataError) as e:
-        if is_multirun():  # recorded in the job's status.json; the sweep goes on and reports it at the end
-            log.error("job failed: %s", e)
-            return None
-        log.error("%s", e)
-        sys.exit(2)
-    except Exception as e:  # out of memory, a diverged loss, a bug: one job's failure does not end a sweep
-        if not is_multirun():
-            if isinstance(e, TrainingDiverged):  # its message says what happened and what to try
-                log.error("%s", e)
-                sys.exit(1)
-            raise
-        log.exception("job failed: %s", one_line(e))
+    metrics = run_task(train_or_stop, cfg, records_status=True)  # train() writes the run's status.json itself
+    if metrics is None:
         return None
     return metrics.get(cfg.get("optimized_metric") or "val/ppl")  # for a sweeper (hparams_search=...) to minimise
 

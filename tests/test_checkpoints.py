@@ -63,7 +63,7 @@ def _fake_run(root: Path, name: str, key: str, settings: dict, mtime: float, fil
     run = root / name
     ckdir = run / "checkpoints"
     ckdir.mkdir(parents=True)
-    checkpoints.write_run_file(run, key, ckdir)
+    checkpoints.write_run_file(run, key)
     for i, f in enumerate(files):
         torch.save({"state_dict": {}, "global_step": i, "attnlab": {"run_key": key, "settings": settings}}, ckdir / f)
         os.utime(ckdir / f, (mtime - i, mtime - i))
@@ -76,7 +76,7 @@ def test_ckpt_path_last_resumes_this_run_only(make_cfg, tmp_path):
     now = time.time()
     mine = _fake_run(tmp_path, "old-seed1", checkpoints.run_key(seed1), checkpoints.settings_of(seed1), now)
     _fake_run(tmp_path, "newer-seed2", checkpoints.run_key(seed2), checkpoints.settings_of(seed2), now + 100)
-    path, state = checkpoints.resolve(seed1)
+    path, state, _ = checkpoints.resolve(seed1)
     assert Path(path) == mine / "last.ckpt"  # not the newer checkpoint of the other seed
     other = make_cfg(["seed=3", "ckpt_path=last"], "seed3")
     with pytest.raises(checkpoints.CheckpointError, match=r"ckpt_path=last: no checkpoint of this run \(run key"):
@@ -91,7 +91,7 @@ def test_the_same_command_again_finds_its_checkpoint_in_the_earlier_run_folder(m
     train(first)
     again = make_cfg([*args, "ckpt_path=last"], "2026-01-01_11-00-00")  # a new run folder, as Hydra makes one
     assert checkpoints.run_key(again) == checkpoints.run_key(first)
-    path, state = checkpoints.resolve(again)
+    path, state, _ = checkpoints.resolve(again)
     assert Path(path) == Path(first.paths.checkpoint_dir) / "last.ckpt" and state["global_step"] == 4
     assert checkpoints.run_key(make_cfg([*args, "seed=5"], "other")) != checkpoints.run_key(first)
 
@@ -113,7 +113,7 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_intact_one(make_cfg, tmp_
     (ckdir / "last.ckpt").write_bytes(data[: len(data) // 2])  # truncated by a crash of the disk, say
     os.utime(ckdir / "last.ckpt", (time.time() + 5, time.time() + 5))
     with caplog.at_level(logging.WARNING):
-        path, _ = checkpoints.resolve(cfg)
+        path, _, _ = checkpoints.resolve(cfg)
     assert Path(path).name == "step000005-val_ppl9.00.ckpt"
     assert "last.ckpt cannot be loaded" in caplog.text
     explicit = make_cfg([f"ckpt_path={ckdir / 'last.ckpt'}"], "explicit")

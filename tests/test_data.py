@@ -158,13 +158,10 @@ def test_concurrent_builders_of_one_entry_both_succeed(tmp_path):
 
 def test_bits_per_byte_rescale_the_loss_by_the_splits_tokens_per_byte(make_cfg):
     import math
-    import hydra
-    from omegaconf import OmegaConf
-    from attnlab.train import train
+    from attnlab.train import build_datamodule, train
     cfg = make_cfg(["mode=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=3"])
     metrics = train(cfg)
-    dm = hydra.utils.instantiate(cfg.data, dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
-                                 tokenizer=OmegaConf.to_container(cfg.tokenizer, resolve=True))
+    dm = build_datamodule(cfg)
     dm.prepare_data()
     ratio = dm.tokens_per_byte("test")
     assert 0.95 < ratio <= 1.0  # characters: one token per byte, fewer where a character takes several bytes

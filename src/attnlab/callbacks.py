@@ -10,7 +10,7 @@ from pathlib import Path
 
 import lightning as L
 import numpy as np
-from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 import torch
 
 from attnlab import memory
@@ -35,25 +35,36 @@ def log_now(trainer, metrics: dict[str, float]) -> None:
 
 
 class LastCheckpoint(L.Callback):
-    """``last.ckpt`` every ``every_n_train_steps`` steps from the first step on, at every epoch end and when
-    training ends, whether or not a validation has run yet: a crash loses at most N steps. (Ranking the best
-    checkpoint is the ModelCheckpoint's job, right after each validation, with its own score.)"""
+    """``last.ckpt`` every ``every_n_train_steps`` steps and every ``every_n_minutes`` minutes from the first step
+    on, at every epoch end, when training ends and when it is interrupted (Ctrl-C, SIGTERM), whether or not a
+    validation has run yet: a crash loses at most N steps or M minutes. (Ranking the best checkpoint is
+    BestCheckpoint's job, right after each validation, with its own score.)"""
 
-    def __init__(self, dirpath: str, every_n_train_steps: int = 500, filename: str = "last.ckpt"):
+    def __init__(self, dirpath: str, every_n_train_steps: int = 500, every_n_minutes: float | None = 5.0,
+                 filename: str = "last.ckpt"):
         self.path = Path(dirpath) / filename
         self.every = every_n_train_steps
-        self.saved_step = -1
+        self.every_s = every_n_minutes * 60 if every_n_minutes else None
+        self.saved_step, self.saved_at = -1, time.monotonic()
 
     def _save(self, trainer) -> None:
         if trainer.global_step != self.saved_step and not trainer.sanity_checking:
             trainer.save_checkpoint(self.path, weights_only=False)  # the whole state, through the atomic CheckpointIO
-            self.saved_step = trainer.global_step
+            self.saved_step, self.saved_at = trainer.global_step, time.monotonic()
+
+    def _time_is_up(self, trainer) -> bool:
+        if self.every_s is None:
+            return False
+        due = time.monotonic() - self.saved_at >= self.every_s
+        if trainer.world_size > 1:  # every rank must take part in a save: rank 0's clock decides, every 10 steps
+            return trainer.global_step % 10 == 0 and bool(trainer.strategy.broadcast(due, src=0))
+        return due
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         # the batch that reaches max_steps is saved here, not at the epoch end that follows: Lightning resumes
         # a checkpoint saved in on_train_epoch_end at the *next* epoch, which would skip the rest of this one
         last_step = 0 < trainer.max_steps <= trainer.global_step
-        if (self.every and trainer.global_step % self.every == 0) or last_step:
+        if (self.every and trainer.global_step % self.every == 0) or last_step or self._time_is_up(trainer):
             self._save(trainer)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
@@ -61,6 +72,35 @@ class LastCheckpoint(L.Callback):
 
     def on_train_end(self, trainer, pl_module) -> None:
         self._save(trainer)
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, KeyboardInterrupt) and trainer.world_size == 1 and trainer.global_step > 0:
+            log.warning("interrupted at step %d: saving %s", trainer.global_step, self.path)
+            self._save(trainer)
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """Lightning's ModelCheckpoint, with its state (the best file, its score, the top k) kept as file names in
+    the checkpoint rather than absolute paths: a run folder moved or copied elsewhere resumes tracking the
+    best file in its own folder, never one in the original tree."""
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        state["dirpath"] = "."
+        for key in ("best_model_path", "kth_best_model_path", "last_model_path"):
+            state[key] = Path(state[key]).name if state.get(key) else state.get(key)
+        state["best_k_models"] = {Path(k).name: v for k, v in state.get("best_k_models", {}).items()}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("dirpath") != ".":  # written before paths were relative: its paths may point anywhere
+            state = {**state, "dirpath": None}
+            return super().load_state_dict(state)
+        here = lambda name: str(Path(self.dirpath) / name) if name else name  # noqa: E731
+        state = {**state, "dirpath": self.dirpath,
+                 **{k: here(state.get(k)) for k in ("best_model_path", "kth_best_model_path", "last_model_path")},
+                 "best_k_models": {here(k): v for k, v in state.get("best_k_models", {}).items()}}
+        super().load_state_dict(state)
 
 
 class InitLossCheck(L.Callback):

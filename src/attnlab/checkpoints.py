@@ -8,7 +8,12 @@
   nothing else: not another seed of a sweep, not another attention type.
 * ``resolve(cfg)`` finds the checkpoint to resume, reads it once, refuses one whose model or attention
   settings differ (one line listing the keys), and falls back from a damaged newest checkpoint to the newest
-  intact one with a warning.
+  intact one with a warning. ``ckpt_path=last`` takes the newest *run folder* of this run key (and says
+  which), never a mix of two runs' files; the resumed run goes on writing into that folder.
+* Every checkpoint carries a SHA-256 of all its tensors, checked on load: damage that keeps the file's shape
+  (flipped bytes) is found, not trained or evaluated on. Weights holding NaN or inf are never written.
+* Nothing recorded is an absolute path: a run's checkpoints are always ``<run folder>/checkpoints``, so a run
+  folder or a whole outputs tree moved or copied elsewhere resumes, samples and evaluates from where it is.
 """
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -26,6 +31,8 @@ from omegaconf import DictConfig, OmegaConf
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
+CHECKPOINT_DIR = "checkpoints"  # inside the run folder, always: nothing records where that folder is
+DIGEST_KEY = "attnlab_digest"  # the checkpoint's own SHA-256 of its tensors
 # config keys that say where a run writes or how it was started, not what it trains
 NOT_IN_RUN_KEY = ("ckpt_path", "init_from", "paths", "hydra", "logger", "test_after_fit", "tags", "optimized_metric")
 
@@ -62,7 +69,38 @@ def safe_load(path: str | Path) -> dict:
                               f"attnlab or start a new run") from None
     if not isinstance(state, dict) or "state_dict" not in state:
         raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint (no state_dict)")
+    saved = state.pop(DIGEST_KEY, None)
+    if saved is not None and saved != tensor_digest(state):
+        raise CheckpointError(f"checkpoint {path} is damaged (its tensors do not match the checksum written with "
+                              f"them: the file changed on disk); use another checkpoint of the run or start again")
     return state
+
+
+def tensor_digest(obj) -> str:
+    """SHA-256 over every tensor in a (nested) checkpoint, with the key path, dtype and shape of each."""
+    h = hashlib.sha256()
+
+    def walk(o, where: str) -> None:
+        if isinstance(o, torch.Tensor):
+            t = o.detach().cpu().contiguous().reshape(-1)
+            h.update(f"{where}:{t.dtype}:{tuple(o.shape)};".encode())
+            if t.numel():
+                h.update(memoryview(t.view(torch.uint8).numpy()))
+        elif isinstance(o, dict):
+            for k in sorted(o, key=str):
+                if k != DIGEST_KEY:
+                    walk(o[k], f"{where}/{k}")
+        elif isinstance(o, (list, tuple)):
+            for i, v in enumerate(o):
+                walk(v, f"{where}[{i}]")
+    walk(obj, "")
+    return h.hexdigest()
+
+
+def non_finite_weights(state_dict: dict) -> list[str]:
+    """Names of floating-point tensors holding NaN or inf."""
+    return [k for k, v in state_dict.items()
+            if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()]
 
 
 class CheckpointIO(TorchCheckpointIO):
@@ -74,10 +112,15 @@ class CheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         path = Path(path)
+        bad = non_finite_weights(checkpoint.get("state_dict", {}))
+        if bad:  # a diverged step must not replace the last good checkpoint
+            log.warning("not writing %s at step %s: %d weight tensors hold NaN or inf (first: %s); the previous "
+                        "checkpoint is kept", path.name, checkpoint.get("global_step"), len(bad), bad[0])
+            return
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         try:
-            torch.save(checkpoint, tmp)
+            torch.save({**checkpoint, DIGEST_KEY: tensor_digest(checkpoint)}, tmp)
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
@@ -104,23 +147,39 @@ def run_key(cfg: DictConfig) -> str:
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def write_run_file(output_dir: str | Path, key: str, checkpoint_dir: str | Path) -> None:
+def write_run_file(output_dir: str | Path, key: str, **facts) -> None:
+    """``run.json``: the run key (what ``ckpt_path=last`` matches) and facts about the run, no absolute path."""
     path = Path(output_dir) / RUN_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"run_key": key, "checkpoint_dir": str(checkpoint_dir)}, indent=1))
+    old = read_run_file(path.parent)
+    tmp = path.with_name(f".{RUN_FILE}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps({**old, "run_key": key, **facts}, indent=1, default=str))
+    os.replace(tmp, path)
 
 
-def candidates_for(key: str, outputs_root: str | Path) -> list[Path]:
-    """Checkpoints of runs with this run key, newest first: each run's last.ckpt, then its other checkpoints."""
-    found: list[Path] = []
+def read_run_file(folder: str | Path) -> dict:
+    """A run folder's run.json as plain values ({} when missing or unreadable)."""
+    try:
+        info = json.loads((Path(folder) / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def checkpoints_in(folder: str | Path) -> list[Path]:
+    """A run folder's checkpoints, newest first (last.ckpt first among equal times)."""
+    ckpts = [p for p in (Path(folder) / CHECKPOINT_DIR).glob("*.ckpt") if p.is_file()]
+    return sorted(ckpts, key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True)
+
+
+def runs_for(key: str, outputs_root: str | Path) -> list[Path]:
+    """Run folders with this run key that hold a checkpoint, newest checkpoint first."""
+    found = []
     for run_file in Path(outputs_root).glob(f"**/{RUN_FILE}"):
-        try:
-            info = json.loads(run_file.read_text())
-        except (OSError, ValueError):
-            continue
-        if info.get("run_key") == key:
-            found += [p for p in Path(info.get("checkpoint_dir", run_file.parent / "checkpoints")).glob("*.ckpt")]
-    return sorted(set(found), key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True)
+        folder = run_file.parent
+        if read_run_file(folder).get("run_key") == key and (ckpts := checkpoints_in(folder)):
+            found.append((ckpts[0].stat().st_mtime, folder))
+    return [f for _, f in sorted(found, reverse=True)]
 
 
 def settings_of(cfg: DictConfig) -> dict[str, dict]:
@@ -137,35 +196,65 @@ def differing_keys(saved: dict, current: dict) -> list[str]:
     return keys
 
 
-def resolve(cfg: DictConfig) -> tuple[str, dict] | None:
-    """The checkpoint to resume (path, state) or None. ``ckpt_path=last``: the newest intact checkpoint of
-    this run key; a path: that file. Either way the settings must match the run's."""
+class Resume(NamedTuple):
+    path: str  # the checkpoint file
+    state: dict  # its contents, read once
+    folder: Path | None  # the run folder it belongs to (records continue there), None for a foreign file
+
+
+def _run_folder_of(ckpt: Path) -> Path | None:
+    folder = ckpt.resolve().parent.parent
+    return folder if ckpt.resolve().parent.name == CHECKPOINT_DIR and (folder / RUN_FILE).is_file() else None
+
+
+def resolve(cfg: DictConfig) -> Resume | None:
+    """The checkpoint to resume, or None. ``ckpt_path=last``: the newest run folder of this run key, its newest
+    intact checkpoint; a run folder: its newest intact checkpoint; a file: that file. Either way the settings
+    must match the run's."""
     ckpt = cfg.get("ckpt_path")
     if not ckpt:
         return None
     key = run_key(cfg)
+    folder: Path | None = None
     if ckpt == "last":
-        paths = candidates_for(key, cfg.paths.outputs_root)
-        if not paths:
+        folders = runs_for(key, cfg.paths.outputs_root)
+        if not folders:
             raise CheckpointError(f"ckpt_path=last: no checkpoint of this run (run key {key}) under "
                                   f"{cfg.paths.outputs_root}/; the same command and overrides as the run to "
-                                  f"resume are needed, or give a file: ckpt_path=/path/to/file.ckpt")
+                                  f"resume are needed, or give a run folder or a file: ckpt_path=<path>")
+        folder = folders[0]
+        if len(folders) > 1:
+            log.warning("ckpt_path=last: %d runs have this config; resuming the newest, %s (give "
+                        "ckpt_path=<run folder> to take another: %s)", len(folders), folder,
+                        ", ".join(map(str, folders[1:4])))
+        paths = checkpoints_in(folder)
+    elif Path(str(ckpt)).is_dir():
+        folder = Path(str(ckpt))
+        paths = checkpoints_in(folder)
+        if not paths:
+            raise CheckpointError(f"ckpt_path={ckpt}: no checkpoint in {folder / CHECKPOINT_DIR}")
     else:
         paths = [Path(str(ckpt))]
         if not paths[0].is_file():
-            raise CheckpointError(f"ckpt_path={ckpt}: no such file")
+            raise CheckpointError(f"ckpt_path={ckpt}: no such file or run folder")
+        folder = _run_folder_of(paths[0])
     state, errors = None, []
     for path in paths:
         try:
             state = safe_load(path)
+            saved_key = state.get("attnlab", {}).get("run_key")
+            if ckpt == "last" and saved_key not in (None, key):
+                raise CheckpointError(f"checkpoint {path} belongs to another run (run key {saved_key}, this run's "
+                                      f"is {key})")
             break
         except CheckpointError as e:
-            if ckpt != "last":
+            if len(paths) == 1 and ckpt != "last":
                 raise
+            state = None
             errors.append(str(e))
             log.warning("%s; trying the next newest checkpoint of this run", e)
     if state is None:
-        raise CheckpointError(f"ckpt_path=last: every checkpoint of this run is damaged ({errors[0]})")
+        raise CheckpointError(f"ckpt_path={ckpt}: every checkpoint of this run is damaged ({errors[0]})")
     saved = state.get("attnlab", {}).get("settings")
     if saved is not None:
         diff = differing_keys(saved, settings_of(cfg))
@@ -173,4 +262,6 @@ def resolve(cfg: DictConfig) -> tuple[str, dict] | None:
             raise CheckpointError(f"checkpoint {path} was trained with different settings ({', '.join(diff)}); "
                                   f"resume with the same settings, or start from its weights with "
                                   f"init_from={path}")
-    return str(path), state
+    if folder is not None and read_run_file(folder).get("run_key") != key:
+        folder = None  # someone else's run (an explicit file): this run keeps its own folder
+    return Resume(str(path), state, folder)

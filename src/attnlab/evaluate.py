@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 
 import hydra
@@ -16,21 +17,28 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from attnlab import ddp, runs
-from attnlab.schema import ConfigError
+from attnlab import ddp, runs, schema
+from attnlab.schema import Choice, ConfigError, Number, Text, check_rules
 from attnlab.train import build_trainer
 
 log = logging.getLogger(__name__)
 SPLITS = ("val", "test")
+RULES = {  # the schema's rule types (schema.py), for this command's own settings
+    "run": Text(meaning="a run folder, a .ckpt file, <sweep folder>/<job number>, or last"),
+    "split": Choice(SPLITS),
+    "batch_size": Number(int, low=1, nullable=True, meaning="null: the run's evaluation batch size"),
+    "limit_batches": Number(float, count_or_fraction=True, nullable=True, meaning="null: the whole split"),
+}
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    if cfg.split not in SPLITS:
-        raise ConfigError(f"split={cfg.split!r}; valid: {list(SPLITS)}")
+    check_rules(cfg, RULES)
+    schema.check(cfg)  # the trainer's and dataset's ruled settings
     other = cfg.get("dataset")
-    loaded = runs.load_run(cfg.run, cfg.paths.cache_dir, cfg.paths.outputs_root, cfg.batch_size,
-                           OmegaConf.to_container(other, resolve=True) if other else None)
-    folder, ckpt, model, datamodule = loaded.folder, loaded.checkpoint, loaded.model, loaded.datamodule
+    loaded = runs.load_run(cfg.run, cfg.paths.cache_dir, cfg.paths.outputs_root)
+    datamodule = loaded.datamodule(cfg.paths.cache_dir, cfg.batch_size,
+                                   OmegaConf.to_container(other, resolve=True) if other else None)
+    folder, ckpt, model = loaded.folder, loaded.checkpoint, loaded.model
     log.info("evaluating %s on the %s split", ckpt, cfg.split)
 
     limit = cfg.limit_batches
@@ -38,8 +46,11 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     run = trainer.validate if cfg.split == "val" else trainer.test
     with ddp.job():
         [metrics] = run(model, datamodule=datamodule, verbose=False)
+    if not all(math.isfinite(float(v)) for v in metrics.values()):
+        raise ConfigError(f"run={cfg.run}: the {cfg.split} loss of {ckpt.name} is not finite ({dict(metrics)}); "
+                          f"the checkpoint's weights are broken")
     result = {"run": str(folder), "checkpoint": str(ckpt), "split": cfg.split,
-              "dataset": (other or loaded.cfg.dataset).get("name"),
+              "dataset": (other or loaded.settings["dataset"]).get("name"),
               "tokens": datamodule.info.get("cache_entry"),  # the token cache read: text, split and tokenizer
               "loss": float(metrics[f"{cfg.split}/loss"]), "ppl": float(metrics[f"{cfg.split}/ppl"]),
               "bpb": float(metrics[f"{cfg.split}/bpb"]) if f"{cfg.split}/bpb" in metrics else None,

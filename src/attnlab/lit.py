@@ -140,12 +140,36 @@ class LitGPT(L.LightningModule):
         decay = [p for p in params if p.dim() >= 2]  # matmul weights and embeddings: the optimizer's weight_decay
         no_decay = [p for p in params if p.dim() < 2]  # biases and LayerNorm gains: decaying them hurts
         opt = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        if (getattr(opt, "_step_supports_amp_scaling", False) and str(self.trainer.precision).startswith("16")
+                and self.trainer.gradient_clip_val):
+            # fp16's loss scaler unscales inside a fused step, after clipping would run: clipping needs the
+            # unfused optimizer here (bf16 has no scaler and keeps the fused one, see configure_gradient_clipping)
+            opt = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], fused=False)
         total = self.scheduler_cfg.get("total_steps") or int(self.trainer.estimated_stepping_batches)
         warmup = int(self.scheduler_cfg.get("warmup_steps", 0))
         min_ratio = float(self.scheduler_cfg.get("min_lr_ratio", 0.1))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cosine_with_warmup(s, warmup, total, min_ratio))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "name": "lr"}}
 
-    # -- checkpoints say which run they belong to ------------------------------------------------------
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """bf16 needs no loss scaling, so its gradients are the true ones and can be clipped directly. Lightning
+        refuses to clip for any optimizer that *could* unscale (the fused AdamW), so clip here in that case."""
+        if (gradient_clip_val and "bf16" in str(self.trainer.precision)
+                and getattr(optimizer, "_step_supports_amp_scaling", False)):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            if gradient_clip_algorithm == "value":
+                torch.nn.utils.clip_grad_value_(params, gradient_clip_val)
+            else:
+                torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
+            return
+        self.clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
+    # -- checkpoints say which run they belong to, and carry what a resume must not forget ---------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["attnlab"] = {**self.run_info, "wandb_run_id": self.wandb_run_id}
+        best = float(self.val_ppl_best.compute()) if self.val_ppl_best.update_called else None
+        checkpoint["attnlab"] = {**self.run_info, "wandb_run_id": self.wandb_run_id, "val_ppl_best": best}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        best = checkpoint.get("attnlab", {}).get("val_ppl_best")
+        if best is not None:  # val/ppl_best is the best of the whole run, not of the part since the resume
+            self.val_ppl_best.update(torch.tensor(float(best), device=self.device))

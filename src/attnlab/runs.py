@@ -7,34 +7,32 @@ checkpoint). Used by ``evaluate.py`` and ``sample.py``: nothing of the training 
 """
 from __future__ import annotations
 
-import json
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from attnlab import checkpoints
 from attnlab.attention import build_attention
 from attnlab.lit import LitGPT
 from attnlab.model import GPTConfig
-from attnlab.schema import ConfigError, check_fields
+from attnlab.data.tokenizers import load_tokenizer
+from attnlab.schema import ConfigError, Number, check_fields
 
 log = logging.getLogger(__name__)
 
 
 def checkpoints_of(folder: Path) -> list[Path]:
-    """A run folder's checkpoints, newest first."""
-    info = folder / checkpoints.RUN_FILE
-    ckpt_dir = Path(json.loads(info.read_text())["checkpoint_dir"]) if info.is_file() else folder / "checkpoints"
-    return sorted(ckpt_dir.glob("*.ckpt"), key=lambda p: p.stat().st_mtime, reverse=True)
+    """A run folder's checkpoints, newest first (always in ``<run folder>/checkpoints``)."""
+    return checkpoints.checkpoints_in(folder)
 
 
 def newest_run(outputs_root: str | Path) -> Path:
     root = Path(str(outputs_root)).expanduser()
     folders = [p.parents[1] for p in root.glob("**/.hydra/config.yaml")]
-    with_ckpt = [(max(c.stat().st_mtime for c in ckpts), f) for f in folders if (ckpts := checkpoints_of(f))]
+    with_ckpt = [(ckpts[0].stat().st_mtime, f) for f in folders if (ckpts := checkpoints_of(f))]
     if not with_ckpt:
         raise ConfigError(f"run=last: no run folder with a checkpoint under {root} (train one first)")
     return max(with_ckpt)[1]
@@ -67,51 +65,147 @@ def find_run(run: str, outputs_root: str | Path = "outputs") -> tuple[Path, Path
     return path, (best or ckpts)[0]
 
 
+CODE_KEYS = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_")  # what instantiate would obey
+READ_SECTIONS = ("model", "attention", "dataset", "tokenizer", "data")  # all a run folder's config gives
+LEGACY_DATA_TARGET = "attnlab.data.datamodule.TextDataModule"  # written by runs of before 2026-11-28
+RESOLVER_CALL = re.compile(r"\$\{\s*[\w.]+\s*:")  # ${name:...}: a resolver, i.e. code, not a value
+
+
+def _walk(node, where: str):
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield f"{where}.{k}", k, v
+            yield from _walk(v, f"{where}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield f"{where}[{i}]", None, v
+            yield from _walk(v, f"{where}[{i}]")
+
+
+def read_run_config(folder: Path) -> DictConfig:
+    """A run folder's ``.hydra/config.yaml`` as plain values. Only the sections a model and its data need are
+    read; any instantiation key or resolver call in them is refused in one line (a run folder someone sent
+    you must not choose what is called)."""
+    path = folder / ".hydra" / "config.yaml"
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # YAML errors, unreadable file
+        raise ConfigError(f"run folder {folder}: {path.name} cannot be read ({one_line(e)})") from None
+    if not isinstance(cfg, DictConfig):
+        raise ConfigError(f"run folder {folder}: .hydra/config.yaml is not a mapping of settings")
+    for section in READ_SECTIONS:
+        if not isinstance(cfg.get(section), DictConfig):
+            raise ConfigError(f"run folder {folder}: .hydra/config.yaml has no {section} settings")
+        raw = OmegaConf.to_container(cfg[section], resolve=False)
+        for where, key, value in _walk(raw, section):
+            if key in CODE_KEYS and not (where == "data._target_" and value == LEGACY_DATA_TARGET):
+                raise ConfigError(f"run folder {folder}: its config sets {where}={value!r}; a run folder's config is "
+                                  f"read as plain values and never chooses what code runs, so it is refused")
+            if isinstance(value, str) and RESOLVER_CALL.search(value):
+                raise ConfigError(f"run folder {folder}: its config sets {where}={value!r}, a resolver call; a run "
+                                  f"folder's config is read as plain values, so it is refused")
+    return cfg
+
+
+def _plain(cfg: DictConfig, key: str, folder: Path):
+    try:
+        value = OmegaConf.select(cfg, key, throw_on_missing=True)
+        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+    except Exception as e:
+        raise ConfigError(f"run folder {folder}: setting {key} in its config cannot be read ({one_line(e)})") from None
+
+
+RUN_DATA_RULES = {"data.batch_size": Number(int, low=1), "data.eval_batch_size": Number(int, low=1, nullable=True),
+                  "data.num_workers": Number(int, low=0), "seed": Number(int)}
+
+
 @dataclass
 class Run:
     folder: Path
     checkpoint: Path
-    cfg: DictConfig  # the run's own resolved config
+    cfg: DictConfig  # the run's own config, as read (plain values; see read_run_config)
     model: LitGPT  # weights loaded, on the CPU
-    datamodule: object  # attnlab.data.datamodule.TextDataModule, prepared (tokenizer loaded)
+    tokenizer: object  # the run's own tokenizer (from its folder)
+    settings: dict  # the run's dataset, tokenizer and data settings, checked
 
-
-def load_run(run: str, cache_dir: str, outputs_root: str | Path = "outputs",
-             eval_batch_size: int | None = None, dataset: dict | None = None) -> Run:
-    """The run, its weights and its data; ``dataset`` (a dataset config) replaces the run's own text, encoded
-    with the run's tokenizer (not one trained on the new text), so the model reads what it was trained to."""
-    folder, ckpt = find_run(run, outputs_root)
-    run_cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
-    try:
-        state = checkpoints.safe_load(ckpt)
-    except checkpoints.CheckpointError as e:
-        raise ConfigError(str(e)) from e
-    model_cfg = {k: v for k, v in OmegaConf.to_container(run_cfg.model, resolve=True).items() if k != "name"}
-    check_fields(GPTConfig, model_cfg, "model")
-    attention = build_attention(OmegaConf.to_container(run_cfg.attention, resolve=True))
-
-    data_cfg = OmegaConf.to_container(run_cfg.data, resolve=False)
-    data_cfg.update(dataset=OmegaConf.to_container(run_cfg.dataset, resolve=True),
-                    tokenizer=OmegaConf.to_container(run_cfg.tokenizer, resolve=True),
-                    context=run_cfg.model.context, cache_dir=cache_dir, seed=run_cfg.seed, overfit_batches=0)
-    if eval_batch_size:
-        data_cfg["eval_batch_size"] = eval_batch_size
-    datamodule = hydra.utils.instantiate(data_cfg)
-    datamodule.prepare_data()
-    if dataset is not None:
-        data_cfg.update(dataset=dict(dataset), tokenizer_from=datamodule.info["cache_entry"])
-        datamodule = hydra.utils.instantiate(data_cfg)
-        datamodule.prepare_data()
-        unk = getattr(datamodule.tokenizer, "unk_id", None)
-        for split, tokens in datamodule.tokens.items():
+    def datamodule(self, cache_dir: str, eval_batch_size: int | None = None, dataset: dict | None = None):
+        """The run's own splits, or ``dataset`` (a dataset config), encoded with the run's tokenizer (not one
+        trained on the text), so the model reads what it was trained to; prepared."""
+        from attnlab.data.datamodule import TextDataModule
+        s = self.settings
+        dm = TextDataModule(dataset=dict(dataset) if dataset is not None else s["dataset"], tokenizer=s["tokenizer"],
+                            context=self.model.cfg.context, batch_size=s["batch_size"],
+                            eval_batch_size=eval_batch_size or s["eval_batch_size"], num_workers=s["num_workers"],
+                            seed=s["seed"], cache_dir=cache_dir, tokenizer_from=str(self.folder))
+        dm.prepare_data()
+        unk = getattr(dm.tokenizer, "unk_id", None)
+        for split, tokens in dm.tokens.items():
             n_unk = int((tokens == unk).sum()) if unk is not None else 0
             if n_unk:
                 log.warning("%s split: %d of %d tokens (%.2f%%) are characters the run's tokenizer never saw "
                             "(<unk>)", split, n_unk, len(tokens), 100 * n_unk / len(tokens))
-    model = LitGPT(GPTConfig(**{**model_cfg, "vocab_size": datamodule.vocab_size}), attention)
+        return dm
+
+
+def run_tokenizer(folder: Path, settings: dict, cache_dir: str):
+    """The run's tokenizer: ``tokenizer.json`` in its folder; runs from before it was saved there get it from
+    their corpus once (and it is saved into the folder, so the corpus is not needed again)."""
+    if (folder / "tokenizer.json").is_file():
+        try:
+            return load_tokenizer(folder)
+        except Exception as e:
+            raise ConfigError(f"run folder {folder}: tokenizer.json cannot be read ({one_line(e)})") from None
+    from attnlab.data.datamodule import TextDataModule
+    log.warning("run folder %s has no tokenizer.json (a run from before runs kept their tokenizer): rebuilding it "
+                "from the training corpus and saving it there", folder)
+    dm = TextDataModule(dataset=settings["dataset"], tokenizer=settings["tokenizer"], context=2, batch_size=1,
+                        cache_dir=cache_dir, seed=settings["seed"])
+    dm.prepare_data()
+    dm.tokenizer.save(folder)
+    return dm.tokenizer
+
+
+def load_run(run: str, cache_dir: str, outputs_root: str | Path = "outputs") -> Run:
+    """The run, its weights and its tokenizer, from its folder alone (no corpus, no token cache needed)."""
+    folder, ckpt = find_run(run, outputs_root)
+    run_cfg = read_run_config(folder)
+    try:
+        state = checkpoints.safe_load(ckpt)
+    except checkpoints.CheckpointError as e:
+        raise ConfigError(str(e)) from e
+    bad = checkpoints.non_finite_weights(state["state_dict"])
+    if bad:
+        raise ConfigError(f"run={run}: checkpoint {ckpt} holds NaN or inf weights ({len(bad)} tensors, first {bad[0]}): "
+                          f"the run diverged; use an earlier checkpoint of it (run=<file>.ckpt)")
+    model_cfg = {k: v for k, v in _plain(run_cfg, "model", folder).items() if k != "name"}
+    settings = {"dataset": _plain(run_cfg, "dataset", folder), "tokenizer": _plain(run_cfg, "tokenizer", folder)}
+    for key, rule in RUN_DATA_RULES.items():
+        value = _plain(run_cfg, key, folder) if OmegaConf.select(run_cfg, key, default=None) is not None else \
+            (None if rule.nullable else 0)
+        if rule.problem(value):
+            raise ConfigError(f"run folder {folder}: its config has {key}={value!r}; it must be {rule.allowed()}")
+        settings[key.split(".")[-1]] = value
+    try:
+        check_fields(GPTConfig, model_cfg, "model")
+        attention = build_attention(_plain(run_cfg, "attention", folder))
+        tokenizer = run_tokenizer(folder, settings, cache_dir)
+        saved = state.get("attnlab", {}).get("tokenizer")
+        if saved and saved != tokenizer.fingerprint:
+            raise ConfigError(f"run={run}: checkpoint {ckpt.name} was trained with another tokenizer than the one in "
+                              f"{folder} (fingerprints {saved} and {tokenizer.fingerprint}); the folder was altered")
+        model = LitGPT(GPTConfig(**{**model_cfg, "vocab_size": tokenizer.vocab_size}), attention)
+    except ConfigError:
+        raise
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"run folder {folder}: {one_line(e)}") from None
     try:
         model.load_state_dict(state["state_dict"], strict=True)
     except (KeyError, RuntimeError) as e:
         raise ConfigError(f"run={run}: checkpoint {ckpt} does not fit the model and tokenizer of its run's config "
                           f"({str(e).splitlines()[-1].strip()[:200]})") from e
-    return Run(folder, ckpt, run_cfg, model, datamodule)
+    return Run(folder, ckpt, run_cfg, model, tokenizer, settings)
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:300]

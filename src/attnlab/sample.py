@@ -14,16 +14,21 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from attnlab import runs
-from attnlab.schema import SEED, Choice, ConfigError, Number
+from attnlab import schema
+from attnlab.schema import SEED, Choice, ConfigError, Flag, Number, Text, check_rules
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
 
 
 RULES = {  # the schema's rule types (schema.py), for this command's own settings
+    "run": Text(meaning="a run folder, a .ckpt file, <sweep folder>/<job number>, or last"),
+    "prompt_file": Text(nullable=True, meaning="a UTF-8 text file, or null to use prompt="),
+    "escapes": Flag(),
+    "use_cache": Flag(),
     "max_new_tokens": Number(int, low=1),
     "num_samples": Number(int, low=1),
     "temperature": Number(float, low=0, low_open=True, meaning="top_k=1 is greedy"),
@@ -34,9 +39,21 @@ RULES = {  # the schema's rule types (schema.py), for this command's own setting
 
 
 def check_settings(cfg: DictConfig) -> None:
-    for key, rule in RULES.items():
-        if rule.problem(cfg.get(key)):
-            raise ConfigError(f"{key}={cfg.get(key)!r} must be {rule.allowed()}")
+    check_rules(cfg, RULES)
+    schema.check(cfg)  # any ruled setting of the shared groups
+
+
+def read_prompt(cfg: DictConfig) -> str:
+    if not cfg.get("prompt_file"):
+        return unescape(str(cfg.prompt)) if cfg.escapes else str(cfg.prompt)
+    path = Path(cfg.prompt_file).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"prompt_file={cfg.prompt_file}: {'a folder' if path.is_dir() else 'no such file'}; give a "
+                          f"UTF-8 text file")
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"prompt_file={cfg.prompt_file}: not UTF-8 text (byte {e.start}); give a text file") from None
 
 
 def unescape(text: str) -> str:
@@ -68,12 +85,12 @@ def device_and_autocast(setting: str, precision: str):
 
 def sample(cfg: DictConfig) -> list[str]:
     check_settings(cfg)
-    prompt = Path(cfg.prompt_file).read_text(encoding="utf-8") if cfg.get("prompt_file") else \
-        unescape(str(cfg.prompt)) if cfg.escapes else str(cfg.prompt)
+    prompt = read_prompt(cfg)
     loaded = runs.load_run(cfg.run, cfg.paths.cache_dir, cfg.paths.outputs_root)
-    tokenizer = loaded.datamodule.tokenizer
+    tokenizer = loaded.tokenizer
     ids = encode_prompt(tokenizer, prompt)
-    device, autocast, dtype = device_and_autocast(cfg.device, str(loaded.cfg.trainer.get("precision", 32)))
+    precision = (OmegaConf.to_container(loaded.cfg, resolve=False).get("trainer") or {}).get("precision", 32)
+    device, autocast, dtype = device_and_autocast(cfg.device, str(precision))  # a raw value, never resolved
     model = loaded.model.model.to(device).eval()
     log.info("sampling from %s (%s attention, %s positions) on %s in %s, %s", loaded.checkpoint,
              model.attention.name, model.cfg.positions, device, dtype, "with the KV cache" if cfg.use_cache else

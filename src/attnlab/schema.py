@@ -100,6 +100,48 @@ class Choice:
         return ["two", 12]
 
 
+@dataclass(frozen=True)
+class Flag:
+    """true or false, nothing else (Hydra passes ``use_cache=maybe`` as the string 'maybe', which is truthy)."""
+
+    def allowed(self) -> str:
+        return "true or false"
+
+    def problem(self, value: Any) -> bool:
+        return not isinstance(value, bool)
+
+    def bad_examples(self) -> list:
+        return ["maybe", 2]
+
+
+@dataclass(frozen=True)
+class Text:
+    """A non-empty string (a path, a run, a prompt file)."""
+    meaning: str = ""
+    nullable: bool = False
+
+    def allowed(self) -> str:
+        return "a non-empty string" + (", or null" if self.nullable else "") + (f" ({self.meaning})" if self.meaning else "")
+
+    def problem(self, value: Any) -> bool:
+        if value is None:
+            return not self.nullable
+        return not isinstance(value, str) or not value.strip()
+
+    def bad_examples(self) -> list:
+        return [""]
+
+
+def check_rules(cfg, rules: dict) -> None:
+    """A command's own settings (sample.py, evaluate.py) against its rules: the first bad one raises."""
+    for key, rule in rules.items():
+        if key in cfg.keys() and OmegaConf.is_missing(cfg, key):
+            raise ConfigError(f"{key} is required and not set; give it on the command line, e.g. {key}=...")
+        value = cfg.get(key)
+        if rule.problem(value):
+            raise ConfigError(f"{key}={value!r} must be {rule.allowed()}")
+
+
 def _fmt(x: float) -> str:
     return str(int(x)) if float(x).is_integer() else str(x)
 
@@ -147,6 +189,7 @@ RULES: dict[str, Number | Choice] = {
     "trainer.devices": Number(int, low=1, special=(-1, "auto"), meaning="-1 / auto: all of the node's devices"),
     "callbacks.*.log_every_n_steps": STEPS_PER_LOG,
     "callbacks.*.every_n_train_steps": COUNT,
+    "callbacks.*.every_n_minutes": Number(float, low=0, low_open=True, nullable=True, meaning="null: by steps only"),
     "callbacks.*.save_top_k": Number(int, low=-1, meaning="-1: keep every checkpoint"),
     "callbacks.*.max_depth": Number(int, low=-1, meaning="-1: all layers"),
     "callbacks.*.num_prompts": COUNT,

@@ -36,6 +36,32 @@ def short_dirname(name: str) -> str:
 
 OmegaConf.register_new_resolver("short_dirname", short_dirname, replace=True)  # used by hydra.sweep.subdir
 
+_claimed: dict[str, str] = {}
+
+
+def unique_dir(path: str) -> str:
+    """``path`` if this process is the one that creates it, else ``path_2``, ``path_3``, ...: two runs (or sweeps)
+    started in the same second get two folders. The folder is created here, atomically (``mkdir`` fails when
+    another process made it first); the answer is remembered, so resolving again gives the same folder (and
+    OmegaConf's resolver cache carries it to a sweep's worker processes, as it does Hydra's ``now``)."""
+    if path in _claimed:
+        return _claimed[path]
+    base = Path(path)
+    base.parent.mkdir(parents=True, exist_ok=True)
+    n = 1
+    while True:
+        candidate = base if n == 1 else base.with_name(f"{base.name}_{n}")
+        try:
+            candidate.mkdir()
+            break
+        except FileExistsError:
+            n += 1
+    _claimed[path] = str(candidate)
+    return str(candidate)
+
+
+OmegaConf.register_new_resolver("unique_dir", unique_dir, replace=True, use_cache=True)  # hydra.run/sweep.dir
+
 
 def one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()

@@ -17,7 +17,7 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from attnlab import checkpoints, ddp, schema, sweep, wandb_run
+from attnlab import checkpoints, csv_log, ddp, schema, sweep, wandb_run
 from attnlab.attention import AttentionType, build_attention
 from attnlab.lit import LitGPT
 from attnlab.model import GPTConfig
@@ -107,7 +107,7 @@ def load_initial_weights(model: LitGPT, path: str) -> None:
 
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and test) one model; returns the final metrics. How it ended goes to ``status.json`` in the run
-    folder, and the W&B run is finished (marked failed if it raised) whatever happens."""
+    folder (finished, failed or interrupted), and the W&B run is finished (marked failed if it raised)."""
     started, progress, error = time.time(), {}, None
     try:
         with sweep.cpu_share(), ddp.job():
@@ -116,16 +116,31 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         error = e
         raise
     finally:
-        step = progress["trainer"].global_step if "trainer" in progress else 0
+        trainer = progress.get("trainer")
+        step = trainer.global_step if trainer is not None else 0
+        # Lightning turns Ctrl-C into SystemExit(1) (after the callbacks' on_exception: last.ckpt is saved)
+        interrupted = isinstance(error, KeyboardInterrupt) or (isinstance(error, SystemExit) and trainer is not None
+                                                              and trainer.interrupted)
+        status = "interrupted" if interrupted else "failed" if error else "finished"
+        reason = (f"stopped by an interrupt (Ctrl-C or SIGTERM) at step {step}; ckpt_path=last resumes it"
+                  if interrupted else sweep.one_line(error) if error else "")
         if rank_zero_only.rank == 0:  # under DDP every rank runs train(); one of them records the outcome
-            sweep.write_status(cfg.paths.output_dir, "failed" if error else "finished", step, started,
-                               sweep.one_line(error) if error else "")
+            sweep.write_status(cfg.paths.output_dir, status, step, started, reason)
+            if error is not None and "model_parts" not in progress:
+                wandb_run.record_failed_job(cfg, reason)  # a bad config still gets its (failed) W&B run
         wandb_run.finish(failed=error is not None)
 
+
+def continue_in(cfg: DictConfig, folder: Path) -> None:
+    """A resumed run writes into its own run folder (checkpoints, logs, status), not the new one Hydra made."""
+    from omegaconf import open_dict
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(folder)
 
 
 def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
     model_cfg, attention = build_model_parts(cfg)
+    progress["model_parts"] = True
     if not attention.causal:
         log.warning("attention.causal=false: every position sees the token it is trained to predict, so the "
                     "next-token loss will collapse towards 0 without learning; bidirectional patterns are for "
@@ -135,25 +150,39 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
     except checkpoints.CheckpointError as e:
         raise ConfigError(str(e)) from e
     key = checkpoints.run_key(cfg)
-    checkpoint_dir = Path(cfg.paths.checkpoint_dir)
     resume_id = None
     if resume:
-        resume_path, state = resume
-        checkpoint_dir = Path(resume_path).parent  # the same job goes on writing into its own checkpoint folder
-        resume_id = state.get("attnlab", {}).get("wandb_run_id")
-        log.info("resuming from %s (step %s)", resume_path, state.get("global_step"))
+        if resume.folder is not None and Path(resume.folder).resolve() != Path(cfg.paths.output_dir).resolve():
+            log.info("resuming run %s from %s (step %s); its records continue in that folder (this one keeps only "
+                     "this command's log)", resume.folder, Path(resume.path).name, resume.state.get("global_step"))
+            continue_in(cfg, resume.folder)
+        else:
+            log.info("resuming from %s (step %s)", resume.path, resume.state.get("global_step"))
+        resume_id = resume.state.get("attnlab", {}).get("wandb_run_id")
+        csv_log.trim(cfg.paths.output_dir, int(resume.state.get("global_step", 0)))  # steps after it run again
     if rank_zero_only.rank == 0:
-        checkpoints.write_run_file(cfg.paths.output_dir, key, checkpoint_dir)
+        checkpoints.write_run_file(cfg.paths.output_dir, key)
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = hydra.utils.instantiate(cfg.data, dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
-                                         tokenizer=OmegaConf.to_container(cfg.tokenizer, resolve=True))
+    datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     log.info("data: %s", {k: v for k, v in datamodule.info.items() if k != "plays"})
+    tokenizer = datamodule.tokenizer
+    if resume:
+        saved = resume.state.get("attnlab", {}).get("tokenizer")
+        if saved and saved != tokenizer.fingerprint:
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path}: checkpoint {resume.path} was trained with another "
+                              f"tokenizer (fingerprint {saved}, this data gives {tokenizer.fingerprint}): the "
+                              f"training text or tokenizer settings changed; resume with the same data, or start "
+                              f"from its weights with init_from=")
+    if rank_zero_only.rank == 0:  # the run folder holds its own tokenizer: sample/evaluate need no corpus
+        tokenizer.save(cfg.paths.output_dir)
+        checkpoints.write_run_file(cfg.paths.output_dir, key, tokenizer=tokenizer.fingerprint)
     model = LitGPT(GPTConfig(**{**model_cfg, "vocab_size": datamodule.vocab_size}), attention,
                    optimizer=hydra.utils.instantiate(cfg.optimizer),
                    scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True), compile=cfg.compile,
-                   run_info={"run_key": key, "settings": checkpoints.settings_of(cfg)})
+                   run_info={"run_key": key, "settings": checkpoints.settings_of(cfg),
+                             "tokenizer": tokenizer.fingerprint})
     if cfg.get("init_from"):
         load_initial_weights(model, str(cfg.init_from))
     device = run_device(cfg)
@@ -164,15 +193,14 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
     for name, c in (cfg.get("callbacks") or {}).items():
         if c is None or "_target_" not in c:
             continue
-        overrides = {"dirpath": str(checkpoint_dir)} if "dirpath" in c and name.endswith("checkpoint") else {}
-        callbacks.append(hydra.utils.instantiate(c, **overrides))
+        callbacks.append(hydra.utils.instantiate(c))
     loggers = build_loggers(cfg, resume_id)
     model.wandb_run_id = wandb_run.run_id(loggers)
     trainer: L.Trainer = build_trainer(
         cfg.trainer, callbacks=callbacks, logger=loggers or False,
-        plugins=[checkpoints.CheckpointIO(preloaded=resume)])
+        plugins=[checkpoints.CheckpointIO(preloaded=(resume.path, resume.state) if resume else None)])
     progress["trainer"] = trainer
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume[0] if resume else None)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=resume.path if resume else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if cfg.get("test_after_fit"):
         best = next((c.best_model_path for c in callbacks
@@ -183,3 +211,15 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
         metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
     log.info("outputs in %s", cfg.paths.output_dir)
     return metrics
+
+
+DATA_KEYS = ("context", "batch_size", "eval_batch_size", "num_workers", "seed", "cache_dir", "overfit_batches")
+
+
+def build_datamodule(cfg: DictConfig, **overrides):
+    """The data module from the ``data`` settings: plain values, no ``_target_`` (the class is always ours)."""
+    from attnlab.data.datamodule import TextDataModule
+    data = OmegaConf.to_container(cfg.data, resolve=True)
+    return TextDataModule(dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
+                          tokenizer=OmegaConf.to_container(cfg.tokenizer, resolve=True),
+                          **{k: data[k] for k in DATA_KEYS if k in data}, **overrides)

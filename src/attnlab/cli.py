@@ -1,0 +1,64 @@
+"""One error layer for every command: a bad setting, file or checkpoint is one line and exit code 2, an
+interrupt is one line and exit code 130, and inside a sweep a failing job is recorded and the sweep goes on.
+
+``train.py``, ``sample.py`` and ``evaluate.py`` run their Hydra task through ``run_task``; ``report.py`` through
+``run_plain``.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import Any, Callable
+
+from attnlab import sweep  # registers the resolvers the configs use (unique_dir, short_dirname)
+from attnlab.checkpoints import CheckpointError
+from attnlab.data.corpus import DataError
+from attnlab.schema import ConfigError
+
+log = logging.getLogger("attnlab")
+USER_ERRORS = (ConfigError, DataError, CheckpointError)  # the input is wrong: say which and what is allowed
+EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
+
+
+def run_task(task: Callable[[Any], Any], cfg, records_status: bool = False) -> Any:
+    """Run one Hydra job. ``records_status``: the task writes its own status.json (train does); otherwise it is
+    written here for sweep jobs, so the sweep's summary lists every job."""
+    started, multirun = time.time(), sweep.is_multirun()
+    try:
+        result = task(cfg)
+    except KeyboardInterrupt:
+        log.error("interrupted")
+        if multirun and not records_status:
+            sweep.write_status(cfg.paths.output_dir, "interrupted", 0, started, "interrupted")
+        sys.exit(EXIT_INTERRUPTED)
+    except USER_ERRORS as e:
+        if multirun:  # recorded in the job's status.json; the sweep goes on and reports it at the end
+            log.error("job failed: %s", e)
+            if not records_status:
+                sweep.write_status(cfg.paths.output_dir, "failed", 0, started, sweep.one_line(e))
+            return None
+        log.error("%s", e)
+        sys.exit(EXIT_BAD_INPUT)
+    except Exception as e:  # out of memory, a diverged loss, a bug: one job's failure does not end a sweep
+        if not multirun:
+            raise
+        log.exception("job failed: %s", sweep.one_line(e))
+        if not records_status:
+            sweep.write_status(cfg.paths.output_dir, "failed", 0, started, sweep.one_line(e))
+        return None
+    if multirun and not records_status:
+        sweep.write_status(cfg.paths.output_dir, "finished", 0, started)
+    return result
+
+
+def run_plain(name: str, task: Callable[[], Any]) -> Any:
+    """A command without Hydra (report.py): the same one line and exit codes."""
+    try:
+        return task()
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except USER_ERRORS as e:
+        print(f"{name}: {e}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
