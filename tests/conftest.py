@@ -35,6 +35,10 @@ def compose(overrides: list[str], output_dir: Path | None = None):
             cfg.paths.runs_dir = str(output_dir.parent)
             cfg.paths.outputs_root = str(output_dir.parent)
         output_dir.mkdir(parents=True, exist_ok=True)
+        job_cfg = OmegaConf.to_container(cfg, resolve=False)  # as Hydra saves it: unresolved, without hydra
+        job_cfg.pop("hydra")
+        (output_dir / ".hydra").mkdir(exist_ok=True)
+        OmegaConf.save(OmegaConf.create(job_cfg), output_dir / ".hydra" / "config.yaml")
     HydraConfig().set_config(cfg)
     return cfg
 

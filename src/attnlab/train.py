@@ -108,26 +108,28 @@ def load_initial_weights(model: LitGPT, path: str) -> None:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit (and test) one model; returns the final metrics. How it ended goes to ``status.json`` in the run
     folder (finished, failed or interrupted), and the W&B run is finished (marked failed if it raised)."""
-    started, progress, error = time.time(), {}, None
+    started, progress, error, interrupted = time.time(), {}, None, False
     try:
         with sweep.cpu_share(), ddp.job():
             return _train(cfg, progress)
     except BaseException as e:
-        error = e
+        error, trainer = e, progress.get("trainer")
+        # Lightning turns Ctrl-C into SystemExit(1), after the callbacks' on_exception (last.ckpt is saved)
+        interrupted = isinstance(e, KeyboardInterrupt) or (isinstance(e, SystemExit) and trainer is not None
+                                                          and trainer.interrupted)
+        if interrupted and not isinstance(e, KeyboardInterrupt):
+            raise KeyboardInterrupt(f"interrupted at step {trainer.global_step}") from None
         raise
     finally:
         trainer = progress.get("trainer")
         step = trainer.global_step if trainer is not None else 0
-        # Lightning turns Ctrl-C into SystemExit(1) (after the callbacks' on_exception: last.ckpt is saved)
-        interrupted = isinstance(error, KeyboardInterrupt) or (isinstance(error, SystemExit) and trainer is not None
-                                                              and trainer.interrupted)
         status = "interrupted" if interrupted else "failed" if error else "finished"
         reason = (f"stopped by an interrupt (Ctrl-C or SIGTERM) at step {step}; ckpt_path=last resumes it"
                   if interrupted else sweep.one_line(error) if error else "")
         if rank_zero_only.rank == 0:  # under DDP every rank runs train(); one of them records the outcome
             sweep.write_status(cfg.paths.output_dir, status, step, started, reason)
             if error is not None and "model_parts" not in progress:
-                wandb_run.record_failed_job(cfg, reason)  # a bad config still gets its (failed) W&B run
+                wandb_run.record_failed_job(cfg, reason)  # a sweep job with a bad config still gets its W&B run
         wandb_run.finish(failed=error is not None)
 
 

@@ -108,6 +108,28 @@ def build_logger(cfg: DictConfig, lg_cfg: dict, resume_id: str | None):
     return logger
 
 
+def record_failed_job(cfg: DictConfig, reason: str) -> None:
+    """A sweep job that failed before training (a bad value, say) gets a W&B run too, marked failed with the
+    reason, so the sweep's W&B group shows every job. Single runs are not recorded: the error is on screen."""
+    lg = (cfg.get("logger") or {}).get("wandb") if OmegaConf.is_dict(cfg.get("logger")) else None
+    if not job_info()["multirun"] or not lg or "WandbLogger" not in str(lg.get("_target_", "")):
+        return
+    try:
+        import wandb
+        settings = OmegaConf.to_container(lg, resolve=True)
+        job = job_info()
+        Path(settings["save_dir"]).mkdir(parents=True, exist_ok=True)
+        run = wandb.init(project=settings.get("project"), dir=settings["save_dir"],
+                         mode="offline" if decide_offline(settings.get("offline", "auto")) else "online",
+                         name=settings.get("name") or f"{cfg.get('run_name', 'run')}[{job['overrides']}]",
+                         group=settings.get("group") or f"sweep-{job['sweep']}", reinit=True,
+                         config={"overrides": job["overrides"], "job_num": job["job_num"]})
+        run.summary.update({"status": "failed", "reason": reason})
+        run.finish(exit_code=2)
+    except Exception as e:  # W&B itself failing must not hide the job's own error
+        log.warning("could not record the failed job in W&B (%s)", e)
+
+
 def finish(failed: bool = False) -> None:
     """End this job's run (marked failed when the job raised), so the next job of a sweep starts its own."""
     wandb = sys.modules.get("wandb")  # not imported: no run was started (and importing it costs ~0.6 s)

@@ -1,0 +1,320 @@
+"""Nothing a user does by accident corrupts a run, and nothing in a run folder runs code.
+
+One test (or a few) per kind of damage: a run folder whose config asks for code, two runs started in the
+same second, a resume that forgets the best score, a moved or copied outputs tree, a crash before the first
+periodic save, bytes flipped in a checkpoint, a diverged step, training text edited after the run, an
+interrupt, two runs of one config, and mixed precision with the fused optimizer.
+"""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+import yaml
+
+from attnlab import checkpoints, runs, sweep
+from attnlab.schema import ConfigError
+from attnlab.train import train
+from conftest import ROOT, compose
+
+FAST = ["mode=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=6", "test_after_fit=false",
+        "callbacks.model_summary=null", "callbacks.attention_picture=null", "callbacks.sample_texts=null",
+        "trainer.enable_model_summary=false"]
+
+
+class StopAt(L.Callback):
+    """Raises at a step given by the environment (so the config, hence the run key, is the same when the run
+    is started again without it): KeyboardInterrupt stands in for Ctrl-C, RuntimeError for a crash."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        at = os.environ.get("ATTNLAB_TEST_STOP_AT")
+        if at and trainer.global_step == int(at.split(":")[0]):
+            raise KeyboardInterrupt() if at.endswith(":interrupt") else RuntimeError("simulated crash")
+
+
+STOPPABLE = ["+callbacks.stop._target_=test_trust.StopAt"]
+
+
+@pytest.fixture(scope="module")
+def run_folder(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("trust")
+    cfg = compose([*FAST, "attention=longformer", "attention.window=8"], root / "outputs" / "lf" / "2026-01-01_00-00-00")
+    train(cfg)
+    return Path(cfg.paths.output_dir)
+
+
+def copy_run(folder: Path, dest: Path) -> Path:
+    shutil.copytree(folder, dest)
+    return dest
+
+
+# 1. a run folder's config runs no code --------------------------------------------------------------------
+
+def test_a_run_folders_config_cannot_call_anything(run_folder, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    evil = copy_run(run_folder, tmp_path / "evil")
+    config = evil / ".hydra" / "config.yaml"
+    cfg = yaml.safe_load(config.read_text())
+    cfg["data"]["_args_"] = [{"_target_": "builtins.open", "file": str(victim), "mode": "w"}]
+    config.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"sets data._args_=.*never chooses what code runs"):
+        runs.load_run(str(evil), str(tmp_path / "cache"))
+    assert victim.read_text() == "precious"
+    cfg["data"].pop("_args_")
+    cfg["model"]["name"] = "${unique_dir:" + str(tmp_path / "made_by_a_resolver") + "}"
+    config.write_text(yaml.safe_dump(cfg))
+    with pytest.raises(ConfigError, match=r"model.name=.*a resolver call"):
+        runs.load_run(str(evil), str(tmp_path / "cache"))
+    assert not (tmp_path / "made_by_a_resolver").exists()
+
+
+# 2. two runs started in the same second ------------------------------------------------------------------
+
+def test_two_processes_resolving_the_same_run_folder_get_two_folders(tmp_path):
+    code = ("import sys; from attnlab.sweep import unique_dir; "
+            "print(unique_dir(sys.argv[1]), unique_dir(sys.argv[1]))")  # the second call: the same answer
+    path = str(tmp_path / "runs" / "2026-01-01_00-00-00")
+    outs = [subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, check=True).stdout.split()
+            for _ in range(2)]
+    assert outs[0][0] == outs[0][1] == path and outs[1][0] == outs[1][1] == path + "_2"
+    config = (ROOT / "conf" / "config.yaml").read_text()
+    assert "dir: ${unique_dir:${paths.runs_dir}/" in config and "dir: ${unique_dir:${paths.outputs_root}/multirun/" in config
+
+
+def test_ckpt_path_last_refuses_a_checkpoint_of_another_run_key(make_cfg, tmp_path):
+    cfg = make_cfg(["ckpt_path=last"], "mine")
+    key = checkpoints.run_key(cfg)
+    folder = tmp_path / "shared-folder"
+    (folder / "checkpoints").mkdir(parents=True)
+    checkpoints.write_run_file(folder, key)
+    torch.save({"state_dict": {}, "global_step": 3, "attnlab": {"run_key": "someone-else", "settings": None}},
+               folder / "checkpoints" / "last.ckpt")  # written by another run that shared the folder
+    with pytest.raises(checkpoints.CheckpointError, match=r"belongs to another run \(run key someone-else"):
+        checkpoints.resolve(cfg)
+
+
+# 3. the best validation score survives a resume ----------------------------------------------------------
+
+def test_val_ppl_best_is_carried_across_a_resume():
+    from attnlab.attention import build_attention
+    from attnlab.lit import LitGPT
+    from attnlab.model import GPTConfig
+    make = lambda: LitGPT(GPTConfig(n_layer=1, n_head=2, d_model=16, d_ff=32, context=8, vocab_size=11),  # noqa: E731
+                          build_attention({"name": "full"}))
+    before = make()
+    before.val_ppl_best.update(torch.tensor(11.708))
+    checkpoint: dict = {}
+    before.on_save_checkpoint(checkpoint)
+    after = make()
+    after.on_load_checkpoint(checkpoint)
+    after.val_ppl_best.update(torch.tensor(12.019))  # the first validation after the resume is worse
+    assert float(after.val_ppl_best.compute()) == pytest.approx(11.708)
+
+
+# 5. a moved or copied outputs tree -----------------------------------------------------------------------
+
+def test_nothing_a_run_records_is_an_absolute_path(run_folder):
+    for name in ("run.json", "status.json"):
+        text = (run_folder / name).read_text()
+        assert str(run_folder.parent.parent) not in text and '"/' not in text, (name, text)
+    state = torch.load(run_folder / "checkpoints" / "last.ckpt", weights_only=True)
+    assert str(run_folder) not in json.dumps(state.get("callbacks", {}), default=str)
+
+
+def test_a_moved_run_folder_samples_and_evaluates_without_its_corpus_or_token_cache(run_folder, tmp_path):
+    moved = copy_run(run_folder, tmp_path / "elsewhere" / "run")
+    empty_cache = tmp_path / "no-cache-here"
+    loaded = runs.load_run(str(moved), str(empty_cache))
+    assert loaded.checkpoint.parent == moved / "checkpoints"
+    assert loaded.tokenizer.fingerprint == checkpoints.read_run_file(run_folder)["tokenizer"]
+    assert not empty_cache.exists()  # the tokenizer came from the folder: no corpus read, nothing tokenised
+    ids = torch.tensor([loaded.tokenizer.encode("ROMEO:")])
+    assert loaded.model.model.generate(ids, 5, 1.0, 1, True).shape == (1, 11)
+
+
+def test_resume_in_a_copied_tree_reads_and_writes_the_copy_only(tmp_path, monkeypatch):
+    original = tmp_path / "a" / "outputs"
+    args = [*FAST, *STOPPABLE, "trainer.limit_train_batches=8", "callbacks.last_checkpoint.every_n_train_steps=2"]
+    first = compose(args, original / "r" / "2026-01-01_00-00-00")
+    monkeypatch.setenv("ATTNLAB_TEST_STOP_AT", "5:crash")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(first)
+    copy = tmp_path / "b" / "outputs"
+    shutil.copytree(original, copy)
+    before = {p: p.stat().st_mtime for p in original.rglob("*") if p.is_file()}
+    monkeypatch.delenv("ATTNLAB_TEST_STOP_AT")
+    again = compose([*args, "ckpt_path=last"], copy / "r" / "2026-01-01_01-00-00")
+    resume = checkpoints.resolve(again)
+    assert Path(resume.path).is_relative_to(copy) and resume.state["global_step"] == 4
+    train(again)
+    assert {p: p.stat().st_mtime for p in original.rglob("*") if p.is_file()} == before  # untouched
+    done = copy / "r" / "2026-01-01_00-00-00"
+    assert json.loads((done / "status.json").read_text())["status"] == "finished"
+    assert checkpoints.safe_load(done / "checkpoints" / "last.ckpt")["global_step"] == 8
+
+
+def test_the_best_checkpoint_is_tracked_by_name_so_a_copy_tracks_its_own_file(tmp_path):
+    from attnlab.callbacks import BestCheckpoint
+    old = BestCheckpoint(dirpath=str(tmp_path / "old"), monitor="val/ppl")
+    old.best_model_path = str(tmp_path / "old" / "step000010-val_ppl9.00.ckpt")
+    old.best_k_models = {old.best_model_path: torch.tensor(9.0)}
+    old.best_model_score = torch.tensor(9.0)
+    state = old.state_dict()
+    new = BestCheckpoint(dirpath=str(tmp_path / "copy"), monitor="val/ppl")
+    new.load_state_dict(state)
+    assert new.best_model_path == str(tmp_path / "copy" / "step000010-val_ppl9.00.ckpt")
+    assert list(new.best_k_models) == [new.best_model_path] and float(new.best_model_score) == 9.0
+
+
+# 6. no preset loses more than minutes --------------------------------------------------------------------
+
+def test_last_ckpt_is_also_saved_by_wall_time(make_cfg, monkeypatch):
+    cfg = make_cfg([*FAST, *STOPPABLE, "trainer.limit_train_batches=10",
+                    "callbacks.last_checkpoint.every_n_train_steps=1000",
+                    "callbacks.last_checkpoint.every_n_minutes=1e-9"])  # due after every step
+    monkeypatch.setenv("ATTNLAB_TEST_STOP_AT", "7:crash")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg)
+    assert checkpoints.safe_load(Path(cfg.paths.checkpoint_dir) / "last.ckpt")["global_step"] == 7
+
+
+def test_every_preset_saves_last_ckpt_by_time():
+    default = yaml.safe_load((ROOT / "conf" / "callbacks" / "default.yaml").read_text())
+    assert 0 < default["last_checkpoint"]["every_n_minutes"] <= 10
+
+
+# 7. damage that keeps the file's shape; a diverged step --------------------------------------------------
+
+def test_flipped_bytes_in_a_tensor_are_found_on_load(tmp_path):
+    path = tmp_path / "last.ckpt"
+    weights = torch.full((4096,), 1.2345)
+    checkpoints.CheckpointIO().save_checkpoint({"state_dict": {"w": weights}, "global_step": 1}, path)
+    assert torch.equal(checkpoints.safe_load(path)["state_dict"]["w"], weights)
+    data = bytearray(path.read_bytes())
+    at = data.find(weights[:4].numpy().tobytes()) + 1000
+    data[at:at + 64] = bytes(b ^ 0x5A for b in data[at:at + 64])
+    path.write_bytes(bytes(data))
+    with pytest.raises(checkpoints.CheckpointError, match=r"last.ckpt is damaged"):
+        checkpoints.safe_load(path)
+
+
+def test_non_finite_weights_never_replace_the_last_good_checkpoint(tmp_path):
+    io, path = checkpoints.CheckpointIO(), tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1}, path)
+    io.save_checkpoint({"state_dict": {"w": torch.tensor([1.0, float("nan"), 1.0])}, "global_step": 2}, path)
+    assert checkpoints.safe_load(path)["global_step"] == 1
+
+
+def test_a_diverged_run_keeps_its_last_finite_checkpoint(make_cfg):
+    cfg = make_cfg([*FAST, "optimizer.lr=1e9", "trainer.gradient_clip_val=null",
+                    "callbacks.last_checkpoint.every_n_train_steps=1"])
+    from attnlab.callbacks import TrainingDiverged
+    with pytest.raises(TrainingDiverged):
+        train(cfg)
+    state = checkpoints.safe_load(Path(cfg.paths.checkpoint_dir) / "last.ckpt")
+    assert not checkpoints.non_finite_weights(state["state_dict"])
+
+
+# 8. a run pins its tokenizer -----------------------------------------------------------------------------
+
+def test_editing_the_training_text_changes_nothing_for_a_trained_run(make_cfg, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat on the mat.\n" * 400)
+    args = [*FAST, "dataset=text_files", f"dataset.path={text}", "data.batch_size=4"]
+    cfg = make_cfg(args, "run")
+    train(cfg)
+    folder = Path(cfg.paths.output_dir)
+    before = runs.load_run(str(folder), str(tmp_path / "cache")).tokenizer
+    text.write_text("QXZ! brand new characters everywhere\n" * 400)  # the corpus is edited afterwards
+    after = runs.load_run(str(folder), str(tmp_path / "cache")).tokenizer
+    assert after.fingerprint == before.fingerprint and after.itos == before.itos
+    again = make_cfg([*args, f"ckpt_path={folder}"], "resumed")
+    with pytest.raises(ConfigError, match=r"trained with another tokenizer"):
+        train(again)
+    tampered = copy_run(folder, tmp_path / "tampered")
+    (tampered / "tokenizer.json").write_text(json.dumps({"kind": "char", "itos": list("tca ")}))
+    with pytest.raises(ConfigError, match=r"another tokenizer than the one in"):
+        runs.load_run(str(tampered), str(tmp_path / "cache"))
+
+
+# 12. an interrupt saves the work and says so -------------------------------------------------------------
+
+def test_an_interrupt_saves_last_ckpt_records_interrupted_and_resume_continues_in_the_same_folder(make_cfg,
+                                                                                                 monkeypatch):
+    args = [*FAST, *STOPPABLE, "trainer.limit_train_batches=9", "trainer.log_every_n_steps=1"]  # last.ckpt: every 500
+    cfg = make_cfg(args, "2026-01-01_00-00-00")
+    monkeypatch.setenv("ATTNLAB_TEST_STOP_AT", "4:interrupt")
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg)
+    finally:
+        signal.signal(signal.SIGINT, sigint)  # Lightning ignores further Ctrl-C while it shuts down
+    folder = Path(cfg.paths.output_dir)
+    status = json.loads((folder / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["step"] == 4, status
+    assert checkpoints.safe_load(folder / "checkpoints" / "last.ckpt")["global_step"] == 4
+    monkeypatch.delenv("ATTNLAB_TEST_STOP_AT")
+    resumed = make_cfg([*args, "ckpt_path=last"], "2026-01-01_01-00-00")
+    train(resumed)
+    assert json.loads((folder / "status.json").read_text())["status"] == "finished"
+    assert checkpoints.safe_load(folder / "checkpoints" / "last.ckpt")["global_step"] == 9
+    new_folder = folder.parent / "2026-01-01_01-00-00"
+    assert not (new_folder / "checkpoints").exists() and not (new_folder / "run.json").exists()
+    import csv
+    with open(folder / "csv" / "metrics.csv") as f:
+        steps = [int(r["step"]) for r in csv.DictReader(f) if r.get("train/loss")]
+    assert steps == sorted(set(steps)) and steps[0] < 4 < steps[-1]  # one log, before and after the resume
+
+
+def test_ctrl_c_on_train_py_exits_130_with_one_line(tmp_path):
+    env = {**os.environ, "ATTNLAB_TEST_STOP_AT": "3:interrupt", "PYTHONPATH": str(ROOT / "tests")}
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), *FAST, *STOPPABLE, "paths.outputs_root=outputs"],
+                       cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 130, r.stderr[-3000:]
+    out = r.stdout + r.stderr
+    assert "Traceback" not in out and "[attnlab][ERROR] - interrupted" in out, out[-3000:]
+    [status] = tmp_path.glob("outputs/**/status.json")
+    assert json.loads(status.read_text())["status"] == "interrupted"
+
+
+# 13. two runs of one config ------------------------------------------------------------------------------
+
+def test_two_runs_of_one_config_resume_the_newest_whole_and_say_which(make_cfg, tmp_path, caplog):
+    import logging
+    cfg = make_cfg(["ckpt_path=last"], "resuming")
+    key, settings = checkpoints.run_key(cfg), checkpoints.settings_of(cfg)
+    now = time.time()
+    for name, mtimes in (("older", (now - 100, now - 50)), ("newer", (now - 80, now - 70))):
+        (tmp_path / name / "checkpoints").mkdir(parents=True)
+        checkpoints.write_run_file(tmp_path / name, key)
+        for f, t in zip(("step000010-val_ppl9.00.ckpt", "last.ckpt"), mtimes):
+            torch.save({"state_dict": {}, "global_step": int(t), "attnlab": {"run_key": key, "settings": settings}},
+                       tmp_path / name / "checkpoints" / f)
+            os.utime(tmp_path / name / "checkpoints" / f, (t, t))
+    # the newest single file is older/last.ckpt (now - 50), but the newest run is "older" as a whole: one folder
+    with caplog.at_level(logging.WARNING):
+        resume = checkpoints.resolve(cfg)
+    assert resume.folder == tmp_path / "older" and Path(resume.path).name == "last.ckpt"
+    assert "2 runs have this config; resuming the newest, " + str(tmp_path / "older") in caplog.text
+    explicit = make_cfg([f"ckpt_path={tmp_path / 'newer'}"], "explicit")
+    assert checkpoints.resolve(explicit).folder == tmp_path / "newer"  # a run folder picks that run
+
+
+# 14. mixed precision with the fused optimizer, and compile, for every type --------------------------------
+
+@pytest.mark.parametrize("name", sorted(__import__("attnlab.attention", fromlist=["ATTENTION_TYPES"]).ATTENTION_TYPES))
+def test_every_type_trains_in_bf16_mixed_with_fused_adamw_and_clipping(make_cfg, name):
+    cfg = make_cfg([*FAST, f"attention={name}", "trainer=cpu", "trainer.precision=bf16-mixed",
+                    "trainer.limit_train_batches=3", "trainer.limit_val_batches=1", "model.context=64"])
+    assert cfg.optimizer.fused and cfg.trainer.gradient_clip_val
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["val/loss"]))
