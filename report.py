@@ -5,10 +5,8 @@ cost.png (tokens/s and peak memory per run), train_val.png (training against val
 each run's latest sample into the first folder given (or --out), and prints the table.
 """
 import argparse
-import sys
-
+from attnlab.cli import run_plain
 from attnlab.report import report
-from attnlab.schema import ConfigError
 
 
 def main() -> None:
@@ -16,11 +14,7 @@ def main() -> None:
     ap.add_argument("paths", nargs="+", help="a sweep folder, run folders or globs")
     ap.add_argument("--out", help="where to write the report (default: the first folder given)")
     args = ap.parse_args()
-    try:
-        runs, files = report(args.paths, args.out)
-    except ConfigError as e:
-        print(f"report.py: {e}", file=sys.stderr)
-        sys.exit(2)
+    runs, files = run_plain("report.py", lambda: report(args.paths, args.out))
     print(files["markdown"].read_text())
     print("\n".join(f"{kind}: {path}" for kind, path in files.items()))
 

@@ -48,3 +48,19 @@ def make_cfg(tmp_path):
     def _make(overrides, name="run"):
         return compose(list(overrides), tmp_path / name)
     return _make
+
+
+FAST_TRAIN = ["mode=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=6", "test_after_fit=false",
+              "callbacks.model_summary=null", "callbacks.attention_picture=null", "callbacks.sample_texts=null",
+              "trainer.enable_model_summary=false"]
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory) -> Path:
+    """One small trained run folder (Longformer, a few steps), shared by the tests that only read it."""
+    from attnlab.train import train
+    root = tmp_path_factory.mktemp("trained")
+    cfg = compose([*FAST_TRAIN, "attention=longformer", "attention.window=8"],
+                  root / "outputs" / "lf" / "2026-01-01_00-00-00")
+    train(cfg)
+    return Path(cfg.paths.output_dir)

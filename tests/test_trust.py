@@ -22,11 +22,9 @@ import yaml
 from attnlab import checkpoints, runs, sweep
 from attnlab.schema import ConfigError
 from attnlab.train import train
-from conftest import ROOT, compose
+from conftest import FAST_TRAIN, ROOT, compose
 
-FAST = ["mode=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=6", "test_after_fit=false",
-        "callbacks.model_summary=null", "callbacks.attention_picture=null", "callbacks.sample_texts=null",
-        "trainer.enable_model_summary=false"]
+FAST = FAST_TRAIN
 
 
 class StopAt(L.Callback):
@@ -42,12 +40,9 @@ class StopAt(L.Callback):
 STOPPABLE = ["+callbacks.stop._target_=test_trust.StopAt"]
 
 
-@pytest.fixture(scope="module")
-def run_folder(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("trust")
-    cfg = compose([*FAST, "attention=longformer", "attention.window=8"], root / "outputs" / "lf" / "2026-01-01_00-00-00")
-    train(cfg)
-    return Path(cfg.paths.output_dir)
+@pytest.fixture
+def run_folder(trained_run) -> Path:
+    return trained_run
 
 
 def copy_run(folder: Path, dest: Path) -> Path:

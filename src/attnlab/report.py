@@ -16,6 +16,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from attnlab import checkpoints
 from attnlab.schema import ConfigError
 
 COLUMNS = ["run", "attention", "backend", "model", "tokenizer", "params_M", "steps", "val_ppl_best", "val_ppl_final",
@@ -60,12 +61,23 @@ def find_runs(paths: list[str]) -> list[Path]:
             if not m.exists():
                 raise ConfigError(f"{pattern}: no such folder")
             folders |= {c.parent.parent for c in m.glob("**/.hydra/config.yaml")}
-    return sorted(folders, key=lambda p: (p.parent, _job_number(p), p.name))
+    return sorted(folders, key=lambda p: (p.parent, _job_number(p) or 0, p.name))
 
 
-def _job_number(folder: Path) -> int:
+def _job_number(folder: Path) -> int | None:
+    """A sweep job's number (its folder is <sweep>/<n>-<overrides>, beside multirun.yaml), else None."""
     head = folder.name.split("-")[0]
-    return int(head) if head.isdigit() else 0
+    in_sweep = (folder.parent / "multirun.yaml").is_file() or (folder.parent.parent / "multirun.yaml").is_file()
+    return int(head) if head.isdigit() and in_sweep else None
+
+
+def _read(what: str, folder: Path, problems: list[str], read):
+    """``read()``, or None with a note in ``problems`` when the file is damaged (the row stays, says so)."""
+    try:
+        return read()
+    except Exception as e:  # a half-written or hand-edited file must not end the report
+        problems.append(f"{what} unreadable ({type(e).__name__})")
+        return None
 
 
 def _floats(rows: list[dict], key: str) -> list[tuple[int, float]]:
@@ -91,31 +103,43 @@ def _interp(x: float, points: list[tuple[int, float]]) -> float | None:
 
 
 def read_run(folder: Path) -> Run:
-    cfg = OmegaConf.load(folder / ".hydra" / "config.yaml")
-    overrides = folder / ".hydra" / "overrides.yaml"
+    """One run's row from its files, read as plain values; a damaged file leaves its cells empty and says so."""
+    problems: list[str] = []
+    raw = _read("config.yaml", folder, problems,
+                lambda: OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml"), resolve=False))
+    raw = raw if isinstance(raw, dict) else {}
+    group = lambda name: raw.get(name) if isinstance(raw.get(name), dict) else {}  # noqa: E731
     label = folder.name
-    if overrides.exists():
-        ov = [o for o in OmegaConf.load(overrides) if not str(o).startswith(("paths.", "hydra"))]
-        label = f"{_job_number(folder)}: " + (" ".join(map(str, ov)) or "defaults")
-    run = Run(folder=folder, label=label, attention=str(cfg.attention.get("name", "?")),
-              backend=str(cfg.attention.get("backend", "?")), model=str(cfg.model.get("name", "?")),
-              tokenizer=str(cfg.tokenizer.get("name", "?")))
+    job = _job_number(folder)
+    overrides = folder / ".hydra" / "overrides.yaml"
+    ov = _read("overrides.yaml", folder, problems, lambda: list(OmegaConf.load(overrides))) if overrides.exists() else None
+    if job is not None:
+        ov = [o for o in (ov or []) if not str(o).startswith(("paths.", "hydra"))]
+        label = f"{job}: " + (" ".join(map(str, ov)) or "defaults")
+    run = Run(folder=folder, label=label, attention=str(group("attention").get("name", "?")),
+              backend=str(group("attention").get("backend", "?")), model=str(group("model").get("name", "?")),
+              tokenizer=str(group("tokenizer").get("name", "?")))
     status = folder / "status.json"
-    if status.exists():
-        s = json.loads(status.read_text())
+    s = _read("status.json", folder, problems, lambda: json.loads(status.read_text())) if status.exists() else None
+    if isinstance(s, dict) and isinstance(s.get("status"), str):
         run.status = s["status"] + (f": {s['reason']}" if s.get("reason") else "")
-        run.wall_s, run.steps = s.get("wall_seconds"), s.get("step")
+        run.wall_s = s.get("wall_seconds") if isinstance(s.get("wall_seconds"), (int, float)) else None
+        run.steps = s.get("step") if isinstance(s.get("step"), int) else None
     else:
-        run.status = "no status.json (still running, or killed)"
+        run.status = "no status.json (still running, or killed)" if not status.exists() else "status.json unreadable"
+    info = checkpoints.read_run_file(folder)  # what actually ran: the backend 'auto' chose, the parameter count
+    if isinstance(info.get("backend"), str):
+        run.backend = info["backend"]
+    if isinstance(info.get("params"), (int, float)):
+        run.params_M = info["params"] / 1e6
     log = folder / "train.log"
-    if log.exists():
+    if log.exists() and "backend" not in info:  # runs from before run.json said it
         m = re.search(r"model: ([\d.]+)M parameters, \w+ attention, backend (\w+)", log.read_text(errors="replace"))
         if m:
-            run.params_M, run.backend = float(m.group(1)), m.group(2)  # the backend 'auto' chose
+            run.params_M, run.backend = float(m.group(1)), m.group(2)
     metrics = folder / "csv" / "metrics.csv"
-    if metrics.exists():
-        with open(metrics, newline="") as f:
-            rows = list(csv.DictReader(f))
+    rows = _read("metrics.csv", folder, problems, lambda: _metric_rows(metrics)) if metrics.exists() else None
+    if rows is not None:
         val = _floats(rows, "val/ppl")
         times = _floats(rows, "time/train_s")
         run.val_curve = [(step, _interp(step, times), ppl) for step, ppl in val]
@@ -135,11 +159,39 @@ def read_run(folder: Path) -> Run:
         steps = [s for s, _ in _floats(rows, "train/loss")]
         run.steps = run.steps if run.steps is not None else (max(steps) + 1 if steps else None)
     samples = folder / "samples.jsonl"
-    if samples.exists():
-        lines = [json.loads(x) for x in samples.read_text(encoding="utf-8").splitlines() if x.strip()]
-        last = [x for x in lines if x["step"] == lines[-1]["step"]] if lines else []
+    lines = _read("samples.jsonl", folder, problems, lambda: _sample_lines(samples)) if samples.exists() else None
+    if lines:
+        last = [x for x in lines if x["step"] == lines[-1]["step"]]
         run.sample = last[0] if last else None
+    if problems:
+        run.status += f" ({'; '.join(problems)})"
     return run
+
+
+def _metric_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for r in rows:  # every value a number or empty, else the file is damaged
+        for k, v in r.items():
+            if k is None or (v not in (None, "") and not _is_number(v)):
+                raise ValueError(f"{k}={v!r}")
+    return rows
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
+
+
+def _sample_lines(path: Path) -> list[dict]:
+    lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    if not all(isinstance(x, dict) and isinstance(x.get("step"), int) and isinstance(x.get("prompt"), str)
+               and isinstance(x.get("continuation"), str) for x in lines):
+        raise ValueError("a line without step, prompt and continuation")
+    return lines
 
 
 def _cell(v) -> str:
@@ -211,7 +263,8 @@ def _plots(runs: list[Run], out: Path) -> dict[str, Path]:
     bars = [r for r in runs if r.tokens_per_s or r.peak_memory_MiB]
     if bars:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-        names = [f"{r.attention}\n({_job_number(r.folder)})" for r in bars]
+        names = [f"{r.attention}\n({_job_number(r.folder) if _job_number(r.folder) is not None else r.folder.name})"
+                 for r in bars]
         axes[0].bar(names, [r.tokens_per_s or 0 for r in bars], color="tab:blue")
         axes[0].set_ylabel("training tokens/s (median)")
         axes[1].bar(names, [r.peak_memory_MiB or 0 for r in bars], color="tab:orange")
@@ -229,7 +282,11 @@ def report(paths: list[str], out: str | None = None) -> tuple[list[Run], dict[st
         raise ConfigError(f"{' '.join(paths)}: no run folders (folders with .hydra/config.yaml) found; give a sweep "
                           f"folder such as outputs/multirun/<date>, run folders or a glob")
     runs = [read_run(f) for f in folders]
-    target = Path(out) if out else Path(glob.glob(str(Path(paths[0]).expanduser()))[0])
-    if not target.is_dir():
-        target = target.parent
+    if out:
+        target = Path(out).expanduser()  # made if missing
+        if target.exists() and not target.is_dir():
+            raise ConfigError(f"--out {out}: a file, not a folder")
+    else:
+        target = Path(glob.glob(str(Path(paths[0]).expanduser()))[0])
+        target = target if target.is_dir() else target.parent
     return runs, write_report(runs, target)

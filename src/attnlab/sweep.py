@@ -28,7 +28,9 @@ DIRNAME_LIMIT = 120  # a job folder's name is built from its overrides; file sys
 
 
 def short_dirname(name: str) -> str:
-    """A job's override string as a folder name: kept whole when short, else cut and made unique by a hash."""
+    """A job's override string as a folder name: kept whole when short, else cut and made unique by a hash.
+    A ``/`` (an override holding a path) becomes ``_``: a job's folder is always one level below its sweep's."""
+    name = name.replace("/", "_")
     if len(name) <= DIRNAME_LIMIT:
         return name
     return f"{name[:DIRNAME_LIMIT - 9]}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
@@ -169,6 +171,14 @@ class SweepSummary(Callback):
     search, and exit 1 if any job failed."""
 
     def on_multirun_start(self, config, **kwargs) -> None:
+        n_jobs = OmegaConf.select(config, "hydra.launcher.n_jobs", default=None)
+        if n_jobs is not None and (not isinstance(n_jobs, int) or isinstance(n_jobs, bool) or n_jobs == 0):
+            log.error("hydra.launcher.n_jobs=%r must be an integer >= 1, or negative (-1: one job per core)", n_jobs)
+            sys.exit(2)
+        n_trials = OmegaConf.select(config, "hydra.sweeper.n_trials", default=None)
+        if n_trials is not None and (not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1):
+            log.error("hydra.sweeper.n_trials=%r must be an integer >= 1", n_trials)
+            sys.exit(2)
         storage = str(config.hydra.sweeper.get("storage") or "")
         if storage.startswith("sqlite:///"):  # SQLite creates the file, not its folder
             Path(storage[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
@@ -182,10 +192,15 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config, **kwargs) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        # Hydra's subdir is <num>-<overrides>; an override holding a path (dataset.path=a/b) nests folders
+        # Hydra's subdir is <num>-<overrides> (short_dirname keeps it one level deep)
         job_number = lambda p: int(p.relative_to(sweep_dir).parts[0].split("-")[0])  # noqa: E731
-        statuses = [(p.parent, json.loads(p.read_text()))
-                    for p in sorted(sweep_dir.glob(f"**/{STATUS_FILE}"), key=job_number)]
+        statuses = []
+        for p in sorted(sweep_dir.glob(f"*/{STATUS_FILE}"), key=job_number):
+            try:
+                statuses.append((p.parent, json.loads(p.read_text())))
+            except (OSError, ValueError):
+                statuses.append((p.parent, {"status": "unknown", "reason": "status.json unreadable", "step": 0,
+                                            "wall_seconds": 0.0}))
         failed = [(d, s) for d, s in statuses if s["status"] != "finished"]
         lines = [f"sweep {sweep_dir}: {len(statuses) - len(failed)} finished, {len(failed)} failed"]
         for d, s in statuses:

@@ -133,6 +133,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         wandb_run.finish(failed=error is not None)
 
 
+def versions() -> dict[str, str | None]:
+    """Python, torch, Lightning and attnlab (with its git commit when run from a checkout)."""
+    import platform
+    import subprocess
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        attnlab_version = version("attnlab")
+    except PackageNotFoundError:
+        attnlab_version = None
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent, timeout=5,
+                                capture_output=True, text=True).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    return {"python": platform.python_version(), "torch": torch.__version__, "lightning": L.__version__,
+            "attnlab": attnlab_version, "attnlab_commit": commit}
+
+
 def continue_in(cfg: DictConfig, folder: Path) -> None:
     """A resumed run writes into its own run folder (checkpoints, logs, status), not the new one Hydra made."""
     from omegaconf import open_dict
@@ -179,7 +197,6 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
                               f"from its weights with init_from=")
     if rank_zero_only.rank == 0:  # the run folder holds its own tokenizer: sample/evaluate need no corpus
         tokenizer.save(cfg.paths.output_dir)
-        checkpoints.write_run_file(cfg.paths.output_dir, key, tokenizer=tokenizer.fingerprint)
     model = LitGPT(GPTConfig(**{**model_cfg, "vocab_size": datamodule.vocab_size}), attention,
                    optimizer=hydra.utils.instantiate(cfg.optimizer),
                    scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True), compile=cfg.compile,
@@ -190,6 +207,11 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
     device = run_device(cfg)
     log.info("model: %.2fM parameters, %s attention, backend %s on %s (%s)", model.model.num_params() / 1e6,
              attention.name, attention.resolved_backend(device), device, attention.describe())
+    if rank_zero_only.rank == 0:  # what ran, for report.py and for whoever reads the folder later
+        checkpoints.write_run_file(cfg.paths.output_dir, key, tokenizer=tokenizer.fingerprint,
+                                   backend=attention.resolved_backend(device), device=device,
+                                   params=model.model.num_params(), attention=checkpoints.settings_of(cfg)["attention"],
+                                   versions=versions())
 
     callbacks = []
     for name, c in (cfg.get("callbacks") or {}).items():

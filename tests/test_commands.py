@@ -1,0 +1,163 @@
+"""sample.py, evaluate.py and report.py held to train.py's standard: every bad input is one line naming it and
+what is allowed, exit code 2, no traceback, and nothing is silently accepted.
+
+The bad values are written here by hand, not taken from the rules that reject them, so a rule that is too
+loose fails its case.
+"""
+import logging
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnlab import checkpoints
+from attnlab.cli import run_plain, run_task
+from attnlab.evaluate import evaluate
+from attnlab.report import report
+from attnlab.sample import sample
+from conftest import ROOT
+
+
+def command_cfg(name: str, overrides: list[str], out: Path):
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf, open_dict
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides, return_hydra_config=True)
+    OmegaConf.set_readonly(cfg.hydra, False)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(out)
+        cfg.paths.output_dir = str(out)
+    out.mkdir(parents=True, exist_ok=True)
+    HydraConfig().set_config(cfg)
+    return cfg
+
+
+def expect_one_line(caplog, task, cfg, message: str) -> None:
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="attnlab"), pytest.raises(SystemExit) as exit_info:
+        run_task(task, cfg)
+    assert exit_info.value.code == 2
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert len(errors) == 1 and "\n" not in errors[0].getMessage(), [r.getMessage() for r in errors]
+    assert message in errors[0].getMessage(), errors[0].getMessage()
+
+
+@pytest.fixture(scope="module")
+def bad_runs(trained_run, tmp_path_factory):
+    """A run whose checkpoint holds NaN weights (written before runs refused to save them)."""
+    root = tmp_path_factory.mktemp("bad")
+    diverged = root / "diverged"
+    shutil.copytree(trained_run, diverged)
+    last = diverged / "checkpoints" / "last.ckpt"
+    state = checkpoints.safe_load(last)
+    first = next(iter(state["state_dict"]))
+    state["state_dict"][first] = torch.full_like(state["state_dict"][first], float("nan"))
+    torch.save(state, last)
+    prompt_dir = root / "prompts"
+    prompt_dir.mkdir()
+    (prompt_dir / "binary.txt").write_bytes(b"\xff\xfe\x00binary")
+    return {"diverged": diverged, "prompts": prompt_dir}
+
+
+SAMPLE_CASES = [  # (overrides, message); {run}, {diverged}, {prompts} are filled in
+    (["run={run}", "use_cache=maybe"], "use_cache='maybe' must be true or false"),
+    (["run={run}", "escapes=2"], "escapes=2 must be true or false"),
+    (["run={run}", "max_new_tokens=0"], "max_new_tokens=0 must be an integer >= 1"),
+    (["run={run}", "num_samples=-3"], "num_samples=-3 must be an integer >= 1"),
+    (["run={run}", "temperature=0"], "temperature=0 must be a number > 0"),
+    (["run={run}", "temperature=hot"], "temperature='hot' must be a number > 0"),
+    (["run={run}", "top_k=0"], "top_k=0 must be an integer >= 1, or null"),
+    (["run={run}", "seed=-1"], "seed=-1 must be an integer in [0, 4294967295]"),
+    (["run={run}", "device=tpu"], "device='tpu' must be one of ['auto', 'cpu', 'cuda']"),
+    (["run={run}", "prompt_file={prompts}/missing.txt"], "missing.txt: no such file"),
+    (["run={run}", "prompt_file={prompts}"], "prompt_file={prompts}: a folder"),
+    (["run={run}", "prompt_file={prompts}/binary.txt"], "binary.txt: not UTF-8 text"),
+    (["run={run}", "prompt='ROMEO: ✓'"], "has characters the run's tokenizer does not know: ['✓']"),
+    (["run=nowhere/at/all"], "run=nowhere/at/all: no such file or folder"),
+    (["run={diverged}"], "holds NaN or inf weights"),
+    (["run=last", "paths.outputs_root={prompts}"], "run=last: no run folder with a checkpoint under"),
+]
+
+EVALUATE_CASES = [
+    ([], "run is required and not set"),
+    (["run={run}", "split=train"], "split='train' must be one of ['test', 'val']"),
+    (["run={run}", "batch_size=0"], "batch_size=0 must be an integer >= 1"),
+    (["run={run}", "batch_size=-2"], "batch_size=-2 must be an integer >= 1"),
+    (["run={run}", "limit_batches=0"], "limit_batches=0 must be a fraction in (0, 1] or a whole number"),
+    (["run={run}", "limit_batches=1.5"], "limit_batches=1.5 must be a fraction in (0, 1] or a whole number"),
+    (["run={run}", "trainer.precision=17"], "trainer.precision=17 must be one of"),
+    (["run={run}", "dataset=text_files"], "dataset.path is required and not set"),
+    (["run={run}", "dataset=text_files", "dataset.path={prompts}/none.txt"], "matches no .txt file"),
+    (["run={diverged}"], "holds NaN or inf weights"),
+]
+
+
+def _fill(overrides, trained_run, bad_runs):
+    return [o.format(run=trained_run, **bad_runs) for o in overrides]
+
+
+@pytest.mark.parametrize("overrides,message", SAMPLE_CASES, ids=[" ".join(o) for o, _ in SAMPLE_CASES])
+def test_sample_bad_input_is_one_line_and_exit_2(caplog, tmp_path, trained_run, bad_runs, overrides, message):
+    cfg = command_cfg("sample", _fill(overrides, trained_run, bad_runs), tmp_path / "out")
+    expect_one_line(caplog, sample, cfg, message.format(run=trained_run, **bad_runs))
+    assert not (tmp_path / "out" / "samples.json").exists()
+
+
+@pytest.mark.parametrize("overrides,message", EVALUATE_CASES, ids=[" ".join(o) or "no run" for o, _ in EVALUATE_CASES])
+def test_evaluate_bad_input_is_one_line_and_exit_2(caplog, tmp_path, trained_run, bad_runs, overrides, message):
+    cfg = command_cfg("evaluate", _fill(overrides, trained_run, bad_runs), tmp_path / "out")
+    expect_one_line(caplog, evaluate, cfg, message)
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_report_bad_input_is_one_line_and_exit_2(tmp_path, capsys, trained_run):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "a_file").write_text("x")
+    cases = [([str(tmp_path / "nowhere")], None, "nowhere: no such folder"),
+             ([str(tmp_path / "empty")], None, "no run folders"),
+             ([str(trained_run)], str(tmp_path / "a_file"), "--out " + str(tmp_path / "a_file") + ": a file")]
+    for paths, out, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            run_plain("report.py", lambda: report(paths, out))
+        err = capsys.readouterr().err.strip()
+        assert exit_info.value.code == 2 and message in err and len(err.splitlines()) == 1, err
+
+
+def test_report_writes_into_a_new_out_folder_and_labels_single_runs_by_folder(tmp_path, trained_run):
+    runs, files = report([str(trained_run)], str(tmp_path / "new" / "dir"))
+    assert files["markdown"].parent == tmp_path / "new" / "dir"
+    assert runs[0].label == trained_run.name and not runs[0].label.startswith("2026:")
+
+
+@pytest.mark.parametrize("damaged", ["status.json", "csv/metrics.csv", ".hydra/config.yaml", "samples.jsonl"])
+def test_report_on_a_damaged_file_keeps_the_row_and_says_which_file(tmp_path, trained_run, damaged):
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    (run / damaged).parent.mkdir(parents=True, exist_ok=True)
+    (run / damaged).write_text({"status.json": "{not json", "csv/metrics.csv": "step,val/ppl\n3,abc\n",
+                                ".hydra/config.yaml": "model: [unclosed", "samples.jsonl": "[1, 2]\n"}[damaged])
+    [row], _ = report([str(run)], str(tmp_path / "out"))
+    assert f"{Path(damaged).name} unreadable" in row.status
+
+
+def test_a_bad_value_in_a_sample_sweep_is_recorded_and_the_sweep_goes_on(tmp_path, trained_run):
+    r = subprocess.run([sys.executable, str(ROOT / "sample.py"), "-m", f"run={trained_run}", "max_new_tokens=5",
+                        "temperature=0.5,-1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "1 finished, 1 failed" in out and "Traceback" not in out, out[-3000:]
+    assert "temperature=-1 must be a number > 0" in out
+
+
+def test_zero_parallel_jobs_is_refused_in_one_line(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "mode=debug", "hydra/launcher=joblib",
+                        "hydra.launcher.n_jobs=0", "seed=1,2"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=300)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2 and "hydra.launcher.n_jobs=0 must be an integer >= 1" in out and "Traceback" not in out, \
+        out[-3000:]
