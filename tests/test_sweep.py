@@ -167,3 +167,24 @@ def test_the_progress_bar_estimates_the_whole_runs_time_left(monkeypatch):
     clock[0] = 105.0  # 10 steps in 5 s
     assert bar.remaining_seconds(trainer) == pytest.approx(90 * 0.5)
     assert callbacks.duration(3725) == "1:02:05" and callbacks.duration(65) == "1:05"
+
+
+@pytest.mark.slow
+def test_a_continued_study_draws_new_points_and_an_all_failed_study_ends_with_the_summary(tmp_path):
+    for _ in range(2):  # the same command twice: the study continues
+        r = run_train("hparams_search=lr_dropout", "hydra.sweeper.n_trials=2", *JOB, cwd=tmp_path)
+        assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    trials = study_trials(tmp_path / "outputs" / "optuna" / "full-lr_dropout.db")
+    assert len(trials) == 4 and len({t[2]["optimizer.lr"] for t in trials}) == 4  # not the first two again
+    r = run_train("hparams_search=lr_dropout", "hydra.sweeper.n_trials=2", "hydra.sweeper.study_name=all_fail",
+                  *JOB, "model.n_layer=0", cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1 and "Traceback" not in out, out[-3000:]
+    assert "no trial of this search finished" in out and "0 finished, 2 failed" in out
+    assert "model.n_layer=0" in out
+
+
+def test_zero_trials_is_refused_in_one_line(tmp_path):
+    r = run_train("hparams_search=lr_dropout", "hydra.sweeper.n_trials=0", *JOB, cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2 and "hydra.sweeper.n_trials=0 must be an integer >= 1" in out and "Traceback" not in out

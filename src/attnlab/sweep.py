@@ -65,6 +65,27 @@ def unique_dir(path: str) -> str:
 OmegaConf.register_new_resolver("unique_dir", unique_dir, replace=True, use_cache=True)  # hydra.run/sweep.dir
 
 
+def optuna_seed(seed: int, storage: str, study_name: str) -> int:
+    """The Optuna sampler's seed for this session of a study: the run's seed plus the number of trials the study
+    already holds, so a continued study draws new points instead of repeating its first ones. The SQLite file
+    is read directly (read-only), before Optuna opens it."""
+    prefix = "sqlite:///"
+    path = str(storage)[len(prefix):] if str(storage).startswith(prefix) else None
+    if not path or not os.path.isfile(path):
+        return int(seed)
+    import sqlite3
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            [n] = db.execute("SELECT COUNT(*) FROM trials JOIN studies USING (study_id) WHERE study_name = ?",
+                             (str(study_name),)).fetchone()
+    except sqlite3.Error:
+        return int(seed)
+    return int(seed) + int(n)
+
+
+OmegaConf.register_new_resolver("optuna_seed", optuna_seed, replace=True)  # hparams_search/*: sampler.seed
+
+
 def one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
