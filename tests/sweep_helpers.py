@@ -24,3 +24,18 @@ class FailInJob(L.Callback):
         from hydra.core.hydra_config import HydraConfig
         if HydraConfig.get().job.num == self.job:
             raise RuntimeError(f"job {self.job} fails on purpose")
+
+
+class KillSelfInJob(L.Callback):
+    """SIGKILLs its own process at ``step`` in the multirun job numbered ``job``: what the system's
+    out-of-memory killer does to a job."""
+
+    def __init__(self, job: int, step: int = 2):
+        self.job, self.step = job, step
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        import os
+        import signal
+        from hydra.core.hydra_config import HydraConfig
+        if HydraConfig.get().job.num == self.job and trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)

@@ -96,8 +96,9 @@ def test_a_failing_trial_is_recorded_as_failed_and_the_study_goes_on(tmp_path, m
 
 
 @pytest.mark.slow
-def test_the_joblib_launcher_runs_two_jobs_at_once_each_on_its_own_core(tmp_path):
-    r = run_train("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *JOB, "attention=full,flash",
+def test_the_local_launcher_runs_two_jobs_at_once_each_on_its_own_core(tmp_path):
+    r = run_train("-m", "hydra/launcher=local", "hydra.launcher.n_jobs=2", *JOB, "attention=full,flash",
+                  "trainer.limit_train_batches=500",  # long enough to overlap the other job's start-up
                   cwd=tmp_path)
     out = r.stdout + r.stderr
     assert r.returncode == 0, out[-3000:]
@@ -188,3 +189,66 @@ def test_zero_trials_is_refused_in_one_line(tmp_path):
     r = run_train("hparams_search=lr_dropout", "hydra.sweeper.n_trials=0", *JOB, cwd=tmp_path)
     out = r.stdout + r.stderr
     assert r.returncode == 2 and "hydra.sweeper.n_trials=0 must be an integer >= 1" in out and "Traceback" not in out
+
+
+def _sweep_process(tmp_path, *args, log_name="sweep.log"):
+    import subprocess
+    import sys
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests") + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=local",
+                             "hydra.launcher.n_jobs=2", *args], cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=open(tmp_path / log_name, "w"), stderr=subprocess.STDOUT)
+
+
+def _wait_for_steps(tmp_path, n_checkpoints: int, timeout: float = 120):
+    import time
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(list(tmp_path.glob("outputs/multirun/*/*/csv/metrics.csv"))) < n_checkpoints:
+        time.sleep(0.5)
+    time.sleep(3)  # a few steps in
+
+
+@pytest.mark.slow
+def test_a_job_killed_by_the_system_is_recorded_and_the_sweep_goes_on(tmp_path):
+    p = _sweep_process(tmp_path, *JOB, "trainer.limit_train_batches=6", "+callbacks.kill._target_=sweep_helpers.KillSelfInJob",
+                       "+callbacks.kill.job=0", "seed=1,2,3")
+    assert p.wait(timeout=300) == 1, (tmp_path / "sweep.log").read_text()[-3000:]
+    out = (tmp_path / "sweep.log").read_text()
+    killed, *others = statuses(tmp_path)
+    assert killed["status"] == "failed" and "killed by SIGKILL" in killed["reason"], killed
+    assert [s["status"] for s in others] == ["finished", "finished"]  # the running one and the later one
+    assert "2 finished, 1 failed" in out and "Traceback" not in out
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_parallel_sweep_each_job_saving_and_recording_interrupted(tmp_path):
+    import signal
+    p = _sweep_process(tmp_path, *JOB, "trainer.limit_train_batches=100000", "seed=1,2,3")
+    _wait_for_steps(tmp_path, 2)
+    os.killpg(p.pid, signal.SIGINT)  # what Ctrl-C in the terminal does: the whole process group
+    assert p.wait(timeout=120) == 130
+    out = (tmp_path / "sweep.log").read_text()
+    assert "1 never started" in out and "Traceback" not in out, out[-3000:]
+    done = statuses(tmp_path)
+    assert [s["status"] for s in done] == ["interrupted", "interrupted"] and all(s["step"] > 0 for s in done)
+    assert len(list(tmp_path.glob("outputs/multirun/*/*/checkpoints/last.ckpt"))) == 2
+
+
+@pytest.mark.slow
+def test_killing_the_launcher_stops_its_jobs(tmp_path):
+    import signal
+    import subprocess
+    p = _sweep_process(tmp_path, *JOB, "trainer.limit_train_batches=100000", "seed=1,2")
+    _wait_for_steps(tmp_path, 2)
+    os.kill(p.pid, signal.SIGKILL)  # the launcher only
+    p.wait(timeout=30)
+    import time
+    deadline = time.time() + 60
+    while time.time() < deadline and len([s for s in statuses(tmp_path) if s]) < 2:
+        time.sleep(0.5)
+    assert [s["status"] for s in statuses(tmp_path)] == ["interrupted", "interrupted"]
+    deadline = time.time() + 60
+    while (left := subprocess.run(["pgrep", "-s", str(p.pid)], capture_output=True, text=True).stdout.split()) \
+            and time.time() < deadline:
+        time.sleep(0.5)
+    assert not left, left  # no orphaned worker goes on training

@@ -74,7 +74,8 @@ class LastCheckpoint(L.Callback):
         self._save(trainer)
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if isinstance(exception, KeyboardInterrupt) and trainer.world_size == 1 and trainer.global_step > 0:
+        # Ctrl-C is a KeyboardInterrupt; SIGTERM reaches here as Lightning's SIGTERMException (a SystemExit)
+        if isinstance(exception, (KeyboardInterrupt, SystemExit)) and trainer.world_size == 1 and trainer.global_step > 0:
             log.warning("interrupted at step %d: saving %s", trainer.global_step, self.path)
             self._save(trainer)
 
