@@ -313,3 +313,21 @@ def test_every_type_trains_in_bf16_mixed_with_fused_adamw_and_clipping(make_cfg,
     assert cfg.optimizer.fused and cfg.trainer.gradient_clip_val
     metrics = train(cfg)
     assert torch.isfinite(torch.tensor(metrics["val/loss"]))
+
+
+# 11. a bad-config job of a sweep still gets its W&B run ---------------------------------------------------
+
+def test_a_sweep_job_with_a_bad_value_gets_a_failed_wandb_run(make_cfg, monkeypatch):
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = make_cfg(["mode=debug", "logger=wandb", "attention=longformer", "attention.window=0"], "job0")
+    OmegaConf.set_readonly(cfg.hydra, False)
+    cfg.hydra.mode = RunMode.MULTIRUN
+    HydraConfig().set_config(cfg)
+    with pytest.raises(ConfigError, match=r"attention.window=0"):
+        train(cfg)
+    runs_made = list(Path(cfg.paths.output_dir).glob("wandb/offline-run-*/run-*.wandb"))
+    assert len(runs_made) == 1
+    assert b"attention.window=0 must be in" in runs_made[0].read_bytes()  # the reason, in the run's summary
