@@ -39,12 +39,13 @@ def sweep(launcher: list[str], extra: list[str], folder: Path) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n-jobs", type=int, default=2, help="joblib's jobs at once")
+    ap.add_argument("--n-jobs", type=int, default=2, help="jobs at once, for the parallel launchers")
     ap.add_argument("--repeat", type=int, default=1, help="runs of each launcher (the table shows each)")
     ap.add_argument("overrides", nargs="*", help="extra train.py overrides, after --")
     args = ap.parse_args()
-    launchers = {"basic": [], f"joblib ({args.n_jobs} at once)": ["hydra/launcher=joblib",
-                                                                  f"hydra.launcher.n_jobs={args.n_jobs}"]}
+    launchers = {"basic": [], **{f"{name} ({args.n_jobs} at once)": [f"hydra/launcher={name}",
+                                                                     f"hydra.launcher.n_jobs={args.n_jobs}"]
+                                 for name in ("local", "joblib")}}
     rows = []
     for i in range(args.repeat):
         for name, flags in launchers.items():
