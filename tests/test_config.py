@@ -170,3 +170,39 @@ def test_train_py_says_when_it_runs_the_cpu_preset(tmp_path):
     else:
         assert "runs experiment=shakespeare_cpu" in r.stderr and "model=small" in r.stderr
         assert "name: mini" in r.stdout
+
+
+# -- one source for every default: the dataclasses; the yaml files repeat them and a test keeps them equal --
+
+def _yaml(path):
+    import yaml
+    return yaml.safe_load(path.read_text())
+
+
+@pytest.mark.parametrize("name", sorted(__import__("attnlab.attention", fromlist=["ATTENTION_TYPES"]).ATTENTION_TYPES))
+def test_each_attention_yaml_states_exactly_its_dataclass_defaults(name):
+    from dataclasses import MISSING, fields
+    from attnlab.attention import ATTENTION_TYPES
+    cls = ATTENTION_TYPES[name]
+    conf = _yaml(ROOT / "conf" / "attention" / f"{name}.yaml")
+    defaults = {f.name: f.default if f.default is not MISSING else f.default_factory() for f in fields(cls)}
+    assert conf.pop("name") == name
+    assert set(conf) == set(defaults), f"conf/attention/{name}.yaml lists {sorted(conf)}, the dataclass {sorted(defaults)}"
+    differing = {k: (conf[k], defaults[k]) for k in conf if conf[k] != defaults[k]}
+    assert not differing, f"conf/attention/{name}.yaml differs from {cls.__name__} (yaml, dataclass): {differing}"
+
+
+SIZE_KEYS = ("n_layer", "n_head", "d_model", "d_ff", "context", "dropout")  # what a model size chooses
+
+
+def test_the_default_model_yaml_states_gptconfigs_defaults_and_every_size_lists_every_field():
+    from dataclasses import fields
+    from attnlab.model import GPTConfig
+    defaults = {f.name: f.default for f in fields(GPTConfig) if f.name != "vocab_size"}  # vocab: from the data
+    default_model = _yaml(ROOT / "conf" / "config.yaml")["defaults"]
+    [size] = [d["model"] for d in default_model if isinstance(d, dict) and "model" in d]
+    conf = _yaml(ROOT / "conf" / "model" / f"{size}.yaml")
+    shared = {k: v for k, v in defaults.items() if k not in SIZE_KEYS}
+    assert {k: conf[k] for k in shared} == shared, f"conf/model/{size}.yaml (the default model) differs from GPTConfig"
+    for path in (ROOT / "conf" / "model").glob("*.yaml"):
+        assert set(_yaml(path)) - {"name"} == set(defaults), path.name

@@ -17,7 +17,7 @@ from attnlab.attention.patterns import Pattern, base, global_tokens, sliding_win
 
 @dataclass
 class LongformerAttention(AttentionType):
-    window: int = 64  # w: keys each token sees locally; the paper uses 512 at n=4096
+    window: int = 32  # w: keys each token sees locally; the paper uses 512 at n=4096
     global_tokens: int | list = 1  # first k positions are global (an int), or an explicit list of positions
     dilation: int = 1  # d: spacing of the window's keys; d > 1 widens the receptive field at equal cost
     windows: list | None = None  # optional per-layer windows overriding ``window``; cycled if shorter than n_layer

@@ -26,7 +26,7 @@ HEAD_LAYOUTS = ("alternate", "split", "union")
 @dataclass
 class SparseAttention(AttentionType):
     pattern_kind: str = "fixed"  # the paper found 'fixed' better for text, 'strided' for images
-    stride: int = 32  # l: block length (fixed) or stride (strided); ~sqrt(context) is the paper's choice
+    stride: int = 16  # l: block length (fixed) or stride (strided); ~sqrt(context) is the paper's choice
     summary: int = 4  # c: summary positions per block (fixed only); the paper used c in {8, 16, 32} for l=128
     heads: str = "union"  # union | split | alternate: how the two components share heads / layers
     block_size: int = 16  # tile edge; a divisor of stride keeps blocks full, small tiles skip more work
