@@ -129,7 +129,7 @@ def test_every_search_config_composes_with_the_optuna_sweeper():
     from omegaconf import OmegaConf
     for name in sorted(p.stem for p in (ROOT / "conf" / "hparams_search").glob("*.yaml")):
         cfg = compose([f"hparams_search={name}"])
-        assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper"), name
+        assert cfg.hydra.sweeper._target_ == "hydra_plugins.attnlab_plugins.OptunaSearch", name
         assert str(cfg.hydra.sweeper.storage).startswith("sqlite:///"), name
         for key in cfg.hydra.sweeper.params:  # every searched key exists in the run's config
             assert OmegaConf.select(cfg, key, default="<absent>") != "<absent>", (name, key)

@@ -76,10 +76,11 @@ def test_resume_continues_at_the_right_step_and_data_position(make_cfg, stop):
     assert safe_load(last)["global_step"] == stop
     resumed = _resume_cfg(make_cfg, "resumed", 20, [f"ckpt_path={last}"])
     train(resumed)
-    rows = metrics_of(Path(resumed.paths.output_dir))
+    assert Path(resumed.paths.output_dir) == Path(first.paths.output_dir)  # the run goes on in its own folder
+    rows = metrics_of(Path(first.paths.output_dir))
     steps = [int(r["step"]) for r in rows if r.get("train/loss")]
-    assert min(steps) >= stop and max(steps) == 19  # continued from the saved step, not from 0
-    assert not column(rows, "init/loss")  # a resumed run is not at initialisation: no check, no false warning
+    assert steps == list(range(20))  # one log: the first part, then from the saved step on (not from 0)
+    assert len(column(rows, "init/loss")) == 1  # a resumed run is not at initialisation: no second check
     a = safe_load(Path(straight.paths.output_dir) / "checkpoints" / "last.ckpt")
     b = safe_load(last)  # the resumed job goes on writing into its own checkpoint folder
     assert a["global_step"] == b["global_step"] == 20

@@ -262,6 +262,4 @@ def resolve(cfg: DictConfig) -> Resume | None:
             raise CheckpointError(f"checkpoint {path} was trained with different settings ({', '.join(diff)}); "
                                   f"resume with the same settings, or start from its weights with "
                                   f"init_from={path}")
-    if folder is not None and read_run_file(folder).get("run_key") != key:
-        folder = None  # someone else's run (an explicit file): this run keeps its own folder
-    return Resume(str(path), state, folder)
+    return Resume(str(path), state, folder)  # a file named explicitly continues its own run folder
