@@ -17,6 +17,19 @@ except ImportError:
 os.environ.setdefault("WANDB_SILENT", "true")
 
 
+# The test tiers. `integration`: trains through Lightning, runs a command in a subprocess, or shares a trained
+# run; everything else is a unit test (`python -m pytest -m "not integration"`: the fast tier). Marked here,
+# once, from what a test uses, so a new test lands in the right tier without remembering a marker.
+INTEGRATION_FIXTURES = {"make_cfg", "trained_run", "bad_runs", "run_folder", "runs", "sweep", "trained"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        uses = set(getattr(item, "fixturenames", ()))
+        if item.get_closest_marker("slow") or item.get_closest_marker("subprocess") or uses & INTEGRATION_FIXTURES:
+            item.add_marker(pytest.mark.integration)
+
+
 def compose(overrides: list[str], output_dir: Path | None = None):
     """The config exactly as `python train.py <overrides>` would see it, with the run folder in output_dir."""
     from hydra import compose as hydra_compose, initialize_config_dir

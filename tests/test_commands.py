@@ -146,6 +146,7 @@ def test_report_on_a_damaged_file_keeps_the_row_and_says_which_file(tmp_path, tr
     assert f"{Path(damaged).name} unreadable" in row.status
 
 
+@pytest.mark.subprocess
 def test_a_bad_value_in_a_sample_sweep_is_recorded_and_the_sweep_goes_on(tmp_path, trained_run):
     r = subprocess.run([sys.executable, str(ROOT / "sample.py"), "-m", f"run={trained_run}", "max_new_tokens=5",
                         "temperature=0.5,-1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
@@ -154,6 +155,7 @@ def test_a_bad_value_in_a_sample_sweep_is_recorded_and_the_sweep_goes_on(tmp_pat
     assert "temperature=-1 must be a number > 0" in out
 
 
+@pytest.mark.subprocess
 def test_zero_parallel_jobs_is_refused_in_one_line(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), "-m", "mode=debug", "hydra/launcher=joblib",
                         "hydra.launcher.n_jobs=0", "seed=1,2"], cwd=tmp_path, capture_output=True, text=True,

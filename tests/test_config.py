@@ -91,6 +91,7 @@ def test_bad_config_one_clear_message_before_training(args, message, make_cfg):
     assert not list(Path(cfg.paths.output_dir).glob("**/*.ckpt"))
 
 
+@pytest.mark.subprocess
 def test_bad_config_from_the_command_line_exits_2_with_one_line(tmp_path):
     r = run_train("mode=debug", "attention=longformer", "attention.window=0", cwd=tmp_path)
     out = r.stdout + r.stderr
@@ -161,6 +162,7 @@ def test_train_py_picks_the_cpu_preset_only_when_nothing_chose_a_size(argv, cuda
     assert cpu_default_override(argv, cuda) == expected
 
 
+@pytest.mark.subprocess
 def test_train_py_says_when_it_runs_the_cpu_preset(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), "--cfg", "job"], capture_output=True, text=True,
                        cwd=tmp_path, timeout=120)

@@ -58,17 +58,6 @@ def greedy_cached(m: GPT, prompt: torch.Tensor, steps: int, cache=None):
     return seq, torch.stack(out), cache
 
 
-@torch.no_grad()
-def greedy_recomputed(m: GPT, prompt: torch.Tensor, steps: int, crop: int | None = None):
-    """Greedy decoding by one forward pass over the whole sequence (or its last ``crop`` tokens) per token."""
-    seq, out = prompt, []
-    for _ in range(steps):
-        logits = m(seq if crop is None else seq[:, -crop:])[:, -1]
-        out.append(logits)
-        seq = torch.cat([seq, logits.argmax(-1, keepdim=True)], 1)
-    return seq, torch.stack(out)
-
-
 # --- each type's eviction rule against its own pattern -------------------------------------------------------
 
 @pytest.mark.parametrize("name,settings", cases(), ids=lambda x: str(x))
@@ -106,9 +95,12 @@ def test_cached_generation_matches_recomputation(name, settings, backend, positi
     if backend in SLOW_ON_CPU:  # the prompt went through it; recompute with an exact fast backend (same weights)
         fast = "dense" if "dense" in m.attention.backends() else "sdpa"
         m = sharp_model({"name": name, **settings, "backend": fast}, positions)
-    recomputed, recomputed_logits = greedy_recomputed(m, prompt, 30)
-    assert torch.equal(cached, recomputed)
+    # recomputation of every step at once: a causal model's logits at position t of the whole decoded sequence are
+    # the logits of recomputing the prefix up to t (41 tokens fit the context: nothing is cropped)
+    with torch.no_grad():
+        recomputed_logits = m(cached[:, :-1])[:, prompt.shape[1] - 1:].transpose(0, 1)  # (steps, B, V)
     torch.testing.assert_close(cached_logits, recomputed_logits, rtol=0, atol=1e-9)
+    assert torch.equal(cached[:, prompt.shape[1]:], recomputed_logits.argmax(-1).T)  # the same greedy tokens
 
 
 def test_generate_with_and_without_cache_agree_past_a_learned_context():
@@ -126,9 +118,10 @@ def test_streaming_longformer_past_the_context_matches_one_uncropped_pass():
     prompt = torch.randint(0, 50, (2, 5))
     steps = 4 * context  # far past the training context and 16 windows
     streamed, streamed_logits, cache = greedy_cached(m, prompt, steps)
-    full, full_logits = greedy_recomputed(m, prompt, steps)  # T up to 133 > context: rotary has no table
-    assert torch.equal(streamed, full)
+    with torch.no_grad():  # one uncropped pass over all 133 tokens (> context: rotary has no table) = every step
+        full_logits = m(streamed[:, :-1])[:, prompt.shape[1] - 1:].transpose(0, 1)  # (steps, B, V)
     torch.testing.assert_close(streamed_logits, full_logits, rtol=0, atol=1e-9)
+    assert torch.equal(streamed[:, prompt.shape[1]:], full_logits.argmax(-1).T)
 
 
 def test_longformer_cache_stays_bounded_while_generating_four_windows():

@@ -69,6 +69,7 @@ def test_every_run_has_a_row_with_its_outcome(sweep):
         assert files[kind].stat().st_size > 10_000  # a rendered PNG, not an empty file
 
 
+@pytest.mark.subprocess
 def test_a_folder_with_no_runs_is_one_line_and_exit_2(tmp_path):
     with pytest.raises(ConfigError, match="no run folders"):
         report([str(tmp_path)])

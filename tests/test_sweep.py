@@ -185,6 +185,7 @@ def test_a_continued_study_draws_new_points_and_an_all_failed_study_ends_with_th
     assert "model.n_layer=0" in out
 
 
+@pytest.mark.subprocess
 def test_zero_trials_is_refused_in_one_line(tmp_path):
     r = run_train("hparams_search=lr_dropout", "hydra.sweeper.n_trials=0", *JOB, cwd=tmp_path)
     out = r.stdout + r.stderr

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from attnlab.attention import ATTENTION_TYPES
 from attnlab.checkpoints import safe_load
 from attnlab.train import train
 from test_config import run_train
@@ -39,7 +40,7 @@ def test_debug_run_lowers_loss_and_logs_everything(make_cfg):
     assert (Path(cfg.paths.output_dir) / "attention_full_layer0.png").exists()
 
 
-@pytest.mark.parametrize("attention", ["flash", "sparse", "longformer"])
+@pytest.mark.parametrize("attention", sorted(ATTENTION_TYPES))  # every registered type, from the registry
 def test_each_attention_type_trains(make_cfg, attention):
     cfg = make_cfg(["mode=debug", f"attention={attention}", "test_after_fit=false", "trainer.max_epochs=1"])
     train(cfg)

@@ -73,6 +73,7 @@ def test_a_run_folders_config_cannot_call_anything(run_folder, tmp_path):
 
 # 2. two runs started in the same second ------------------------------------------------------------------
 
+@pytest.mark.subprocess
 def test_two_processes_resolving_the_same_run_folder_get_two_folders(tmp_path):
     code = ("import sys; from attnlab.sweep import unique_dir; "
             "print(unique_dir(sys.argv[1]), unique_dir(sys.argv[1]))")  # the second call: the same answer
@@ -135,6 +136,7 @@ def test_a_moved_run_folder_samples_and_evaluates_without_its_corpus_or_token_ca
     assert loaded.model.model.generate(ids, 5, 1.0, 1, True).shape == (1, 11)
 
 
+@pytest.mark.integration
 def test_resume_in_a_copied_tree_reads_and_writes_the_copy_only(tmp_path, monkeypatch):
     original = tmp_path / "a" / "outputs"
     args = [*FAST, *STOPPABLE, "trainer.limit_train_batches=8", "callbacks.last_checkpoint.every_n_train_steps=2"]
@@ -270,6 +272,7 @@ def test_an_interrupt_saves_last_ckpt_records_interrupted_and_resume_continues_i
     assert steps == sorted(set(steps)) and steps[0] < 4 < steps[-1]  # one log, before and after the resume
 
 
+@pytest.mark.subprocess
 def test_ctrl_c_on_train_py_exits_130_with_one_line(tmp_path):
     env = {**os.environ, "ATTNLAB_TEST_STOP_AT": "3:interrupt", "PYTHONPATH": str(ROOT / "tests")}
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), *FAST, *STOPPABLE, "paths.outputs_root=outputs"],
