@@ -334,3 +334,10 @@ def test_a_sweep_job_with_a_bad_value_gets_a_failed_wandb_run(make_cfg, monkeypa
     runs_made = list(Path(cfg.paths.output_dir).glob("wandb/offline-run-*/run-*.wandb"))
     assert len(runs_made) == 1
     assert b"attention.window=0 must be in" in runs_made[0].read_bytes()  # the reason, in the run's summary
+
+
+def test_a_checkpoint_holds_its_settings_once(run_folder):
+    state = checkpoints.safe_load(run_folder / "checkpoints" / "last.ckpt")
+    assert set(state["attnlab"]["settings"]) == {"model", "attention"}
+    assert state["attnlab"]["settings"]["attention"]["window"] == 8
+    assert not {"model", "attention"} & set(state.get("hyper_parameters", {}))  # not a second, unread copy

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict
 from typing import Any, Callable
 
 import lightning as L
@@ -60,8 +59,8 @@ class LitGPT(L.LightningModule):
     def __init__(self, model_cfg: GPTConfig, attention: AttentionType, optimizer: Callable | None = None,
                  scheduler: dict | None = None, compile: bool = False, run_info: dict | None = None):
         super().__init__()
-        self.save_hyperparameters({"model": asdict(model_cfg), "attention": attention.describe(),
-                                   "scheduler": dict(scheduler or {}), "compile": compile})
+        # the model and attention settings live once per checkpoint, in checkpoint["attnlab"]["settings"]
+        self.save_hyperparameters({"scheduler": dict(scheduler or {}), "compile": compile})
         self.cfg = model_cfg
         self.model = GPT(model_cfg, attention)
         self.optimizer_factory = optimizer or (lambda params: torch.optim.AdamW(params, lr=3e-4))

@@ -189,6 +189,12 @@ def load_run(run: str, cache_dir: str, outputs_root: str | Path = "outputs") -> 
         check_fields(GPTConfig, model_cfg, "model")
         attention = build_attention(_plain(run_cfg, "attention", folder))
         tokenizer = run_tokenizer(folder, settings, cache_dir)
+        recorded = (state.get("attnlab") or {}).get("settings") or {}  # the checkpoint's one copy of its settings
+        diff = checkpoints.differing_keys(recorded, {"model": _plain(run_cfg, "model", folder),
+                                                     "attention": _plain(run_cfg, "attention", folder)})
+        if recorded and diff:
+            raise ConfigError(f"run={run}: checkpoint {ckpt.name} was trained with other settings than {folder}'s "
+                              f"config says ({', '.join(diff)}); the folder was altered or the file belongs elsewhere")
         saved = state.get("attnlab", {}).get("tokenizer")
         if saved and saved != tokenizer.fingerprint:
             raise ConfigError(f"run={run}: checkpoint {ckpt.name} was trained with another tokenizer than the one in "

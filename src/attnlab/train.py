@@ -91,12 +91,18 @@ def build_loggers(cfg: DictConfig, resume_id: str | None) -> list:
     return loggers
 
 
-def load_initial_weights(model: LitGPT, path: str) -> None:
+def load_initial_weights(model: LitGPT, path: str, settings: dict) -> None:
     """init_from=<ckpt>: start from a checkpoint's weights (e.g. another attention type's), with a fresh
-    optimizer, schedule and step count."""
+    optimizer, schedule and step count. The checkpoint's own settings say first whether its weights can fit."""
     try:
-        state = checkpoints.safe_load(path)["state_dict"]
-        model.load_state_dict(state, strict=True)
+        loaded = checkpoints.safe_load(path)
+        saved = (loaded.get("attnlab") or {}).get("settings") or {}
+        shape_keys = ("n_layer", "n_head", "d_model", "d_ff", "context", "bias", "tie_weights", "positions")
+        diff = [f"model.{k}={saved['model'][k]!r} there, {settings['model'].get(k)!r} here" for k in shape_keys
+                if "model" in saved and k in saved["model"] and saved["model"][k] != settings["model"].get(k)]
+        if diff:
+            raise ConfigError(f"init_from={path}: its weights do not fit this model ({'; '.join(diff)})")
+        model.load_state_dict(loaded["state_dict"], strict=True)
     except checkpoints.CheckpointError as e:
         raise ConfigError(str(e)) from e
     except RuntimeError as e:
@@ -203,7 +209,7 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
                    run_info={"run_key": key, "settings": checkpoints.settings_of(cfg),
                              "tokenizer": tokenizer.fingerprint})
     if cfg.get("init_from"):
-        load_initial_weights(model, str(cfg.init_from))
+        load_initial_weights(model, str(cfg.init_from), checkpoints.settings_of(cfg))
     device = run_device(cfg)
     log.info("model: %.2fM parameters, %s attention, backend %s on %s (%s)", model.model.num_params() / 1e6,
              attention.name, attention.resolved_backend(device), device, attention.describe())
