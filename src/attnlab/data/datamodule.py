@@ -14,8 +14,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from attnlab.data import cache
-from attnlab.data.corpus import (SPLITS, DataError, fingerprint, hub_splits, shakespeare_choice, shakespeare_fingerprint,
-                                 shakespeare_splits, text_file_splits)
+from attnlab.data import sources
+from attnlab.data.corpus import SPLITS, DataError
 from attnlab.data.tokenizers import build_tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -146,22 +146,9 @@ class TextDataModule(L.LightningDataModule):
 
     # -- preparing the token arrays (once per corpus x tokenizer x settings, then cached) --------------
     def _corpus(self) -> tuple[str, Callable[[], dict[str, list[str]]], dict]:
-        """(a fingerprint of the split text, a function that reads it, extra facts for the cache's meta.json).
-        The embedded plays are fingerprinted from their files, so a cache hit converts no Markdown."""
-        d = self.dataset_cfg
-        source = d.get("source")
-        if source == "shakespeare":
-            settings = (d.get("val_plays", 3), d.get("test_plays", 3), d.get("split_seed", 1234), d.get("train_plays"))
-            chosen = shakespeare_choice(*settings)
-            return shakespeare_fingerprint(chosen), lambda: shakespeare_splits(*settings)[0], {"plays": chosen}
-        if source == "hub":
-            splits = hub_splits(d["path"], d.get("hf_config"), str(self.cache_dir / "hf"), d.get("text_field", "text"))
-        elif source == "text_files":
-            splits = text_file_splits(d.get("path"), d.get("val_fraction", 0.05), d.get("test_fraction", 0.05),
-                                      d.get("split_seed", 1234))
-        else:
-            raise DataError(f"unknown dataset.source {source!r}; valid: ['hub', 'shakespeare', 'text_files']")
-        return fingerprint(splits), lambda: splits, {}
+        """(a key of the split text, a function that reads it, extra facts for the cache's meta.json), from the
+        dataset's source (``data/sources/``)."""
+        return sources.corpus(self.dataset_cfg, self.cache_dir)
 
     def prepare_data(self) -> None:
         self._load_or_build()

@@ -1,0 +1,66 @@
+"""JSON Lines: one document per line, its text in one field (``text_field``), from a .jsonl file, a folder of
+them or a glob. With 3 or more files the split is by file, else by document; both seeded by ``split_seed``."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import random
+from pathlib import Path
+
+from attnlab.data.corpus import DataError, fingerprint
+from attnlab.data.sources import Corpus
+
+
+def files_of(path) -> list[str]:
+    if not path:
+        raise DataError("dataset=jsonl needs dataset.path=<a .jsonl file, a folder or a glob>")
+    p = os.path.expanduser(str(path))
+    if os.path.isdir(p):
+        return sorted(glob.glob(os.path.join(p, "**", "*.jsonl"), recursive=True))
+    if any(c in p for c in "*?["):
+        return sorted(glob.glob(p, recursive=True))
+    return [p] if os.path.isfile(p) else []
+
+
+def documents(file: str, field: str) -> list[str]:
+    docs = []
+    with open(file, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError as e:
+                raise DataError(f"{file}:{n} is not a JSON object ({e.msg})") from None
+            if not isinstance(record, dict) or not isinstance(record.get(field), str):
+                keys = sorted(record) if isinstance(record, dict) else type(record).__name__
+                raise DataError(f"{file}:{n} has no text in dataset.text_field={field!r} (its keys: {keys})")
+            docs.append(record[field])
+    return docs
+
+
+def cut(items: list, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list]:
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n_val, n_test = max(1, round(val_fraction * len(items))), max(1, round(test_fraction * len(items)))
+    if n_val + n_test >= len(items):
+        raise DataError(f"{len(items)} documents are too few to hold out {n_val} for validation and {n_test} for test")
+    pick = lambda idx: [items[i] for i in sorted(idx)]  # noqa: E731 (the original order within a split)
+    return {"val": pick(order[:n_val]), "test": pick(order[n_val:n_val + n_test]), "train": pick(order[n_val + n_test:])}
+
+
+def corpus(settings: dict, cache_dir: Path) -> Corpus:
+    files = files_of(settings.get("path"))
+    if not files:
+        raise DataError(f"dataset.path={settings.get('path')!r} matches no .jsonl file")
+    field = settings.get("text_field", "text")
+    fractions = (settings.get("val_fraction", 0.05), settings.get("test_fraction", 0.05), settings.get("split_seed", 1234))
+    if len(files) >= 3:
+        splits = {s: [d for f in chosen for d in documents(f, field)] for s, chosen in cut(files, *fractions).items()}
+    else:
+        splits = cut([d for f in files for d in documents(f, field)], *fractions)
+    return Corpus(fingerprint(splits), lambda: splits, {})
+
+
+SOURCE = corpus
