@@ -185,3 +185,23 @@ def test_wandb_self_hosted_server_is_the_one_checked(monkeypatch):
 class _Closed:
     def close(self):
         pass
+
+
+def test_a_run_says_its_threads_and_warns_when_the_machine_is_busy(make_cfg, monkeypatch, caplog):
+    import logging
+    import os
+    from attnlab.train import set_threads
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(os, "getloadavg", lambda: (len(os.sched_getaffinity(0)) + 0.0, 0.0, 0.0))  # all busy
+        with caplog.at_level(logging.INFO):
+            set_threads(make_cfg(["mode=debug", "threads=2"]))
+        assert torch.get_num_threads() == 2 and "torch uses 2 CPU threads" in caplog.text
+        assert "this machine is busy" in caplog.text and "threads=1 matches what is free" in caplog.text
+        caplog.clear()
+        monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
+        with caplog.at_level(logging.INFO):
+            set_threads(make_cfg(["mode=debug", "threads=1"]))
+        assert "busy" not in caplog.text
+    finally:
+        torch.set_num_threads(before)

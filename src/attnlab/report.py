@@ -46,6 +46,12 @@ class Run:
     train_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, train ppl over the epoch)
     sample: dict | None = None  # the last validation's first sample (samples.jsonl)
 
+    @property
+    def short(self) -> str:
+        """The legend name: the attention type, and which job or folder (the overrides are in the table)."""
+        job = _job_number(self.folder)
+        return f"{self.attention} ({job if job is not None else self.folder.name})"
+
     def row(self) -> dict:
         d = asdict(self)
         d["run"] = self.label
@@ -224,6 +230,14 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
     return files
 
 
+def _plain_log_ticks(ax) -> None:
+    """Log-axis ticks as plain numbers (26.5, not 2.65×10¹)."""
+    from matplotlib.ticker import FuncFormatter
+    plain = FuncFormatter(lambda v, _: f"{v:g}")
+    ax.yaxis.set_major_formatter(plain)
+    ax.yaxis.set_minor_formatter(plain)
+
+
 def _plots(runs: list[Run], out: Path) -> dict[str, Path]:
     import matplotlib
     matplotlib.use("Agg")
@@ -240,12 +254,13 @@ def _plots(runs: list[Run], out: Path) -> dict[str, Path]:
     if curves:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
         for r in curves:
-            axes[0].plot([s for s, _, _ in r.val_curve], [p for _, _, p in r.val_curve], marker="o", label=r.label)
+            axes[0].plot([s for s, _, _ in r.val_curve], [p for _, _, p in r.val_curve], marker="o", label=r.short)
             timed = [(t, p) for _, t, p in r.val_curve if t is not None]
             if timed:
-                axes[1].plot(*zip(*timed), marker="o", label=r.label)
+                axes[1].plot(*zip(*timed), marker="o", label=r.short)
         for ax, xlabel in zip(axes, ["step", "training time (s)"]):
             ax.set_xlabel(xlabel), ax.set_ylabel("validation perplexity"), ax.set_yscale("log"), ax.grid(alpha=0.3)
+            _plain_log_ticks(ax)
         axes[0].legend(fontsize=7)
         fig.suptitle("validation perplexity per run")
         files["val_ppl"] = save(fig, out / "val_ppl.png")
@@ -253,10 +268,11 @@ def _plots(runs: list[Run], out: Path) -> dict[str, Path]:
     if trained:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for i, r in enumerate(trained):
-            ax.plot(*zip(*r.train_curve), "--", color=f"C{i}", label=f"{r.label}: train")
+            ax.plot(*zip(*r.train_curve), "--", color=f"C{i}", label=f"{r.short}: train")
             ax.plot([s for s, _, _ in r.val_curve], [p for _, _, p in r.val_curve], "-", color=f"C{i}",
-                    label=f"{r.label}: validation")
+                    label=f"{r.short}: validation")
         ax.set(xlabel="step", ylabel="perplexity", yscale="log", title="training (per epoch) and validation perplexity")
+        _plain_log_ticks(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         files["train_val"] = save(fig, out / "train_val.png")

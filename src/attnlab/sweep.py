@@ -91,9 +91,10 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}"[:500]
 
 
-def write_status(output_dir: str | Path, status: str, step: int, started: float, reason: str = "") -> None:
+def write_status(output_dir: str | Path, status: str, step: int, started: float, reason: str = "",
+                 metrics: dict | None = None) -> None:
     """How the run ended; ``started`` is its ``time.time()`` at start (the start and end times show which jobs of
-    a parallel sweep ran at once)."""
+    a parallel sweep ran at once); ``metrics``: the run's final numbers (val/ppl_best, test/ppl, ...)."""
     path = Path(output_dir) / STATUS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     ended = time.time()
@@ -101,7 +102,8 @@ def write_status(output_dir: str | Path, status: str, step: int, started: float,
     tmp.write_text(json.dumps({"status": status, "reason": reason, "step": step,
                                "wall_seconds": round(ended - started, 1),
                                "started": datetime.fromtimestamp(started).isoformat(timespec="milliseconds"),
-                               "ended": datetime.fromtimestamp(ended).isoformat(timespec="milliseconds")},
+                               "ended": datetime.fromtimestamp(ended).isoformat(timespec="milliseconds"),
+                               **({"metrics": metrics} if metrics else {})},
                               indent=1))
     tmp.replace(path)
 
@@ -225,7 +227,9 @@ class SweepSummary(Callback):
         failed = [(d, s) for d, s in statuses if s["status"] != "finished"]
         lines = [f"sweep {sweep_dir}: {len(statuses) - len(failed)} finished, {len(failed)} failed"]
         for d, s in statuses:
-            lines.append(f"  {s['status']:>8}  step {s['step']:>6}  {s['wall_seconds']:>7.1f}s  {d.relative_to(sweep_dir)}"
+            best = (s.get("metrics") or {}).get("val/ppl_best")
+            best = f"val ppl {best:8.3f}" if isinstance(best, (int, float)) else " " * 16
+            lines.append(f"  {s['status']:>8}  step {s['step']:>6}  {s['wall_seconds']:>7.1f}s  {best}  {d.relative_to(sweep_dir)}"
                          + (f"\n            {s['reason']}" if s["reason"] else ""))
         results = sweep_dir / "optimization_results.yaml"  # written by the Optuna sweeper
         if results.exists():

@@ -117,7 +117,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     started, progress, error, interrupted = time.time(), {}, None, False
     try:
         with sweep.cpu_share(), ddp.job():
-            return _train(cfg, progress)
+            metrics = _train(cfg, progress)
+            progress["metrics"] = metrics
+            return metrics
     except BaseException as e:
         error, trainer = e, progress.get("trainer")
         # Lightning turns Ctrl-C into SystemExit(1), after the callbacks' on_exception (last.ckpt is saved)
@@ -133,7 +135,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         reason = (f"stopped by an interrupt (Ctrl-C or SIGTERM) at step {step}; ckpt_path=last resumes it"
                   if interrupted else sweep.one_line(error) if error else "")
         if rank_zero_only.rank == 0:  # under DDP every rank runs train(); one of them records the outcome
-            sweep.write_status(cfg.paths.output_dir, status, step, started, reason)
+            final = {k: round(v, 6) for k, v in (progress.get("metrics") or {}).items() if k in SUMMARY_METRICS}
+            sweep.write_status(cfg.paths.output_dir, status, step, started, reason, final)
+            if status == "finished":
+                log.info("%s", summary_table(cfg, final, step, time.time() - started))
             if error is not None and "model_parts" not in progress:
                 wandb_run.record_failed_job(cfg, reason)  # a sweep job with a bad config still gets its W&B run
         wandb_run.finish(failed=error is not None)
@@ -157,6 +162,41 @@ def versions() -> dict[str, str | None]:
             "attnlab": attnlab_version, "attnlab_commit": commit}
 
 
+SUMMARY_METRICS = ("val/ppl_best", "val/ppl", "val/bpb", "test/ppl", "test/bpb", "throughput/tokens_per_s")
+
+
+def summary_table(cfg: DictConfig, metrics: dict, step: int, seconds: float) -> str:
+    """The end of a run, in a few lines: what a person looks for first."""
+    fmt = lambda k: f"{metrics[k]:,.3f}" if k in metrics else "–"  # noqa: E731
+    rows = [("steps", f"{step:,}"), ("best val perplexity", fmt("val/ppl_best")),
+            ("final val perplexity", fmt("val/ppl")), ("val bits per byte", fmt("val/bpb")),
+            ("test perplexity", fmt("test/ppl")), ("test bits per byte", fmt("test/bpb")),
+            ("training tokens/s", f"{metrics['throughput/tokens_per_s']:,.0f}" if "throughput/tokens_per_s" in metrics
+             else "–"), ("wall time", f"{seconds:,.1f} s"),
+            ("checkpoints", str(Path(cfg.paths.output_dir) / checkpoints.CHECKPOINT_DIR))]
+    width = max(len(k) for k, _ in rows)
+    return "run finished:\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
+
+
+def set_threads(cfg: DictConfig) -> None:
+    """Apply ``threads``, say how many CPU threads torch uses, and warn when the machine's load leaves fewer free
+    cores than that: every step then waits for the busiest thread (a 2-hour estimate instead of 12 minutes)."""
+    import os
+    if sweep.parallel_jobs() > 1:  # cpu_share pinned this job and set its threads
+        return
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    threads = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    log.info("torch uses %d CPU threads on %d cores (threads=N to change)", threads, cores)
+    free = cores - load
+    if run_device(cfg) == "cpu" and free < threads - 0.5:
+        log.warning("this machine is busy: a load of %.1f on %d cores leaves about %.1f free for torch's %d threads, "
+                    "so each step waits for the slowest; threads=%d matches what is free (or stop the other work)",
+                    load, cores, max(free, 0.0), threads, max(1, int(free + 0.5)))
+
+
 def continue_in(cfg: DictConfig, folder: Path) -> None:
     """A resumed run writes into its own run folder (checkpoints, logs, status), not the new one Hydra made."""
     from omegaconf import open_dict
@@ -167,6 +207,7 @@ def continue_in(cfg: DictConfig, folder: Path) -> None:
 def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
     model_cfg, attention = build_model_parts(cfg)
     progress["model_parts"] = True
+    set_threads(cfg)
     if not attention.causal:
         log.warning("attention.causal=false: every position sees the token it is trained to predict, so the "
                     "next-token loss will collapse towards 0 without learning; bidirectional patterns are for "
