@@ -58,6 +58,7 @@ def bad_runs(trained_run, tmp_path_factory):
     state = checkpoints.safe_load(last)
     first = next(iter(state["state_dict"]))
     state["state_dict"][first] = torch.full_like(state["state_dict"][first], float("nan"))
+    state["attnlab"]["format"] = 1  # as written by attnlab before checkpoints carried a digest
     torch.save(state, last)
     prompt_dir = root / "prompts"
     prompt_dir.mkdir()

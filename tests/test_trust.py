@@ -341,3 +341,76 @@ def test_a_checkpoint_holds_its_settings_once(run_folder):
     assert set(state["attnlab"]["settings"]) == {"model", "attention"}
     assert state["attnlab"]["settings"]["attention"]["window"] == 8
     assert not {"model", "attention"} & set(state.get("hyper_parameters", {}))  # not a second, unread copy
+
+
+# found by an adversarial review: the ways around the checks above --------------------------------------------
+
+def _crafted(run_folder, tmp_path, edit) -> Path:
+    folder = copy_run(run_folder, tmp_path / "crafted")
+    config = folder / ".hydra" / "config.yaml"
+    cfg = yaml.safe_load(config.read_text())
+    edit(cfg)
+    config.write_text(yaml.safe_dump(cfg))
+    return folder
+
+
+@pytest.mark.parametrize("name,edit", [
+    ("resolver named by an interpolation", lambda c: c.update(x="unique_dir") or c["dataset"].update(name="${${x}:PWNED}")),
+    ("resolver behind a plain reference", lambda c: c.update(evil="${unique_dir:PWNED}") or c["data"].update(batch_size="${evil}")),
+    ("resolver in a top-level key that is read", lambda c: c.update(seed="${oc.env:HOME}")),
+])
+def test_no_interpolation_in_a_run_folder_reaches_a_resolver(run_folder, tmp_path, monkeypatch, name, edit):
+    monkeypatch.chdir(tmp_path)
+    folder = _crafted(run_folder, tmp_path, edit)
+    with pytest.raises(ConfigError, match=r"run folder .*(resolver|interpolation)"):
+        runs.load_run(str(folder), str(tmp_path / "cache"))
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_yaml_aliases_in_a_run_folder_are_refused_before_they_expand(run_folder, tmp_path):
+    folder = copy_run(run_folder, tmp_path / "bomb")
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]  # 10^9 items if expanded
+    with open(folder / ".hydra" / "config.yaml", "a") as f:
+        f.write("\n".join(lines) + "\n")
+    started = time.time()
+    with pytest.raises(ConfigError, match=r"anchors or aliases"):
+        runs.load_run(str(folder), str(tmp_path / "cache"))
+    assert time.time() - started < 30
+
+
+def test_a_crafted_dataset_setting_is_one_line(run_folder, tmp_path):
+    folder = _crafted(run_folder, tmp_path, lambda c: c["dataset"].update(val_plays="abc"))
+    with pytest.raises(ConfigError, match=r"its config has dataset.val_plays='abc'; it must be an integer"):
+        runs.load_run(str(folder), str(tmp_path / "cache"))
+
+
+def test_the_checksum_covers_every_value_and_cannot_be_dropped(tmp_path):
+    io, path = checkpoints.CheckpointIO(), tmp_path / "last.ckpt"
+    state = {"state_dict": {"w": torch.ones(3)}, "global_step": 7, "attnlab": {"format": checkpoints.FORMAT},
+             "optimizer_states": [{"param_groups": [{"lr": 0.001}]}]}
+    io.save_checkpoint(state, path)
+    data = path.read_bytes()
+    import struct
+    lr = struct.pack(">d", 0.001)  # pickle writes a float as a big-endian double
+    assert data.count(lr) == 1
+    path.write_bytes(data.replace(lr, struct.pack(">d", 5e304)))  # one exponent's worth of flipped bits
+    with pytest.raises(checkpoints.CheckpointError, match=r"is damaged \(its contents do not match"):
+        checkpoints.safe_load(path)
+    loaded = torch.load(tmp_path / "last.ckpt", weights_only=True)  # the damaged one, digest and all
+    loaded.pop(checkpoints.DIGEST_KEY)
+    torch.save(loaded, path)
+    with pytest.raises(checkpoints.CheckpointError, match=r"its checksum is missing"):
+        checkpoints.safe_load(path)
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda s: s.update(attnlab=["x"]), r"'attnlab' record is not a mapping"),
+    (lambda s: s.update(state_dict=[1, 2]), r"state_dict is not a mapping of names to tensors"),
+])
+def test_a_checkpoint_of_the_wrong_shape_is_one_line(tmp_path, edit, message):
+    state = {"state_dict": {"w": torch.ones(3)}, "attnlab": {}}
+    edit(state)
+    torch.save(state, tmp_path / "odd.ckpt")
+    with pytest.raises(checkpoints.CheckpointError, match=message):
+        checkpoints.safe_load(tmp_path / "odd.ckpt")

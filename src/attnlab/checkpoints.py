@@ -32,7 +32,8 @@ log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
 CHECKPOINT_DIR = "checkpoints"  # inside the run folder, always: nothing records where that folder is
-DIGEST_KEY = "attnlab_digest"  # the checkpoint's own SHA-256 of its tensors
+DIGEST_KEY = "attnlab_digest"  # the checkpoint's own SHA-256 of its contents
+FORMAT = 2  # checkpoint["attnlab"]["format"]; from 2 on every checkpoint carries its digest
 # config keys that say where a run writes or how it was started, not what it trains
 NOT_IN_RUN_KEY = ("ckpt_path", "init_from", "paths", "hydra", "logger", "test_after_fit", "tags", "optimized_metric")
 
@@ -69,15 +70,25 @@ def safe_load(path: str | Path) -> dict:
                               f"attnlab or start a new run") from None
     if not isinstance(state, dict) or "state_dict" not in state:
         raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint (no state_dict)")
+    weights = state["state_dict"]
+    if not isinstance(weights, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                                for k, v in weights.items()):
+        raise CheckpointError(f"checkpoint {path} is not a Lightning checkpoint (its state_dict is not a mapping of "
+                              f"names to tensors)")
+    if not isinstance(state.get("attnlab", {}), dict):
+        raise CheckpointError(f"checkpoint {path} is damaged (its 'attnlab' record is not a mapping)")
     saved = state.pop(DIGEST_KEY, None)
+    if saved is None and (state.get("attnlab") or {}).get("format", 1) >= FORMAT:
+        raise CheckpointError(f"checkpoint {path} is damaged (its checksum is missing)")
     if saved is not None and saved != tensor_digest(state):
-        raise CheckpointError(f"checkpoint {path} is damaged (its tensors do not match the checksum written with "
+        raise CheckpointError(f"checkpoint {path} is damaged (its contents do not match the checksum written with "
                               f"them: the file changed on disk); use another checkpoint of the run or start again")
     return state
 
 
 def tensor_digest(obj) -> str:
-    """SHA-256 over every tensor in a (nested) checkpoint, with the key path, dtype and shape of each."""
+    """SHA-256 over the whole checkpoint: every tensor's bytes, dtype and shape, and every other value (step
+    counts, optimizer settings, scores) by its exact repr, each with its key path."""
     h = hashlib.sha256()
 
     def walk(o, where: str) -> None:
@@ -91,8 +102,13 @@ def tensor_digest(obj) -> str:
                 if k != DIGEST_KEY:
                     walk(o[k], f"{where}/{k}")
         elif isinstance(o, (list, tuple)):
+            h.update(f"{where}:{type(o).__name__}{len(o)};".encode())
             for i, v in enumerate(o):
                 walk(v, f"{where}[{i}]")
+        elif isinstance(o, (set, frozenset)):  # no fixed order: hash them sorted
+            h.update(f"{where}={type(o).__name__}:{sorted(map(repr, o))!r};".encode())
+        else:
+            h.update(f"{where}={type(o).__name__}:{o!r};".encode())
     walk(obj, "")
     return h.hexdigest()
 

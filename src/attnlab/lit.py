@@ -166,7 +166,8 @@ class LitGPT(L.LightningModule):
     # -- checkpoints say which run they belong to, and carry what a resume must not forget ---------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         best = float(self.val_ppl_best.compute()) if self.val_ppl_best.update_called else None
-        checkpoint["attnlab"] = {**self.run_info, "wandb_run_id": self.wandb_run_id, "val_ppl_best": best}
+        checkpoint["attnlab"] = {**self.run_info, "wandb_run_id": self.wandb_run_id, "val_ppl_best": best,
+                                 "format": 2}  # checkpoints.FORMAT: a digest is required
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         best = checkpoint.get("attnlab", {}).get("val_ppl_best")

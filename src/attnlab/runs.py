@@ -12,14 +12,13 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
 
-from attnlab import checkpoints
+from attnlab import checkpoints, plain_yaml
 from attnlab.attention import build_attention
 from attnlab.lit import LitGPT
 from attnlab.model import GPTConfig
 from attnlab.data.tokenizers import load_tokenizer
-from attnlab.schema import ConfigError, Number, check_fields
+from attnlab.schema import ConfigError, Number, check_fields, rule_for
 
 log = logging.getLogger(__name__)
 
@@ -82,22 +81,21 @@ def _walk(node, where: str):
             yield from _walk(v, f"{where}[{i}]")
 
 
-def read_run_config(folder: Path) -> DictConfig:
-    """A run folder's ``.hydra/config.yaml`` as plain values. Only the sections a model and its data need are
-    read; any instantiation key or resolver call in them is refused in one line (a run folder someone sent
-    you must not choose what is called)."""
+def read_run_config(folder: Path) -> dict:
+    """A run folder's ``.hydra/config.yaml`` as plain values (``plain_yaml``: no tags, no aliases, no resolvers).
+    Only the sections a model and its data need are read; any instantiation key in them is refused in one line
+    (a run folder someone sent you must not choose what is called)."""
     path = folder / ".hydra" / "config.yaml"
     try:
-        cfg = OmegaConf.load(path)
-    except Exception as e:  # YAML errors, unreadable file
+        cfg = plain_yaml.load(path)
+    except (OSError, UnicodeDecodeError, plain_yaml.PlainYAMLError) as e:
         raise ConfigError(f"run folder {folder}: {path.name} cannot be read ({one_line(e)})") from None
-    if not isinstance(cfg, DictConfig):
+    if not isinstance(cfg, dict):
         raise ConfigError(f"run folder {folder}: .hydra/config.yaml is not a mapping of settings")
     for section in READ_SECTIONS:
-        if not isinstance(cfg.get(section), DictConfig):
+        if not isinstance(cfg.get(section), dict):
             raise ConfigError(f"run folder {folder}: .hydra/config.yaml has no {section} settings")
-        raw = OmegaConf.to_container(cfg[section], resolve=False)
-        for where, key, value in _walk(raw, section):
+        for where, key, value in _walk(cfg[section], section):
             if key in CODE_KEYS and not (where == "data._target_" and value == LEGACY_DATA_TARGET):
                 raise ConfigError(f"run folder {folder}: its config sets {where}={value!r}; a run folder's config is "
                                   f"read as plain values and never chooses what code runs, so it is refused")
@@ -107,12 +105,13 @@ def read_run_config(folder: Path) -> DictConfig:
     return cfg
 
 
-def _plain(cfg: DictConfig, key: str, folder: Path):
+def _plain(cfg: dict, key: str, folder: Path):
+    """The value of ``key`` (dotted) with plain references followed; anything else is refused in one line."""
     try:
-        value = OmegaConf.select(cfg, key, throw_on_missing=True)
-        return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
-    except Exception as e:
-        raise ConfigError(f"run folder {folder}: setting {key} in its config cannot be read ({one_line(e)})") from None
+        return plain_yaml.resolve(plain_yaml.lookup(cfg, key), cfg, key)
+    except plain_yaml.PlainYAMLError as e:
+        raise ConfigError(f"run folder {folder}: setting {key} in its config cannot be read as a plain value "
+                          f"({one_line(e)})") from None
 
 
 RUN_DATA_RULES = {"data.batch_size": Number(int, low=1), "data.eval_batch_size": Number(int, low=1, nullable=True),
@@ -123,7 +122,7 @@ RUN_DATA_RULES = {"data.batch_size": Number(int, low=1), "data.eval_batch_size":
 class Run:
     folder: Path
     checkpoint: Path
-    cfg: DictConfig  # the run's own config, as read (plain values; see read_run_config)
+    cfg: dict  # the run's own config, as read (plain values; see read_run_config)
     model: LitGPT  # weights loaded, on the CPU
     tokenizer: object  # the run's own tokenizer (from its folder)
     settings: dict  # the run's dataset, tokenizer and data settings, checked
@@ -180,11 +179,21 @@ def load_run(run: str, cache_dir: str, outputs_root: str | Path = "outputs") -> 
     model_cfg = {k: v for k, v in _plain(run_cfg, "model", folder).items() if k != "name"}
     settings = {"dataset": _plain(run_cfg, "dataset", folder), "tokenizer": _plain(run_cfg, "tokenizer", folder)}
     for key, rule in RUN_DATA_RULES.items():
-        value = _plain(run_cfg, key, folder) if OmegaConf.select(run_cfg, key, default=None) is not None else \
-            (None if rule.nullable else 0)
+        try:
+            plain_yaml.lookup(run_cfg, key)
+            value = _plain(run_cfg, key, folder)
+        except plain_yaml.PlainYAMLError:
+            value = None if rule.nullable else 0
         if rule.problem(value):
             raise ConfigError(f"run folder {folder}: its config has {key}={value!r}; it must be {rule.allowed()}")
         settings[key.split(".")[-1]] = value
+    for group in ("dataset", "tokenizer"):  # the same rules as a training command line
+        if not isinstance(settings[group], dict):
+            raise ConfigError(f"run folder {folder}: its {group} settings are not a mapping")
+        for k, v in settings[group].items():
+            rule = rule_for(f"{group}.{k}")
+            if rule is not None and rule.problem(v):
+                raise ConfigError(f"run folder {folder}: its config has {group}.{k}={v!r}; it must be {rule.allowed()}")
     try:
         check_fields(GPTConfig, model_cfg, "model")
         attention = build_attention(_plain(run_cfg, "attention", folder))

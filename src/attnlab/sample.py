@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from attnlab import runs
 from attnlab import schema
@@ -89,7 +89,8 @@ def sample(cfg: DictConfig) -> list[str]:
     loaded = runs.load_run(cfg.run, cfg.paths.cache_dir, cfg.paths.outputs_root)
     tokenizer = loaded.tokenizer
     ids = encode_prompt(tokenizer, prompt)
-    precision = (OmegaConf.to_container(loaded.cfg, resolve=False).get("trainer") or {}).get("precision", 32)
+    trainer = loaded.cfg.get("trainer") if isinstance(loaded.cfg.get("trainer"), dict) else {}
+    precision = trainer.get("precision", 32)
     device, autocast, dtype = device_and_autocast(cfg.device, str(precision))  # a raw value, never resolved
     model = loaded.model.model.to(device).eval()
     log.info("sampling from %s (%s attention, %s positions) on %s in %s, %s", loaded.checkpoint,
