@@ -71,8 +71,9 @@ SAMPLE_CASES = [  # (overrides, message); {run}, {diverged}, {prompts} are fille
     (["run={run}", "escapes=2"], "escapes=2 must be true or false"),
     (["run={run}", "max_new_tokens=0"], "max_new_tokens=0 must be an integer >= 1"),
     (["run={run}", "num_samples=-3"], "num_samples=-3 must be an integer >= 1"),
-    (["run={run}", "temperature=0"], "temperature=0 must be a number > 0"),
-    (["run={run}", "temperature=hot"], "temperature='hot' must be a number > 0"),
+    (["run={run}", "temperature=0"], "temperature=0 must be a number >= 0.001"),
+    (["run={run}", "temperature=1e-300"], "temperature=1e-300 must be a number >= 0.001"),
+    (["run={run}", "temperature=hot"], "temperature='hot' must be a number >= 0.001"),
     (["run={run}", "top_k=0"], "top_k=0 must be an integer >= 1, or null"),
     (["run={run}", "seed=-1"], "seed=-1 must be an integer in [0, 4294967295]"),
     (["run={run}", "device=tpu"], "device='tpu' must be one of ['auto', 'cpu', 'cuda']"),
@@ -153,7 +154,7 @@ def test_a_bad_value_in_a_sample_sweep_is_recorded_and_the_sweep_goes_on(tmp_pat
                         "temperature=0.5,-1"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     out = r.stdout + r.stderr
     assert r.returncode == 1 and "1 finished, 1 failed" in out and "Traceback" not in out, out[-3000:]
-    assert "temperature=-1 must be a number > 0" in out
+    assert "temperature=-1 must be a number >= 0.001" in out
 
 
 @pytest.mark.subprocess
@@ -164,3 +165,36 @@ def test_zero_parallel_jobs_is_refused_in_one_line(tmp_path):
     out = r.stdout + r.stderr
     assert r.returncode == 2 and "hydra.launcher.n_jobs=0 must be an integer >= 1" in out and "Traceback" not in out, \
         out[-3000:]
+
+
+def test_report_on_non_finite_steps_and_odd_folder_names_keeps_going(tmp_path, trained_run):
+    sweep_dir = tmp_path / "sweep"
+    sweep_dir.mkdir()
+    (sweep_dir / "multirun.yaml").write_text("{}\n")
+    odd = sweep_dir / "²-a"
+    shutil.copytree(trained_run, odd)
+    metrics = odd / "csv" / "metrics.csv"
+    lines = metrics.read_text().splitlines()
+    header = lines[0].split(",")
+    step = header.index("step")
+    metrics.write_text("\n".join([lines[0]] + [",".join("nan" if i == step else v for i, v in enumerate(l.split(",")))
+                                               for l in lines[1:]]) + "\n")
+    [row], _ = report([str(sweep_dir)], str(tmp_path / "out"))
+    assert "metrics.csv unreadable" in row.status and row.label == "²-a"
+
+
+def test_ctrl_c_in_evaluate_is_exit_130(monkeypatch, tmp_path, trained_run):
+    import signal
+    from attnlab.lit import LitGPT
+
+    def interrupted(self, batch, batch_idx):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(LitGPT, "test_step", interrupted)
+    cfg = command_cfg("evaluate", [f"run={trained_run}", "limit_batches=2"], tmp_path / "out")
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run_task(evaluate, cfg)
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+    assert exit_info.value.code == 130

@@ -97,7 +97,7 @@ def test_cached_and_recomputed_greedy_samples_agree(trained, tmp_path):
 
 @pytest.mark.parametrize("override,message", [
     ({"max_new_tokens": 0}, "max_new_tokens=0 must be an integer >= 1"),
-    ({"temperature": 0}, "temperature=0 must be a number > 0"),
+    ({"temperature": 0}, "temperature=0 must be a number >= 0.001"),
     ({"top_k": 0}, "top_k=0 must be an integer >= 1, or null"),
     ({"prompt": "'ROMEO§'"}, r"has characters the run's tokenizer does not know: \['§'\]"),
     ({"device": "tpu"}, "device='tpu' must be one of"),
@@ -111,7 +111,7 @@ def test_bad_sampling_settings_name_the_value(trained, tmp_path, override, messa
 def test_bad_sampling_setting_exits_2(trained):
     root, folder = trained
     out = run("sample.py", f"run={folder}", "temperature=-1", cwd=root, expect=2)
-    assert "temperature=-1.0 must be a number > 0" in out or "temperature=-1 must be a number > 0" in out
+    assert "temperature=-1.0 must be a number >= 0.001" in out or "temperature=-1 must be a number >= 0.001" in out
 
 
 def test_a_run_folder_without_checkpoint_or_with_another_model_is_refused(trained, tmp_path):

@@ -414,3 +414,49 @@ def test_a_checkpoint_of_the_wrong_shape_is_one_line(tmp_path, edit, message):
     torch.save(state, tmp_path / "odd.ckpt")
     with pytest.raises(checkpoints.CheckpointError, match=message):
         checkpoints.safe_load(tmp_path / "odd.ckpt")
+
+
+def test_a_copy_resumes_its_furthest_checkpoint_whatever_the_file_times(make_cfg, tmp_path):
+    cfg = make_cfg(["ckpt_path=last"], "resuming")
+    key, settings = checkpoints.run_key(cfg), checkpoints.settings_of(cfg)
+    folder = tmp_path / "copied-run"
+    (folder / "checkpoints").mkdir(parents=True)
+    checkpoints.write_run_file(folder, key)
+    for name, step in (("last.ckpt", 30), ("step000024-val_ppl54.76.ckpt", 24)):
+        checkpoints.CheckpointIO().save_checkpoint({"state_dict": {}, "global_step": step,
+                                                    "attnlab": {"run_key": key, "settings": settings}},
+                                                   folder / "checkpoints" / name)
+    os.utime(folder / "checkpoints" / "step000024-val_ppl54.76.ckpt")  # copied second: the newer file time
+    resume = checkpoints.resolve(cfg)
+    assert Path(resume.path).name == "last.ckpt" and resume.state["global_step"] == 30
+
+
+def test_a_refused_resume_leaves_the_run_folder_as_it_was(make_cfg, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat on the mat.\n" * 400)
+    args = [*FAST, "dataset=text_files", f"dataset.path={text}", "data.batch_size=4", "trainer.log_every_n_steps=1"]
+    first = make_cfg(args, "first")
+    train(first)
+    folder = Path(first.paths.output_dir)
+    before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+    text.write_text("QXZ! brand new characters everywhere\n" * 400)
+    again = make_cfg([*args, f"ckpt_path={folder}"], "second")
+    with pytest.raises(ConfigError, match=r"another tokenizer"):
+        train(again)
+    assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    assert json.loads((Path(again.paths.output_dir) / "status.json").read_text())["status"] == "failed"
+
+
+def test_a_resumed_sweep_job_is_in_the_sweep_summary_and_report_skips_its_pointer_folder(make_cfg, monkeypatch):
+    from attnlab.report import find_runs
+    args = [*FAST, *STOPPABLE, "trainer.limit_train_batches=8", "callbacks.last_checkpoint.every_n_train_steps=2"]
+    first = make_cfg(args, "2026-01-01_00-00-00")
+    monkeypatch.setenv("ATTNLAB_TEST_STOP_AT", "4:crash")
+    with pytest.raises(RuntimeError):
+        train(first)
+    monkeypatch.delenv("ATTNLAB_TEST_STOP_AT")
+    again = make_cfg([*args, "ckpt_path=last"], "2026-01-01_01-00-00")
+    train(again)
+    pointer = json.loads((Path(first.paths.output_dir).parent / "2026-01-01_01-00-00" / "status.json").read_text())
+    assert pointer["status"] == "finished" and pointer["continued_in"] == "../2026-01-01_00-00-00"
+    assert find_runs([str(Path(first.paths.output_dir).parent)]) == [Path(first.paths.output_dir)]

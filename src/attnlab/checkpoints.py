@@ -182,10 +182,21 @@ def read_run_file(folder: str | Path) -> dict:
     return info if isinstance(info, dict) else {}
 
 
+def step_of(path: Path) -> int:
+    """The training step a checkpoint holds, read without loading its tensors (-1 when unreadable)."""
+    try:
+        with torch.serialization.safe_globals(_safe_globals()):
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        return int(state.get("global_step", -1)) if isinstance(state, dict) else -1
+    except Exception:
+        return -1
+
+
 def checkpoints_in(folder: str | Path) -> list[Path]:
-    """A run folder's checkpoints, newest first (last.ckpt first among equal times)."""
+    """A run folder's checkpoints, furthest trained first (by the step inside, not the file time, which a copy
+    resets; last.ckpt first at equal steps); unreadable ones last."""
     ckpts = [p for p in (Path(folder) / CHECKPOINT_DIR).glob("*.ckpt") if p.is_file()]
-    return sorted(ckpts, key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True)
+    return sorted(ckpts, key=lambda p: (step_of(p), p.name == "last.ckpt", p.stat().st_mtime), reverse=True)
 
 
 def runs_for(key: str, outputs_root: str | Path) -> list[Path]:
@@ -255,6 +266,16 @@ def resolve(cfg: DictConfig) -> Resume | None:
             raise CheckpointError(f"ckpt_path={ckpt}: no such file or run folder")
         folder = _run_folder_of(paths[0])
     state, errors = None, []
+    if len(paths) > 1:  # unreadable files are ranked last; say so now, the next newest is taken
+        readable = [p for p in paths if step_of(p) >= 0]
+        for p in paths:
+            if p not in readable:
+                try:
+                    safe_load(p)
+                except CheckpointError as e:
+                    log.warning("%s; trying the next newest checkpoint of this run", e)
+                    errors.append(str(e))
+        paths = readable or paths
     for path in paths:
         try:
             state = safe_load(path)

@@ -45,7 +45,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = build_trainer(cfg.trainer, **{f"limit_{cfg.split}_batches": limit} if limit is not None else {})
     run = trainer.validate if cfg.split == "val" else trainer.test
     with ddp.job():
-        [metrics] = run(model, datamodule=datamodule, verbose=False)
+        try:
+            [metrics] = run(model, datamodule=datamodule, verbose=False)
+        except SystemExit:
+            if trainer.interrupted:  # Lightning turns Ctrl-C into SystemExit(1): report it as the interrupt it is
+                raise KeyboardInterrupt from None
+            raise
     if not all(math.isfinite(float(v)) for v in metrics.values()):
         raise ConfigError(f"run={cfg.run}: the {cfg.split} loss of {ckpt.name} is not finite ({dict(metrics)}); "
                           f"the checkpoint's weights are broken")

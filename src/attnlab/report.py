@@ -66,13 +66,22 @@ def find_runs(paths: list[str]) -> list[Path]:
         for m in matches:
             if not m.exists():
                 raise ConfigError(f"{pattern}: no such folder")
-            folders |= {c.parent.parent for c in m.glob("**/.hydra/config.yaml")}
+            folders |= {c.parent.parent for c in m.glob("**/.hydra/config.yaml") if not _continued(c.parent.parent)}
     return sorted(folders, key=lambda p: (p.parent, _job_number(p) or 0, p.name))
+
+
+def _continued(folder: Path) -> bool:
+    """A folder made by a command that resumed a run elsewhere (its status.json says where): not a run itself."""
+    try:
+        return bool(json.loads((folder / "status.json").read_text()).get("continued_in"))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _job_number(folder: Path) -> int | None:
     """A sweep job's number (its folder is <sweep>/<n>-<overrides>, beside multirun.yaml), else None."""
     head = folder.name.split("-")[0]
+    head = head if re.fullmatch(r"[0-9]+", head) else ""  # ASCII digits only ('²'.isdigit() is true)
     in_sweep = (folder.parent / "multirun.yaml").is_file() or (folder.parent.parent / "multirun.yaml").is_file()
     return int(head) if head.isdigit() and in_sweep else None
 
@@ -177,10 +186,12 @@ def read_run(folder: Path) -> Run:
 def _metric_rows(path: Path) -> list[dict]:
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    for r in rows:  # every value a number or empty, else the file is damaged
+    for r in rows:  # every value a number or empty, every step a finite number, else the file is damaged
         for k, v in r.items():
             if k is None or (v not in (None, "") and not _is_number(v)):
                 raise ValueError(f"{k}={v!r}")
+        if r.get("step") not in (None, "") and not math.isfinite(float(r["step"])):
+            raise ValueError(f"step={r['step']!r}")
     return rows
 
 

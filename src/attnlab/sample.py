@@ -31,7 +31,7 @@ RULES = {  # the schema's rule types (schema.py), for this command's own setting
     "use_cache": Flag(),
     "max_new_tokens": Number(int, low=1),
     "num_samples": Number(int, low=1),
-    "temperature": Number(float, low=0, low_open=True, meaning="top_k=1 is greedy"),
+    "temperature": Number(float, low=1e-3, meaning="top_k=1 is greedy; below 0.001 the scaled logits overflow"),
     "top_k": Number(int, low=1, nullable=True, meaning="null: no cut"),
     "seed": SEED,
     "device": Choice(DEVICES),

@@ -92,7 +92,7 @@ def one_line(error: BaseException) -> str:
 
 
 def write_status(output_dir: str | Path, status: str, step: int, started: float, reason: str = "",
-                 metrics: dict | None = None) -> None:
+                 metrics: dict | None = None, continued_in: str | None = None) -> None:
     """How the run ended; ``started`` is its ``time.time()`` at start (the start and end times show which jobs of
     a parallel sweep ran at once); ``metrics``: the run's final numbers (val/ppl_best, test/ppl, ...)."""
     path = Path(output_dir) / STATUS_FILE
@@ -103,7 +103,8 @@ def write_status(output_dir: str | Path, status: str, step: int, started: float,
                                "wall_seconds": round(ended - started, 1),
                                "started": datetime.fromtimestamp(started).isoformat(timespec="milliseconds"),
                                "ended": datetime.fromtimestamp(ended).isoformat(timespec="milliseconds"),
-                               **({"metrics": metrics} if metrics else {})},
+                               **({"metrics": metrics} if metrics else {}),
+                               **({"continued_in": continued_in} if continued_in else {})},
                               indent=1))
     tmp.replace(path)
 
@@ -229,7 +230,9 @@ class SweepSummary(Callback):
         for d, s in statuses:
             best = (s.get("metrics") or {}).get("val/ppl_best")
             best = f"val ppl {best:8.3f}" if isinstance(best, (int, float)) else " " * 16
-            lines.append(f"  {s['status']:>8}  step {s['step']:>6}  {s['wall_seconds']:>7.1f}s  {best}  {d.relative_to(sweep_dir)}"
+            where = d.relative_to(sweep_dir)
+            where = f"{where} (resumed run: {s['continued_in']})" if s.get("continued_in") else where
+            lines.append(f"  {s['status']:>8}  step {s['step']:>6}  {s['wall_seconds']:>7.1f}s  {best}  {where}"
                          + (f"\n            {s['reason']}" if s["reason"] else ""))
         results = sweep_dir / "optimization_results.yaml"  # written by the Optuna sweeper
         if results.exists():

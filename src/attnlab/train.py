@@ -137,6 +137,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if rank_zero_only.rank == 0:  # under DDP every rank runs train(); one of them records the outcome
             final = {k: round(v, 6) for k, v in (progress.get("metrics") or {}).items() if k in SUMMARY_METRICS}
             sweep.write_status(cfg.paths.output_dir, status, step, started, reason, final)
+            if "started_in" in progress:  # the folder this command made says where the run went on (a sweep's
+                import os                 # summary reads it); a relative path, so the tree can move
+                sweep.write_status(progress["started_in"], status, step, started, reason, final,
+                                   continued_in=os.path.relpath(cfg.paths.output_dir, progress["started_in"]))
             if status == "finished":
                 log.info("%s", summary_table(cfg, final, step, time.time() - started))
             if error is not None and "model_parts" not in progress:
@@ -217,31 +221,29 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
     except checkpoints.CheckpointError as e:
         raise ConfigError(str(e)) from e
     key = checkpoints.run_key(cfg)
-    resume_id = None
-    if resume:
-        if resume.folder is not None and Path(resume.folder).resolve() != Path(cfg.paths.output_dir).resolve():
-            log.info("resuming run %s from %s (step %s); its records continue in that folder (this one keeps only "
-                     "this command's log)", resume.folder, Path(resume.path).name, resume.state.get("global_step"))
-            continue_in(cfg, resume.folder)
-        else:
-            log.info("resuming from %s (step %s)", resume.path, resume.state.get("global_step"))
-        resume_id = resume.state.get("attnlab", {}).get("wandb_run_id")
-        csv_log.trim(cfg.paths.output_dir, int(resume.state.get("global_step", 0)))  # steps after it run again
-    if rank_zero_only.rank == 0:
-        checkpoints.write_run_file(cfg.paths.output_dir, key)
     L.seed_everything(cfg.seed, workers=True)
-
     datamodule = build_datamodule(cfg)
     datamodule.prepare_data()
     log.info("data: %s", {k: v for k, v in datamodule.info.items() if k != "plays"})
     tokenizer = datamodule.tokenizer
-    if resume:
+    resume_id = None
+    if resume:  # every check before anything is written into the run folder being resumed
         saved = resume.state.get("attnlab", {}).get("tokenizer")
         if saved and saved != tokenizer.fingerprint:
             raise ConfigError(f"ckpt_path={cfg.ckpt_path}: checkpoint {resume.path} was trained with another "
                               f"tokenizer (fingerprint {saved}, this data gives {tokenizer.fingerprint}): the "
                               f"training text or tokenizer settings changed; resume with the same data, or start "
                               f"from its weights with init_from=")
+        if resume.folder is not None and Path(resume.folder).resolve() != Path(cfg.paths.output_dir).resolve():
+            log.info("resuming run %s from %s (step %s); its records continue in that folder (this one keeps only "
+                     "this command's log)", resume.folder, Path(resume.path).name, resume.state.get("global_step"))
+            progress["started_in"] = str(cfg.paths.output_dir)
+            continue_in(cfg, resume.folder)
+        else:
+            log.info("resuming from %s (step %s)", resume.path, resume.state.get("global_step"))
+        resume_id = resume.state.get("attnlab", {}).get("wandb_run_id")
+        if rank_zero_only.rank == 0:
+            csv_log.trim(cfg.paths.output_dir, int(resume.state.get("global_step", 0)))  # steps after it run again
     if rank_zero_only.rank == 0:  # the run folder holds its own tokenizer: sample/evaluate need no corpus
         tokenizer.save(cfg.paths.output_dir)
     model = LitGPT(GPTConfig(**{**model_cfg, "vocab_size": datamodule.vocab_size}), attention,
