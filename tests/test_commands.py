@@ -198,3 +198,19 @@ def test_ctrl_c_in_evaluate_is_exit_130(monkeypatch, tmp_path, trained_run):
     finally:
         signal.signal(signal.SIGINT, sigint)
     assert exit_info.value.code == 130
+
+
+@pytest.mark.subprocess
+def test_the_attnlab_command_runs_the_tools_from_any_folder(tmp_path):
+    exe = Path(sys.executable).parent / "attnlab"
+    if not exe.exists():
+        pytest.skip("the console script is installed by pip install -e .")
+    r = subprocess.run([str(exe), "train", "mode=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+                        "test_after_fit=false", "logger=csv"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert list(tmp_path.glob("outputs/*/*/checkpoints/last.ckpt"))  # outputs under the current folder
+    r = subprocess.run([str(exe), "evaluate", "run=last", "batch_size=0"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == 2 and "batch_size=0 must be an integer >= 1" in r.stdout + r.stderr
+    r = subprocess.run([str(exe), "fly"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 2 and "must be one of ['train', 'sample', 'evaluate', 'report'], got 'fly'" in r.stderr

@@ -10,7 +10,7 @@ from attnlab.attention import ATTENTION_TYPES
 from conftest import ROOT, compose
 
 GROUPS = sorted(p.name for p in (ROOT / "conf").iterdir() if p.is_dir() and p.name != "hydra")
-NEEDS = {"text_files": ["dataset.path=/tmp/x.txt"]}  # a mandatory value the option leaves to the command line
+NEEDS = {"text_files": ["dataset.path=/tmp/x.txt"], "jsonl": ["dataset.path=/tmp/x.jsonl"]}  # a mandatory value the option leaves to the command line
 
 
 def every_option():
