@@ -106,3 +106,46 @@ def test_every_attention_setting_is_typed_by_its_dataclass():
         with pytest.raises(schema.ConfigError, match=r"attention.block_size='big' must be an integer"):
             from attnlab.attention import build_attention
             build_attention({"name": name, "block_size": "big"})
+
+
+# Wrong values written by hand, one per setting, not taken from the rules: a rule that is too loose fails here.
+HAND_WRITTEN = [
+    ("data.batch_size=0", "data.batch_size=0 must be"),
+    ("data.eval_batch_size=-1", "data.eval_batch_size=-1 must be"),
+    ("data.num_workers=-2", "data.num_workers=-2 must be"),
+    ("scheduler.warmup_steps=-5", "scheduler.warmup_steps=-5 must be"),
+    ("scheduler.min_lr_ratio=1.5", "scheduler.min_lr_ratio=1.5 must be"),
+    ("optimizer.weight_decay=-0.1", "optimizer.weight_decay=-0.1 must be"),
+    ("optimizer.betas=[0.9,1.0]", "optimizer.betas.1=1.0 must be"),
+    ("optimizer.eps=0", "optimizer.eps=0 must be"),
+    ("trainer.gradient_clip_val=0", "trainer.gradient_clip_val=0 must be"),
+    ("trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0 must be"),
+    ("trainer.precision=8", "trainer.precision=8 must be one of"),
+    ("trainer.val_check_interval=0", "trainer.val_check_interval=0 must be"),
+    ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps=0 must be"),
+    ("callbacks.last_checkpoint.every_n_minutes=0", "callbacks.last_checkpoint.every_n_minutes=0 must be"),
+    ("callbacks.best_checkpoint.save_top_k=-2", "callbacks.best_checkpoint.save_top_k=-2 must be"),
+    ("model.context=0", "model.context=0 must be >= 1"),
+    ("model.dropout=1.0", "model.dropout=1.0 must be in [0, 1)"),
+    ("model.positions=alibi", "model.positions='alibi'"),
+    ("model.bias=maybe", "model.bias='maybe' must be true or false"),
+    ("attention=sparse attention.stride=0", "attention.stride=0"),
+    ("attention=sparse attention.pattern_kind=diagonal", "attention.pattern_kind='diagonal'"),
+    ("attention=bigbird attention.random_blocks=-1", "attention.random_blocks"),
+    ("attention=longformer attention.dilation=0", "attention.dilation"),
+    ("attention=longformer attention.block_size=0", "attention.block_size must be >= 1, got 0"),
+    ("attention=full attention.backend=quantum", "'quantum'"),
+    ("tokenizer=bpe tokenizer.vocab_size=2.5", "tokenizer.vocab_size=2.5 must be"),
+    ("threads=0", "threads=0 must be"),
+    ("seed=1.5", "seed=1.5 must be"),
+    ("dataset.val_plays=-1", "dataset.val_plays=-1 must be"),
+]
+
+
+@pytest.mark.parametrize("override,message", HAND_WRITTEN, ids=[o for o, _ in HAND_WRITTEN])
+def test_a_hand_written_wrong_value_is_refused_in_one_line(override, message):
+    from attnlab.train import build_model_parts
+    cfg = compose(override.split())
+    with pytest.raises(schema.ConfigError) as error:
+        build_model_parts(cfg)
+    assert message in str(error.value) and "\n" not in str(error.value), str(error.value)

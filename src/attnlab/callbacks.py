@@ -183,6 +183,8 @@ class MemoryMonitor(L.Callback):
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
         self.rss_start = rss_bytes()
+        if pl_module.device.type != "cuda":  # torch, Lightning and the data before training: report.py subtracts it
+            log_now(trainer, {"memory/rss_before_training": float(self.rss_start)})
 
     def measured(self, pl_module) -> dict[str, float]:
         if pl_module.device.type == "cuda":

@@ -170,7 +170,8 @@ def read_run(folder: Path) -> Run:
         tps = sorted(v for _, v in _floats(rows, "throughput/tokens_per_s"))
         run.tokens_per_s = tps[len(tps) // 2] if tps else None  # the median: robust to the first, warm-up window
         peaks = [v for k in (rows[0].keys() if rows else []) if k.startswith("memory/peak") for _, v in _floats(rows, k)]
-        run.peak_memory_MiB = max(peaks) / 2 ** 20 if peaks else None
+        base = _floats(rows, "memory/rss_before_training")  # CPU: what the process held before training
+        run.peak_memory_MiB = (max(peaks) - (base[0][1] if base else 0)) / 2 ** 20 if peaks else None
         steps = [s for s, _ in _floats(rows, "train/loss")]
         run.steps = run.steps if run.steps is not None else (max(steps) + 1 if steps else None)
     samples = folder / "samples.jsonl"
@@ -295,7 +296,7 @@ def _plots(runs: list[Run], out: Path) -> dict[str, Path]:
         axes[0].bar(names, [r.tokens_per_s or 0 for r in bars], color="tab:blue")
         axes[0].set_ylabel("training tokens/s (median)")
         axes[1].bar(names, [r.peak_memory_MiB or 0 for r in bars], color="tab:orange")
-        axes[1].set_ylabel("peak memory (MiB)")
+        axes[1].set_ylabel("peak memory of training (MiB)\nCPU: above the process before training")
         for ax in axes:
             ax.tick_params(axis="x", labelsize=8), ax.grid(axis="y", alpha=0.3)
         fig.suptitle("cost per attention type (job number in brackets)")

@@ -9,7 +9,8 @@ from attnlab.attention.patterns import Pattern
 
 def _save(fig, path: str | Path) -> Path:
     import matplotlib.pyplot as plt
-    fig.tight_layout()
+    if fig.get_layout_engine() is None:
+        fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
@@ -46,7 +47,8 @@ def save_overview(path: str | Path, n: int = 64) -> Path:
     from attnlab.attention.registry import ATTENTION_TYPES, example_attention
     plt = _pyplot()
     names = list(ATTENTION_TYPES)
-    fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 7.0), squeeze=False)
+    # constrained layout keeps each row's three-line titles clear of the row above's axis labels
+    fig, axes = plt.subplots(2, len(names), figsize=(3.2 * len(names), 7.6), squeeze=False, layout="constrained")
     for col, name in enumerate(names):
         for row, causal in enumerate((True, False)):
             att = example_attention(name, n, causal=causal)
