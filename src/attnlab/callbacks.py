@@ -112,8 +112,8 @@ class InitLossCheck(L.Callback):
         self.batches, self.tolerance = batches, tolerance
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        if trainer.ckpt_path is not None or trainer.datamodule is None:
-            return  # a resumed run is not at initialisation
+        if trainer.ckpt_path is not None or trainer.datamodule is None or getattr(pl_module, "initialised_from", None):
+            return  # a resumed run, or one started from pretrained weights, is not at initialisation
         x, y = next(iter(trainer.datamodule.train_dataloader()))
         was_training = pl_module.training
         pl_module.eval()

@@ -16,6 +16,7 @@ from attnlab.attention import AttentionType, build_attention
 from attnlab.kv_cache import KVCache, LayerCache
 
 POSITIONS = ("learned", "rope")
+ACTIVATIONS = {"gelu": lambda x: F.gelu(x), "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}  # gelu_tanh: GPT-2's
 
 
 @dataclass
@@ -32,6 +33,8 @@ class GPTConfig:
     positions: str = "learned"  # learned: a table of `context` positions (GPT-2); rope: rotary (Su et al. 2021),
     #   relative, no table, so a KV cache can stream past the context (Longformer at constant memory)
     rope_base: float = 10000.0  # rotary's base wavelength (RoFormer's value)
+    activation: str = "gelu"  # the MLP's non-linearity: gelu (exact) or gelu_tanh (GPT-2's approximation)
+    layer_norm_eps: float = 1e-5  # LayerNorm's epsilon (torch's and GPT-2's default)
 
     def __post_init__(self):
         if self.d_ff == 0:
@@ -47,6 +50,10 @@ class GPTConfig:
             raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
         if self.positions not in POSITIONS:
             raise ValueError(f"model.positions={self.positions!r}; valid: {list(POSITIONS)}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"model.activation={self.activation!r}; valid: {sorted(ACTIVATIONS)}")
+        if not 0 < self.layer_norm_eps < 1:
+            raise ValueError(f"model.layer_norm_eps={self.layer_norm_eps} must be in (0, 1)")
         if self.positions == "rope" and self.head_dim % 2:
             raise ValueError(f"model.positions=rope rotates pairs of dimensions: the head dimension "
                              f"d_model / n_head = {self.head_dim} must be even")
@@ -109,10 +116,11 @@ class MLP(nn.Module):
         self.up = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
         self.down = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.down.is_residual_out = True
+        self.act = ACTIVATIONS[cfg.activation]
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.down(F.gelu(self.up(x))))  # (B, T, C) -> (B, T, d_ff) -> (B, T, C)
+        return self.dropout(self.down(self.act(self.up(x))))  # (B, T, C) -> (B, T, d_ff) -> (B, T, C)
 
 
 class Block(nn.Module):
@@ -120,9 +128,9 @@ class Block(nn.Module):
 
     def __init__(self, cfg: GPTConfig, attention: AttentionType, layer: int):
         super().__init__()
-        self.ln_attn = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.ln_attn = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.attn = SelfAttention(cfg, attention, layer)
-        self.ln_mlp = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.ln_mlp = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
@@ -143,7 +151,7 @@ class GPT(nn.Module):
         self.pos_emb = nn.Embedding(cfg.context, cfg.d_model) if cfg.positions == "learned" else None
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, attention, i) for i in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.d_model, bias=cfg.bias)
+        self.ln_f = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.head.weight = self.tok_emb.weight  # one (V, C) matrix for both input and output

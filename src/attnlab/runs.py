@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from attnlab import checkpoints, plain_yaml
+from attnlab import checkpoints, plain_yaml, pretrained
 from attnlab.attention import build_attention
 from attnlab.lit import LitGPT
 from attnlab.model import GPTConfig
@@ -126,16 +126,20 @@ class Run:
     model: LitGPT  # weights loaded, on the CPU
     tokenizer: object  # the run's own tokenizer (from its folder)
     settings: dict  # the run's dataset, tokenizer and data settings, checked
+    tokenizer_dir: Path | None = None  # where tokenizer.json is (default: the run folder)
 
     def datamodule(self, cache_dir: str, eval_batch_size: int | None = None, dataset: dict | None = None):
         """The run's own splits, or ``dataset`` (a dataset config), encoded with the run's tokenizer (not one
         trained on the text), so the model reads what it was trained to; prepared."""
         from attnlab.data.datamodule import TextDataModule
         s = self.settings
+        if dataset is None and s["dataset"] is None:
+            raise ConfigError(f"run={self.folder} is a pretrained model without training data of its own: give the "
+                              f"text to evaluate on, e.g. dataset=text_files dataset.path=my.txt (or dataset=shakespeare)")
         dm = TextDataModule(dataset=dict(dataset) if dataset is not None else s["dataset"], tokenizer=s["tokenizer"],
                             context=self.model.cfg.context, batch_size=s["batch_size"],
                             eval_batch_size=eval_batch_size or s["eval_batch_size"], num_workers=s["num_workers"],
-                            seed=s["seed"], cache_dir=cache_dir, tokenizer_from=str(self.folder))
+                            seed=s["seed"], cache_dir=cache_dir, tokenizer_from=str(self.tokenizer_dir or self.folder))
         dm.prepare_data()
         unk = getattr(dm.tokenizer, "unk_id", None)
         for split, tokens in dm.tokens.items():
@@ -164,8 +168,25 @@ def run_tokenizer(folder: Path, settings: dict, cache_dir: str):
     return dm.tokenizer
 
 
+def load_pretrained(run: str, cache_dir: str) -> Run:
+    """``run=hf:<hub id>`` or a Hugging Face GPT-2 folder: the pretrained model itself, full attention."""
+    folder = pretrained.fetch(run, cache_dir, what="run")
+    model_cfg = {**pretrained.model_settings(folder, what="run"), "dropout": 0.0}
+    tokenizer_dir = pretrained.tokenizer_folder(folder, cache_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)
+    model = LitGPT(GPTConfig(**model_cfg), build_attention({"name": "full"}))
+    pretrained.load_into(model.model, folder, run)
+    weights = next(folder / w for w in pretrained.WEIGHT_FILES if (folder / w).is_file())
+    settings = {"dataset": None, "tokenizer": {"name": "pretrained"}, "batch_size": 8, "eval_batch_size": None,
+                "num_workers": 0, "seed": 0}
+    return Run(folder, weights, {}, model, tokenizer, settings, tokenizer_dir)
+
+
 def load_run(run: str, cache_dir: str, outputs_root: str | Path = "outputs") -> Run:
-    """The run, its weights and its tokenizer, from its folder alone (no corpus, no token cache needed)."""
+    """The run, its weights and its tokenizer, from its folder alone (no corpus, no token cache needed); or a
+    pretrained Hugging Face GPT-2 (``hf:<id>`` or its folder)."""
+    if pretrained.is_source(run):
+        return load_pretrained(str(run), cache_dir)
     folder, ckpt = find_run(run, outputs_root)
     run_cfg = read_run_config(folder)
     try:

@@ -17,7 +17,7 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from attnlab import checkpoints, csv_log, ddp, schema, sweep, wandb_run
+from attnlab import checkpoints, csv_log, ddp, pretrained, schema, sweep, wandb_run
 from attnlab.attention import AttentionType, build_attention
 from attnlab.lit import LitGPT
 from attnlab.model import GPTConfig
@@ -57,6 +57,14 @@ def build_model_parts(cfg: DictConfig) -> tuple[dict, AttentionType]:
     schema.check(cfg)
     model_cfg = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
     schema.check_fields(GPTConfig, model_cfg, "model")
+    if pretrained.is_source(cfg.get("init_from")):  # the checkpoint decides the model's shape
+        folder = pretrained.fetch(str(cfg.init_from), cfg.paths.cache_dir)
+        model_cfg = pretrained.merge_settings(model_cfg, pretrained.model_settings(folder),
+                                              command_line_settings(cfg, "model"), str(cfg.init_from))
+        from omegaconf import open_dict
+        with open_dict(cfg):  # the run records (and its checkpoints hold) the settings it really has
+            for k, v in model_cfg.items():
+                cfg.model[k] = v
     try:
         GPTConfig(**{**model_cfg, "vocab_size": 1})  # dimension checks; the vocabulary comes from the data
         attention = build_attention(OmegaConf.to_container(cfg.attention, resolve=True))
@@ -66,6 +74,16 @@ def build_model_parts(cfg: DictConfig) -> tuple[dict, AttentionType]:
     except ValueError as e:
         raise ConfigError(str(e)) from e
     return model_cfg, attention
+
+
+def command_line_settings(cfg: DictConfig, group: str) -> dict:
+    """The ``group.key=value`` settings given on the command line (their composed values)."""
+    from hydra.core.hydra_config import HydraConfig
+    if not HydraConfig.initialized():
+        return {}
+    keys = {o.split("=", 1)[0].lstrip("+~").removeprefix(f"{group}.") for o in HydraConfig.get().overrides.task
+            if o.lstrip("+~").startswith(f"{group}.")}
+    return {k: cfg[group][k] for k in keys if k in cfg[group]}
 
 
 def build_trainer(trainer_cfg: DictConfig, **kwargs) -> L.Trainer:
@@ -211,6 +229,11 @@ def continue_in(cfg: DictConfig, folder: Path) -> None:
 def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
     model_cfg, attention = build_model_parts(cfg)
     progress["model_parts"] = True
+    if pretrained.is_source(cfg.get("init_from")) and rank_zero_only.rank == 0:
+        # the checkpoint set the model's shape: the run folder's config says what the run really is
+        saved = Path(cfg.paths.output_dir) / ".hydra" / "config.yaml"
+        if saved.is_file():
+            OmegaConf.save(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), saved)
     set_threads(cfg)
     if not attention.causal:
         log.warning("attention.causal=false: every position sees the token it is trained to predict, so the "
@@ -222,7 +245,10 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
         raise ConfigError(str(e)) from e
     key = checkpoints.run_key(cfg)
     L.seed_everything(cfg.seed, workers=True)
-    datamodule = build_datamodule(cfg)
+    source = str(cfg.get("init_from") or "")
+    hf_folder = pretrained.fetch(source, cfg.paths.cache_dir) if pretrained.is_source(source) else None
+    datamodule = build_datamodule(cfg, **({"tokenizer_from": str(pretrained.tokenizer_folder(hf_folder, cfg.paths.cache_dir))}
+                                          if hf_folder else {}))  # a pretrained model reads with its own tokenizer
     datamodule.prepare_data()
     log.info("data: %s", {k: v for k, v in datamodule.info.items() if k != "plays"})
     tokenizer = datamodule.tokenizer
@@ -251,7 +277,10 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
                    scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True), compile=cfg.compile,
                    run_info={"run_key": key, "settings": checkpoints.settings_of(cfg),
                              "tokenizer": tokenizer.fingerprint})
-    if cfg.get("init_from"):
+    if hf_folder is not None:
+        pretrained.load_into(model.model, hf_folder, source)
+        model.initialised_from = source
+    elif cfg.get("init_from"):
         load_initial_weights(model, str(cfg.init_from), checkpoints.settings_of(cfg))
     device = run_device(cfg)
     log.info("model: %.2fM parameters, %s attention, backend %s on %s (%s)", model.model.num_params() / 1e6,

@@ -1,0 +1,135 @@
+"""A pretrained GPT-2 (a Hugging Face folder or hub id) in this project's model: the same logits as Hugging Face's
+own model, under any attention type, trainable, sampled and evaluated directly.
+
+The hub is unreachable here, so the checkpoint is a small random GPT-2 written by ``transformers`` itself (a
+test dependency), with a byte-level BPE tokenizer trained on a few lines."""
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from attnlab import pretrained
+from attnlab.model import GPT, GPTConfig
+from attnlab.schema import ConfigError
+from conftest import FAST_TRAIN, ROOT
+
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def hf_folder(tmp_path_factory) -> Path:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    folder = tmp_path_factory.mktemp("hf") / "tiny-gpt2"
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(["To be, or not to be, that is the question. " * 40, "ROMEO: But soft! " * 40],
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"], show_progress=False,
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=tok.get_vocab_size(), n_positions=32, n_embd=32, n_layer=2, n_head=4,
+                                  bos_token_id=0, eos_token_id=0)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(folder)
+    tok.save(str(folder / "tokenizer.json"))
+    return folder
+
+
+def ours(folder: Path, attention: dict, **settings) -> GPT:
+    model = GPT(GPTConfig(**{**pretrained.model_settings(folder), "dropout": 0.0, **settings}), attention)
+    pretrained.load_into(model, folder, str(folder))
+    return model.double().eval()
+
+
+@pytest.mark.parametrize("attention", [{"name": "full"}, {"name": "flash"},
+                                       {"name": "longformer", "window": 32, "global_tokens": 0}])
+def test_the_same_logits_and_gradients_as_hugging_faces_gpt2(hf_folder, attention):
+    hf = transformers.GPT2LMHeadModel.from_pretrained(hf_folder).double().eval()
+    mine = ours(hf_folder, attention)  # a window as long as the context: the same keys as full attention
+    idx = torch.randint(0, mine.cfg.vocab_size, (2, 32))
+    torch.testing.assert_close(mine(idx), hf(idx).logits, rtol=0, atol=1e-10)
+    next_token_loss = lambda logits: torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1),  # noqa: E731
+                                                                       idx[:, 1:].flatten())
+    loss_a, loss_b = next_token_loss(mine(idx)), next_token_loss(hf(idx).logits)  # (HF's own loss is float32)
+    loss_a.backward(), loss_b.backward()
+    torch.testing.assert_close(mine.blocks[0].attn.qkv.weight.grad,
+                               hf.transformer.h[0].attn.c_attn.weight.grad.t(), rtol=0, atol=1e-10)
+
+
+def test_another_attention_type_keeps_every_weight_and_changes_only_the_keys_seen(hf_folder):
+    full, local = ours(hf_folder, {"name": "full"}), ours(hf_folder, {"name": "longformer", "window": 4,
+                                                                       "global_tokens": 1})
+    for (name, a), (_, b) in zip(full.state_dict().items(), local.state_dict().items()):
+        assert torch.equal(a, b), name
+    idx = torch.randint(0, full.cfg.vocab_size, (1, 32))
+    with torch.no_grad():
+        same, different = full(idx)[:, :4], local(idx)[:, :4]  # the first 4 positions see the same keys
+        assert torch.allclose(same, different) and not torch.allclose(full(idx)[:, 8:], local(idx)[:, 8:])
+
+
+def test_a_longer_context_copies_the_position_table(hf_folder):
+    long = ours(hf_folder, {"name": "longformer", "window": 8}, context=80)
+    table = long.pos_emb.weight  # (80, C)
+    torch.testing.assert_close(table[32:64], table[:32], rtol=0, atol=0)
+    torch.testing.assert_close(table[64:80], table[:16], rtol=0, atol=0)
+
+
+def test_clear_lines_for_a_clash_a_foreign_model_and_an_unreachable_hub(hf_folder, tmp_path, monkeypatch):
+    settings = pretrained.model_settings(hf_folder)
+    with pytest.raises(ConfigError, match=r"model.d_model=64 \(the checkpoint has 32\)"):
+        pretrained.merge_settings({}, settings, {"d_model": 64}, str(hf_folder))
+    foreign = tmp_path / "bert"
+    shutil.copytree(hf_folder, foreign)
+    (foreign / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ConfigError, match=r"model_type='bert'; only GPT-2 checkpoints"):
+        pretrained.model_settings(foreign)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ConfigError, match=r"init_from=hf:gpt2: could not get 'gpt2' from the Hugging Face hub .* "
+                                          r"give the folder: init_from=/path/to/folder"):
+        pretrained.fetch("hf:gpt2", tmp_path / "cache")
+    (foreign / "model.safetensors").unlink()
+    with pytest.raises(ConfigError, match=r"not a Hugging Face model folder \(missing model.safetensors or"):
+        pretrained.fetch(str(foreign))
+
+
+def test_a_folder_with_vocab_and_merges_gets_its_tokenizer(hf_folder, tmp_path):
+    folder = tmp_path / "old-style"
+    shutil.copytree(hf_folder, folder)
+    from tokenizers import Tokenizer
+    Tokenizer.from_file(str(folder / "tokenizer.json")).model.save(str(folder))  # vocab.json + merges.txt
+    (folder / "tokenizer.json").unlink()
+    from attnlab.data.tokenizers import load_tokenizer
+    made = load_tokenizer(pretrained.tokenizer_folder(folder, tmp_path / "cache"))
+    original = load_tokenizer(hf_folder)
+    assert made.encode("To be, or not to be") == original.encode("To be, or not to be")
+
+
+def test_fine_tuning_with_longformer_then_sampling_and_evaluating(hf_folder, make_cfg, tmp_path):
+    from attnlab import checkpoints, runs
+    from attnlab.train import train
+    cfg = make_cfg([*FAST_TRAIN, f"init_from={hf_folder}", "attention=longformer", "attention.window=8",
+                    "model.context=64", "trainer.limit_train_batches=3"])
+    train(cfg)
+    state = checkpoints.safe_load(Path(cfg.paths.checkpoint_dir) / "last.ckpt")
+    assert state["attnlab"]["settings"]["model"]["d_model"] == 32 and state["attnlab"]["settings"]["model"]["context"] == 64
+    loaded = runs.load_run(cfg.paths.output_dir, str(tmp_path / "cache"))  # the run folder alone
+    vocab = pretrained.model_settings(hf_folder)["vocab_size"]
+    assert loaded.tokenizer.vocab_size == vocab and loaded.model.model.cfg.activation == "gelu_tanh"
+    direct = runs.load_run(str(hf_folder), str(tmp_path / "cache"))  # the pretrained model, no training run
+    assert direct.model.model.cfg.context == 32 and direct.tokenizer.fingerprint == loaded.tokenizer.fingerprint
+
+
+@pytest.mark.subprocess
+def test_evaluate_and_sample_take_a_hugging_face_folder(hf_folder, tmp_path):
+    run = lambda *a: subprocess.run([sys.executable, *a], cwd=tmp_path, capture_output=True, text=True, timeout=300)  # noqa: E731
+    r = run(str(ROOT / "sample.py"), f"run={hf_folder}", "prompt=To be", "max_new_tokens=5")
+    assert r.returncode == 0 and "--- sample 1 of 1 ---\nTo be" in r.stdout, (r.stdout + r.stderr)[-2000:]
+    r = run(str(ROOT / "evaluate.py"), f"run={hf_folder}")
+    assert r.returncode == 2 and "a pretrained model without training data of its own" in r.stdout + r.stderr
+    r = run(str(ROOT / "evaluate.py"), f"run={hf_folder}", "dataset=shakespeare", "limit_batches=2")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
+    [metrics] = tmp_path.glob("outputs/evaluate/*/metrics.json")
+    assert json.loads(metrics.read_text())["ppl"] > 1
