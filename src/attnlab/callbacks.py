@@ -398,6 +398,37 @@ class SampleTexts(L.Callback):
                     log.warning("could not log the sample table: %s", e)
 
 
+class AttentionStats(L.Callback):
+    """At each validation, each layer's mean attention entropy and mean attention distance on a fixed slice of the
+    validation split (the first ``windows`` context windows), so W&B shows how they evolve during training."""
+
+    def __init__(self, windows: int = 4):
+        self.windows = windows
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        dm = getattr(trainer, "datamodule", None)
+        if trainer.sanity_checking or dm is None or getattr(dm, "tokens", None) is None:
+            return
+        from attnlab.analysis import head_statistics, inspect
+        model = getattr(pl_module.model, "_orig_mod", pl_module.model)  # under torch.compile: the module itself
+        T = model.cfg.context
+        tokens = dm.tokens["val"]
+        n = min(self.windows, (len(tokens) - 1) // T)
+        if n < 1:
+            return
+        idx = torch.as_tensor(np.asarray(tokens[:n * T], dtype=np.int64)).view(n, T).to(pl_module.device)  # (n, T)
+        was_training = model.training
+        model.eval()
+        seen = inspect(model, idx)
+        model.train(was_training)
+        metrics = {}
+        for layer, probs in enumerate(seen.probabilities):
+            stats = head_statistics(probs.float(), model.attention)
+            metrics[f"attention/entropy_layer{layer}"] = sum(stats["entropy"]) / len(stats["entropy"])
+            metrics[f"attention/distance_layer{layer}"] = sum(stats["distance"]) / len(stats["distance"])
+        pl_module.log_dict(metrics, sync_dist=True)
+
+
 class TrainingDiverged(RuntimeError):
     """The training loss stopped being a finite number."""
 

@@ -96,13 +96,20 @@ class SelfAttention(nn.Module):
         self.rotary = Rotary(cfg.head_dim, cfg.rope_base) if cfg.positions == "rope" else None
         self._attend, self._attend_device = None, None  # the backend, resolved once for the device it runs on
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
-        """x: (B, T, C) at ``positions`` (T,) -> (B, T, C); with a cache, attends to its keys too and adds its own."""
+    def project(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x: (B, T, C) -> q, k, v: (B, H, T, D) each, rotated when positions are rotary. A seam for analysis:
+        ``attnlab.analysis`` computes the attention probabilities from exactly these."""
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         if self.rotary is not None:
             q, k = self.rotary(q, positions), self.rotary(k, positions)  # (B, H, T, D) each
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
+        """x: (B, T, C) at ``positions`` (T,) -> (B, T, C); with a cache, attends to its keys too and adds its own."""
+        B, T, C = x.shape
+        q, k, v = self.project(x, positions)  # (B, H, T, D) each
         if self._attend_device != q.device:  # built on the CPU, then moved: resolve where it runs, once
             self._attend, self._attend_device = self.attention.bind(q.device, self.layer), q.device
         y = self._attend(q, k, v) if cache is None else cache.attend(q, k, v, positions, self._attend)  # (B, H, T, D)

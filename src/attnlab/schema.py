@@ -194,6 +194,7 @@ RULES: dict[str, Number | Choice] = {
     "callbacks.*.save_top_k": Number(int, low=-1, meaning="-1: keep every checkpoint"),
     "callbacks.*.max_depth": Number(int, low=-1, meaning="-1: all layers"),
     "callbacks.*.num_prompts": COUNT,
+    "callbacks.*.windows": COUNT,
     "callbacks.*.new_tokens": COUNT,
 }
 TYPED_BY_DATACLASS = ("model.", "attention.")  # their dataclasses hold the types (check_fields)

@@ -1,0 +1,123 @@
+"""What a trained model does with its attention: ``python analyze.py run=<run> [prompt=... | split=val]``.
+
+Writes into ``<run folder>/analysis/`` (for a pretrained Hugging Face model: this command's own folder):
+* ``attention_layer<k>.png``: the attention probabilities of each head of layer k on one text (the first
+  ``tokens`` tokens of the split, or the prompt), the type's allowed pairs drawn faintly underneath;
+* ``loss_by_position.png``: the mean next-token loss at each position of the context over the split, with its
+  95% confidence band (does the loss keep falling with position, or flatten early?);
+* ``analysis.json``: per layer and head, mean entropy, mean attention distance and the share of attention on
+  global tokens; the loss-by-position curve; what was analysed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from attnlab import analysis, runs, schema
+from attnlab.schema import Choice, ConfigError, Number, Text, check_rules
+
+log = logging.getLogger(__name__)
+RULES = {
+    "run": Text(meaning="a run folder, a .ckpt file, <sweep folder>/<job number>, last, or a pretrained model"),
+    "split": Choice(("val", "test")),
+    "tokens": Number(int, low=2, meaning="the length of the text whose attention is drawn"),
+    "max_windows": Number(int, low=1),
+    "prompt": Text(nullable=True, meaning="null: the start of the split"),
+}
+
+
+def _pyplot():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def draw_layer(probs: torch.Tensor, allowed: torch.Tensor, layer: int, title: str, path: Path) -> Path:
+    """probs (H, T, T) and the pattern's allowed pairs (H, T, T) -> one PNG, a panel per head."""
+    plt = _pyplot()
+    H = probs.shape[0]
+    fig, axes = plt.subplots(1, H, figsize=(3.2 * H, 3.6), squeeze=False, layout="constrained")
+    for h in range(H):
+        ax = axes[0][h]
+        ax.imshow(allowed[h].numpy(), cmap="Greys", vmin=0, vmax=4, interpolation="nearest")  # the mask, faint
+        shown = probs[h].clone()
+        shown[~allowed[h]] = float("nan")  # keep the faint mask visible where nothing may be attended
+        from matplotlib.colors import PowerNorm  # square-root scale: the first rows' near-1 values do not wash out the rest
+        ax.imshow(shown.numpy(), cmap="viridis", norm=PowerNorm(0.5, vmin=0, vmax=float(probs.max())),
+                  interpolation="nearest", alpha=0.9)
+        ax.set_title(f"layer {layer}, head {h}", fontsize=8)
+        ax.set_xlabel("key j", fontsize=7), ax.set_ylabel("query i", fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.suptitle(title, fontsize=9)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def draw_loss_by_position(curve: dict, title: str, path: Path) -> Path:
+    plt = _pyplot()
+    mean, half = torch.tensor(curve["mean"]), torch.tensor(curve["ci95"])
+    x = torch.arange(len(mean))
+    fig, ax = plt.subplots(figsize=(7, 4), layout="constrained")
+    ax.plot(x, mean, label="mean next-token loss")
+    ax.fill_between(x, mean - half, mean + half, alpha=0.3, label="95% confidence")
+    ax.set(xlabel="position in the context window", ylabel="loss (nats)", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def analyze(cfg: DictConfig) -> dict:
+    check_rules(cfg, RULES)
+    schema.check(cfg)
+    loaded = runs.load_run(cfg.run, cfg.paths.cache_dir, cfg.paths.outputs_root)
+    model = loaded.model.model.eval()
+    attention, context = model.attention, model.cfg.context
+    own_run = loaded.settings.get("dataset") is not None
+    out = loaded.folder / "analysis" if own_run else Path(cfg.paths.output_dir)
+    other = cfg.get("dataset")
+    dm = None
+    if own_run or other:
+        from omegaconf import OmegaConf
+        dm = loaded.datamodule(cfg.paths.cache_dir, dataset=OmegaConf.to_container(other, resolve=True) if other else None)
+    if cfg.get("prompt"):
+        ids = loaded.tokenizer.encode(str(cfg.prompt))[:context]
+        if len(ids) < 2:
+            raise ConfigError(f"prompt={cfg.prompt!r} is {len(ids)} token long; the maps need at least 2")
+        text = "the prompt"
+    elif dm is not None:
+        ids = [int(t) for t in dm.tokens[cfg.split][:min(cfg.tokens, context)]]
+        text = f"the first {len(ids)} tokens of the {cfg.split} split"
+    else:
+        raise ConfigError(f"run={cfg.run} has no text of its own: give prompt=... or dataset=...")
+    out.mkdir(parents=True, exist_ok=True)
+    idx = torch.tensor([ids])  # (1, T)
+    seen = analysis.inspect(model, idx)
+    result = {"run": str(loaded.folder), "checkpoint": loaded.checkpoint.name, "attention": attention.describe(),
+              "text": text, "tokens": len(ids), "layers": []}
+    pictures = []
+    for layer, probs in enumerate(seen.probabilities):
+        stats = analysis.head_statistics(probs, attention)
+        result["layers"].append({"layer": layer, **stats})
+        allowed = attention.pattern(len(ids), layer).dense(len(ids), n_heads=probs.shape[1])  # (H, T, T)
+        pictures.append(draw_layer(probs[0], allowed, layer, f"{attention.name} attention on {text}",
+                                   out / f"attention_layer{layer}.png"))
+    if dm is not None:
+        curve = analysis.loss_by_position(model, dm.tokens[cfg.split], context, cfg.max_windows)
+        result["loss_by_position"] = {"split": cfg.split, **curve}
+        pictures.append(draw_loss_by_position(curve, f"{attention.name}: loss by position, {cfg.split} split, "
+                                              f"{curve['windows']} windows", out / "loss_by_position.png"))
+    (out / "analysis.json").write_text(json.dumps(result, indent=1))
+    for row in result["layers"]:
+        log.info("layer %d: entropy %s, mean distance %s%s", row["layer"],
+                 " ".join(f"{e:.2f}" for e in row["entropy"]), " ".join(f"{d:.1f}" for d in row["distance"]),
+                 (", global share " + " ".join(f"{g:.2f}" for g in row["global_share"])) if "global_share" in row else "")
+    log.info("written to %s: analysis.json, %s", out, ", ".join(p.name for p in pictures))
+    return result

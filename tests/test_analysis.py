@@ -1,0 +1,104 @@
+"""Looking inside attention: the reference probabilities of every type reproduce every backend's output, and the
+statistics and loss-by-position curves measure what they say."""
+import math
+
+import pytest
+import torch
+
+from attnlab.analysis import attention_probabilities, head_statistics, inspect, loss_by_position
+from attnlab.attention import ATTENTION_TYPES, build_attention
+from attnlab.attention.backends import get_backend
+from attnlab.model import GPT, GPTConfig
+
+
+def cases():
+    out = []
+    for name, cls in ATTENTION_TYPES.items():
+        for i, settings in enumerate(cls.variants(48)):
+            att = build_attention({"name": name, **settings})
+            for backend in att.backends():
+                if get_backend(backend).unavailable_reason(torch.device("cpu")) or backend in ("triton", "flex"):
+                    continue  # compiled/interpreted here; their equality with dense is tested elsewhere
+                for causal in (True, False):
+                    out.append(pytest.param(name, settings, backend, causal, id=f"{name}-v{i}-{backend}-{causal}"))
+    return out
+
+
+@pytest.mark.parametrize("name,settings,backend,causal", cases())
+def test_probabilities_times_v_equal_the_backends_output(name, settings, backend, causal):
+    torch.manual_seed(0)
+    att = build_attention({"name": name, **settings, "backend": backend, "causal": causal})
+    q, k, v = (torch.randn(2, 4, 40, 16, dtype=torch.float64) for _ in range(3))
+    for layer in (0, 1):
+        probs = attention_probabilities(att, q, k, layer)  # (B, H, T, T)
+        torch.testing.assert_close(probs.sum(-1), torch.ones(2, 4, 40, dtype=torch.float64))
+        out = att(q.float(), k.float(), v.float(), layer)
+        torch.testing.assert_close(probs @ v, out.double(), atol=2e-5, rtol=1e-4)
+
+
+def test_inspect_follows_the_models_own_forward_and_its_pattern():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=30, context=32, n_layer=2, n_head=2, d_model=16),
+            {"name": "longformer", "window": 4, "global_tokens": 1}).eval()
+    idx = torch.randint(0, 30, (2, 32))
+    seen = inspect(m, idx)
+    torch.testing.assert_close(seen.logits, m(idx))
+    p = seen.probabilities[0]  # (B, H, T, T)
+    assert p[:, :, 20, 10].abs().max() == 0 and p[:, :, 20, 0].min() > 0  # outside the window: 0; global: seen
+
+
+def test_statistics_of_known_distributions():
+    T = 8
+    uniform = torch.tril(torch.ones(T, T)) / torch.arange(1, T + 1)[:, None]  # each query: all its past equally
+    diag = torch.eye(T)  # each query: only itself
+    probs = torch.stack([uniform, diag])[None]  # (1, 2, T, T): head 0 uniform, head 1 on itself
+    stats = head_statistics(probs, build_attention({"name": "longformer", "window": 8, "global_tokens": 1}))
+    assert stats["entropy"][0] == pytest.approx(sum(math.log(i) for i in range(1, T + 1)) / T)
+    assert stats["entropy"][1] == pytest.approx(0.0, abs=1e-6) and stats["distance"][1] == 0.0
+    assert stats["distance"][0] == pytest.approx(sum(sum(range(i + 1)) / (i + 1) for i in range(T)) / T)
+    assert stats["global_share"][0] == pytest.approx(sum(1 / (i + 1) for i in range(1, T)) / (T - 1))
+
+
+def test_loss_by_position_falls_where_the_context_helps():
+    # a sequence that repeats with period 5: the first positions cannot know the phase, later ones can
+    class Oracle(torch.nn.Module):
+        def forward(self, idx):  # position t predicts token t + 1 = token t - 4, once it has seen it (t >= 4)
+            B, T = idx.shape
+            logits = torch.zeros(B, T, 10)
+            logits[:, 4:] = torch.nn.functional.one_hot(idx[:, :T - 4], 10).float() * 40
+            return logits
+    tokens = torch.tensor([3, 1, 4, 1, 5] * 200).numpy()
+    curve = loss_by_position(Oracle(), tokens, context=16, max_windows=20)
+    assert curve["windows"] == 20 and len(curve["mean"]) == 16
+    assert all(m == pytest.approx(math.log(10), abs=1e-4) for m in curve["mean"][:4])
+    assert all(m < 1e-6 for m in curve["mean"][4:])
+
+
+def test_analyze_writes_maps_statistics_and_loss_by_position_into_the_run_folder(trained_run, tmp_path):
+    import json
+    from attnlab.analyze import analyze
+    from test_commands import command_cfg
+    cfg = command_cfg("analyze", [f"run={trained_run}", "tokens=32", "max_windows=4"], tmp_path / "out")
+    result = analyze(cfg)
+    out = trained_run / "analysis"
+    assert json.loads((out / "analysis.json").read_text()) == json.loads(json.dumps(result))
+    layers = result["layers"]
+    assert len(layers) == 2 and all(len(r["entropy"]) == 4 and len(r["global_share"]) == 4 for r in layers)
+    assert all(0 < d <= 8 for r in layers for d in r["distance"])  # a window of 8: no attention further back
+    assert result["loss_by_position"]["windows"] == 4 and len(result["loss_by_position"]["mean"]) == 64
+    for name in ("attention_layer0.png", "attention_layer1.png", "loss_by_position.png"):
+        assert (out / name).stat().st_size > 5_000
+
+
+def test_the_attention_stats_callback_logs_entropy_and_distance_per_layer(make_cfg):
+    import csv
+    from pathlib import Path
+    from attnlab.train import train
+    cfg = make_cfg(["mode=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=3", "test_after_fit=false",
+                    "++callbacks.attention_stats._target_=attnlab.callbacks.AttentionStats",
+                    "++callbacks.attention_stats.windows=2"])
+    train(cfg)
+    with open(Path(cfg.paths.output_dir) / "csv" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("attention/entropy_layer0")]
+    assert rows and 0 < float(rows[-1]["attention/entropy_layer1"]) <= __import__("math").log(64)
+    assert 0 <= float(rows[-1]["attention/distance_layer0"]) < 64
