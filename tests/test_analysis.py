@@ -88,6 +88,10 @@ def test_analyze_writes_maps_statistics_and_loss_by_position_into_the_run_folder
     assert result["loss_by_position"]["windows"] == 4 and len(result["loss_by_position"]["mean"]) == 64
     for name in ("attention_layer0.png", "attention_layer1.png", "loss_by_position.png"):
         assert (out / name).stat().st_size > 5_000
+    from attnlab.report import report  # the sweep report puts the analysis beside the other numbers
+    [row], files = report([str(trained_run)], str(tmp_path / "report"))
+    mean = sum(d for r in layers for d in r["distance"]) / sum(len(r["distance"]) for r in layers)
+    assert row.attn_distance == pytest.approx(mean) and files["loss_by_position"].stat().st_size > 5_000
 
 
 def test_the_attention_stats_callback_logs_entropy_and_distance_per_layer(make_cfg):

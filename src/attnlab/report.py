@@ -20,7 +20,8 @@ from attnlab import checkpoints
 from attnlab.schema import ConfigError
 
 COLUMNS = ["run", "attention", "backend", "model", "tokenizer", "params_M", "steps", "val_ppl_best", "val_ppl_final",
-           "val_bpb_best", "train_ppl", "test_ppl", "tokens_per_s", "peak_memory_MiB", "wall_s", "status"]
+           "val_bpb_best", "train_ppl", "test_ppl", "attn_distance", "tokens_per_s", "peak_memory_MiB", "wall_s",
+           "status"]
 
 
 @dataclass
@@ -45,6 +46,8 @@ class Run:
     val_curve: list[tuple[int, float, float | None]] = field(default_factory=list)  # (step, seconds, val ppl)
     train_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, train ppl over the epoch)
     sample: dict | None = None  # the last validation's first sample (samples.jsonl)
+    attn_distance: float | None = None  # mean attention distance over layers and heads (analysis/analysis.json)
+    loss_by_position: list[float] = field(default_factory=list)  # analysis/analysis.json's curve
 
     @property
     def short(self) -> str:
@@ -179,6 +182,14 @@ def read_run(folder: Path) -> Run:
     if lines:
         last = [x for x in lines if x["step"] == lines[-1]["step"]]
         run.sample = last[0] if last else None
+    found = folder / "analysis" / "analysis.json"  # written by analyze.py
+    analysed = _read("analysis.json", folder, problems, lambda: json.loads(found.read_text())) if found.exists() else None
+    if isinstance(analysed, dict):
+        distances = [d for row in analysed.get("layers", []) if isinstance(row, dict)
+                     for d in row.get("distance", []) if isinstance(d, (int, float))]
+        run.attn_distance = sum(distances) / len(distances) if distances else None
+        curve = (analysed.get("loss_by_position") or {}).get("mean", [])
+        run.loss_by_position = [float(v) for v in curve if isinstance(v, (int, float))]
     if problems:
         run.status += f" ({'; '.join(problems)})"
     return run
@@ -301,6 +312,16 @@ def _plots(runs: list[Run], out: Path) -> dict[str, Path]:
             ax.tick_params(axis="x", labelsize=8), ax.grid(axis="y", alpha=0.3)
         fig.suptitle("cost per attention type (job number in brackets)")
         files["cost"] = save(fig, out / "cost.png")
+    curves = [r for r in runs if r.loss_by_position]
+    if curves:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in curves:
+            ax.plot(range(len(r.loss_by_position)), r.loss_by_position, label=r.short)
+        ax.set(xlabel="position in the context window", ylabel="mean next-token loss (nats)",
+               title="loss by position (analyze.py), every run")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        files["loss_by_position"] = save(fig, out / "loss_by_position.png")
     return files
 
 
