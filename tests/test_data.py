@@ -210,10 +210,10 @@ def test_jsonl_source_splits_documents_and_names_bad_lines(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "fine"}\n{"body": "no text field"}\n')
     with pytest.raises(DataError, match=r"bad.jsonl:2 has no text in dataset.text_field='text' \(its keys: \['body'\]\)"):
-        sources.corpus({"source": "jsonl", "path": str(bad)}, tmp_path)
+        sources.corpus({"source": "jsonl", "path": str(bad)}, tmp_path).read()  # read when the cache is built
     (tmp_path / "broken.jsonl").write_text("{not json\n")
     with pytest.raises(DataError, match=r"broken.jsonl:1 is not a JSON object"):
-        sources.corpus({"source": "jsonl", "path": str(tmp_path / "broken.jsonl")}, tmp_path)
+        sources.corpus({"source": "jsonl", "path": str(tmp_path / "broken.jsonl")}, tmp_path).read()
 
 
 def test_jsonl_dataset_trains_end_to_end(make_cfg, tmp_path):
@@ -247,3 +247,29 @@ def test_hub_split_names_text_column_and_a_missing_test_split(tmp_path, monkeypa
         hub.corpus({**settings, "text_field": "text"}, tmp_path)
     with pytest.raises(DataError, match=r"dataset.split_names.train='training' is not a split of 'someone/corpus'; it has \['dev', 'train'\]"):
         hub.corpus({**settings, "split_names": {"train": "training"}}, tmp_path)
+
+
+
+def test_a_cache_hit_reads_no_text_and_hashes_no_token_array(tmp_path, monkeypatch):
+    from attnlab.data import cache
+    from attnlab.data.sources import text_files
+    for i in range(4):
+        (tmp_path / f"doc{i}.txt").write_text(f"document {i} says something\n" * 200)
+    make = lambda **kw: TextDataModule({"name": "mine", "source": "text_files", "path": str(tmp_path / "*.txt")},  # noqa: E731
+                                       {"name": "char"}, 16, 4, str(tmp_path / "cache"), **kw)
+    make().prepare_data()  # builds the entry
+    [entry] = [p for p in (tmp_path / "cache" / "tokens").iterdir() if p.is_dir()]
+    original = (entry / "val.bin").read_bytes()
+    reads, hashed = [], []
+    real_read, real_sha = text_files.text_file_splits, cache._sha
+    monkeypatch.setattr(text_files, "text_file_splits", lambda *a: reads.append(a) or real_read(*a))
+    monkeypatch.setattr(cache, "_sha", lambda f: hashed.append(Path(f).name) or real_sha(f))
+    make().prepare_data()
+    assert not reads and not [h for h in hashed if h.endswith(".bin")]  # nothing read, no array re-hashed
+    damaged = bytearray(original)
+    damaged[10] ^= 0xFF  # damage of the same size: found with data.verify=true, and the entry rebuilt
+    (entry / "val.bin").write_bytes(bytes(damaged))
+    make(verify=True).prepare_data()
+    assert reads and (entry / "val.bin").read_bytes() == original
+    (entry / "train.bin").write_bytes(b"\0" * 8)  # a short file is found at every start, verify or not
+    assert cache.load(entry, verify=False) is None and not entry.exists()

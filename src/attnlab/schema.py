@@ -158,6 +158,7 @@ RULES: dict[str, Number | Choice] = {
     "data.context": COUNT,
     "data.num_workers": Number(int, low=0),
     "data.overfit_batches": Number(int, low=0, meaning="0: off"),
+    "data.verify": Flag(),
     "data.seed": SEED,
     "dataset.split_seed": SEED,
     "dataset.val_fraction": Number(float, low=0, high=1, low_open=True, high_open=True),

@@ -315,7 +315,7 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
     return metrics
 
 
-DATA_KEYS = ("context", "batch_size", "eval_batch_size", "num_workers", "seed", "cache_dir", "overfit_batches")
+DATA_KEYS = ("context", "batch_size", "eval_batch_size", "num_workers", "seed", "cache_dir", "overfit_batches", "verify")
 
 
 def build_datamodule(cfg: DictConfig, **overrides):

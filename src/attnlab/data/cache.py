@@ -31,8 +31,10 @@ def _sha(path: Path) -> str:
     return h.hexdigest()
 
 
-def load(entry: Path) -> dict[str, np.ndarray] | None:
-    """The cached splits, or None when the entry is missing or fails its checks (then it is removed)."""
+def load(entry: Path, verify: bool = True) -> dict[str, np.ndarray] | None:
+    """The cached splits, or None when the entry is missing or fails its checks (then it is removed). Sizes and
+    the small files (the tokenizer) are always checked; the token arrays' SHA-256 only with ``verify``
+    (``data.verify=true``, and right after a build): a cache hit then costs milliseconds, not a re-read."""
     meta_path = entry / "meta.json"
     if not entry.exists():
         return None
@@ -49,7 +51,7 @@ def load(entry: Path) -> dict[str, np.ndarray] | None:
             dtype = np.dtype(info["dtype"])
             if f.stat().st_size != info["length"] * dtype.itemsize:
                 raise ValueError(f"{f.name} has {f.stat().st_size} bytes, expected {info['length'] * dtype.itemsize}")
-            if _sha(f) != info["sha256"]:
+            if verify and _sha(f) != info["sha256"]:
                 raise ValueError(f"{f.name} checksum mismatch")
             out[split] = np.memmap(f, dtype=dtype, mode="r", shape=(info["length"],))
         return out

@@ -127,11 +127,12 @@ class RankShard(Dataset):
 class TextDataModule(L.LightningDataModule):
     def __init__(self, dataset: dict, tokenizer: dict, context: int, batch_size: int, cache_dir: str,
                  eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
-                 overfit_batches: int = 0, tokenizer_from: str | None = None):
+                 overfit_batches: int = 0, tokenizer_from: str | None = None, verify: bool = False):
         """``tokenizer_from``: a folder with a ``tokenizer.json`` (a token cache entry, as in a run's log) whose
         tokenizer encodes this dataset instead of one trained on it: evaluating a run on other text."""
         super().__init__()
         self.tokenizer_from = tokenizer_from
+        self.verify = verify  # re-hash the cached token arrays on load (sizes are always checked)
         self.dataset_cfg, self.tokenizer_cfg = dict(dataset), dict(tokenizer)
         self.context, self.batch_size = context, batch_size
         self.eval_batch_size = eval_batch_size or batch_size
@@ -170,7 +171,7 @@ class TextDataModule(L.LightningDataModule):
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
         entry = self.cache_dir / "tokens" / f"{self.dataset_cfg.get('name', 'data')}-{tok_cfg.get('name')}-{key}"
         with cache.building(entry):  # one builder per entry across processes; the others reuse it
-            tokens = cache.load(entry)
+            tokens = cache.load(entry, verify=self.verify)
             if tokens is None:
                 log.info("tokenising %s with %s (cached afterwards in %s)", self.dataset_cfg.get("name"),
                          tok_cfg.get("name"), entry)

@@ -5,6 +5,7 @@ text column. A dataset without a validation or test split gets one cut from its 
 (``val_fraction`` / ``test_fraction``, seeded by ``split_seed``), and says so."""
 from __future__ import annotations
 
+import hashlib
 import logging
 import random
 from pathlib import Path
@@ -67,7 +68,15 @@ def splits_of(ds, settings: dict) -> dict[str, list[str]]:
 
 
 def corpus(settings: dict, cache_dir: Path) -> Corpus:
-    splits = splits_of(load(settings["path"], settings.get("hf_config"), str(cache_dir / "hf")), settings)
+    """Keyed by the dataset's own fingerprints (``datasets`` keeps one per split, for the data on disk) and the
+    settings that cut it, so a cache hit joins and hashes no text."""
+    ds = load(settings["path"], settings.get("hf_config"), str(cache_dir / "hf"))
+    prints = {name: getattr(ds[name], "_fingerprint", None) for name in sorted(ds.keys())}
+    if all(prints.values()):
+        cut = [settings.get(k) for k in ("split_names", "text_field", "val_fraction", "test_fraction", "split_seed")]
+        key = hashlib.sha256(repr((settings["path"], settings.get("hf_config"), prints, cut)).encode()).hexdigest()[:16]
+        return Corpus(key, lambda: splits_of(ds, settings), {})
+    splits = splits_of(ds, settings)  # no fingerprints (a plain mapping of tables): hash the text itself
     return Corpus(fingerprint(splits), lambda: splits, {})
 
 

@@ -2,25 +2,19 @@
 them or a glob. With 3 or more files the split is by file, else by document; both seeded by ``split_seed``."""
 from __future__ import annotations
 
-import glob
 import json
-import os
 import random
 from pathlib import Path
 
-from attnlab.data.corpus import DataError, fingerprint
+from attnlab.data.corpus import DataError
 from attnlab.data.sources import Corpus
+from attnlab.data.sources.text_files import matching_files, stat_key
 
 
 def files_of(path) -> list[str]:
     if not path:
         raise DataError("dataset=jsonl needs dataset.path=<a .jsonl file, a folder or a glob>")
-    p = os.path.expanduser(str(path))
-    if os.path.isdir(p):
-        return sorted(glob.glob(os.path.join(p, "**", "*.jsonl"), recursive=True))
-    if any(c in p for c in "*?["):
-        return sorted(glob.glob(p, recursive=True))
-    return [p] if os.path.isfile(p) else []
+    return matching_files(path, ".jsonl")
 
 
 def documents(file: str, field: str) -> list[str]:
@@ -56,11 +50,13 @@ def corpus(settings: dict, cache_dir: Path) -> Corpus:
         raise DataError(f"dataset.path={settings.get('path')!r} matches no .jsonl file")
     field = settings.get("text_field", "text")
     fractions = (settings.get("val_fraction", 0.05), settings.get("test_fraction", 0.05), settings.get("split_seed", 1234))
-    if len(files) >= 3:
-        splits = {s: [d for f in chosen for d in documents(f, field)] for s, chosen in cut(files, *fractions).items()}
-    else:
-        splits = cut([d for f in files for d in documents(f, field)], *fractions)
-    return Corpus(fingerprint(splits), lambda: splits, {})
+
+    def read() -> dict[str, list[str]]:  # only when the token cache is built
+        if len(files) >= 3:
+            return {s: [d for f in chosen for d in documents(f, field)] for s, chosen in cut(files, *fractions).items()}
+        return cut([d for f in files for d in documents(f, field)], *fractions)
+    key = stat_key(files, settings, "text_field", "val_fraction", "test_fraction", "split_seed")
+    return Corpus(key, read, {})
 
 
 SOURCE = corpus
