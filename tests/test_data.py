@@ -273,3 +273,13 @@ def test_a_cache_hit_reads_no_text_and_hashes_no_token_array(tmp_path, monkeypat
     assert reads and (entry / "val.bin").read_bytes() == original
     (entry / "train.bin").write_bytes(b"\0" * 8)  # a short file is found at every start, verify or not
     assert cache.load(entry, verify=False) is None and not entry.exists()
+
+
+def test_bpe_learns_from_a_bounded_sample_of_the_training_split():
+    from attnlab.data.tokenizers import bounded, build_tokenizer
+    texts = ["aaaa " * 1000, "zzzz " * 1000]
+    assert "".join(bounded(texts, 20)) == ("aaaa " * 4) and sum(map(len, bounded(texts, None))) == 10_000
+    assert list(bounded(["é" * 10], 3)) == ["é"]  # a cut never splits a character
+    small = build_tokenizer("bpe", texts, vocab_size=300, train_bytes=5000)  # the first text only
+    full = build_tokenizer("bpe", texts, vocab_size=300)
+    assert len(small.encode("zzzz zzzz")) > len(full.encode("zzzz zzzz"))  # it never saw 'z' runs to merge

@@ -168,6 +168,7 @@ RULES: dict[str, Number | Choice] = {
     "dataset.train_plays": Number(int, low=1, nullable=True, meaning="null: every play not held out"),
     "tokenizer.vocab_size": Number(int, low=258, nullable=True,
                                    meaning="byte-level BPE needs its 256 bytes, an end token and one merge"),
+    "tokenizer.train_bytes": Number(int, low=1, nullable=True, meaning="null: the whole training split"),
     "optimizer.lr": Number(float, low=0, low_open=True),
     "optimizer.weight_decay": Number(float, low=0),
     "optimizer.eps": Number(float, low=0, low_open=True),

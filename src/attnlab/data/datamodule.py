@@ -166,6 +166,8 @@ class TextDataModule(L.LightningDataModule):
             fixed = load_tokenizer(self.tokenizer_from)
         settings = {"corpus": corpus_key, "tokenizer": tok_cfg.get("name"),
                     "vocab_size": tok_cfg.get("vocab_size"), "eos_between_documents": True}
+        if tok_cfg.get("train_bytes") is not None:
+            settings["train_bytes"] = tok_cfg["train_bytes"]
         if fixed is not None:
             settings["tokenizer_from"] = fixed.fingerprint
         key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -176,7 +178,8 @@ class TextDataModule(L.LightningDataModule):
                 log.info("tokenising %s with %s (cached afterwards in %s)", self.dataset_cfg.get("name"),
                          tok_cfg.get("name"), entry)
                 splits = read_splits()
-                tokenizer = fixed or build_tokenizer(tok_cfg.get("name"), splits["train"], tok_cfg.get("vocab_size", 4096))
+                tokenizer = fixed or build_tokenizer(tok_cfg.get("name"), splits["train"], tok_cfg.get("vocab_size", 4096),
+                                                     tok_cfg.get("train_bytes"))
                 dtype = np.uint16 if tokenizer.vocab_size < 2 ** 16 else np.uint32
                 arrays = {}
                 for s in SPLITS:

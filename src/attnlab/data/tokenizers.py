@@ -61,7 +61,8 @@ class HFTokenizer:
         self.eos_id = eos
 
     @classmethod
-    def train_bpe(cls, texts: list[str], vocab_size: int) -> "HFTokenizer":
+    def train_bpe(cls, texts, vocab_size: int) -> "HFTokenizer":
+        """``texts``: any iterable of strings (a generator keeps a large corpus out of memory)."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
         if vocab_size < 257 + 1:
             raise ValueError(f"tokenizer.vocab_size={vocab_size}: byte-level BPE needs at least 258 "
@@ -114,11 +115,26 @@ def load_tokenizer(directory: str | Path):
 TOKENIZERS = ("char", "bpe", "gpt2")
 
 
-def build_tokenizer(kind: str, train_texts: list[str], vocab_size: int = 4096):
+def bounded(texts, max_bytes: int | None):
+    """The texts, cut once ``max_bytes`` UTF-8 bytes have been given (None: all): a bounded sample for training
+    a tokenizer on a large corpus, taken in order (the split is already shuffled by document or file)."""
+    left = max_bytes
+    for text in texts:
+        if left is None:
+            yield text
+            continue
+        if left <= 0:
+            return
+        raw = text.encode("utf-8")
+        yield raw[:left].decode("utf-8", errors="ignore") if len(raw) > left else text
+        left -= len(raw)
+
+
+def build_tokenizer(kind: str, train_texts: list[str], vocab_size: int = 4096, train_bytes: int | None = None):
     if kind == "char":
         return CharTokenizer.train(train_texts)
     if kind == "bpe":
-        return HFTokenizer.train_bpe(train_texts, vocab_size)
+        return HFTokenizer.train_bpe(bounded(train_texts, train_bytes), vocab_size)
     if kind == "gpt2":
         return HFTokenizer.gpt2()
     raise ValueError(f"unknown tokenizer {kind!r}; valid: {list(TOKENIZERS)}")
