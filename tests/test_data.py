@@ -283,3 +283,17 @@ def test_bpe_learns_from_a_bounded_sample_of_the_training_split():
     small = build_tokenizer("bpe", texts, vocab_size=300, train_bytes=5000)  # the first text only
     full = build_tokenizer("bpe", texts, vocab_size=300)
     assert len(small.encode("zzzz zzzz")) > len(full.encode("zzzz zzzz"))  # it never saw 'z' runs to merge
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_streamed_tokens_equal_encoding_each_document_whole(tmp_path, monkeypatch, kind):
+    from attnlab.data import datamodule
+    from attnlab.data.tokenizers import build_tokenizer
+    monkeypatch.setattr(datamodule, "ENCODE_CHARS", 300)  # long documents are cut into many pieces
+    monkeypatch.setattr(datamodule, "ENCODE_BATCH", 3)
+    docs = ["Line one of a play.\n  indented line\n\nNEXT SPEAKER: words, words.\n" * 40, "short doc", "x\n" * 500]
+    tok = build_tokenizer(kind, docs, vocab_size=300)
+    assert len(list(datamodule.pieces(docs[0]))) > 5
+    n = datamodule.write_tokens(tok, docs, tmp_path / "t.bin", np.uint16)
+    want = [i for d in docs for i in (*tok.encode(d), tok.eos_id)]
+    assert np.fromfile(tmp_path / "t.bin", dtype=np.uint16).tolist() == want and n == len(want)

@@ -63,14 +63,24 @@ def load(entry: Path, verify: bool = True) -> dict[str, np.ndarray] | None:
 
 def save(entry: Path, splits: dict[str, np.ndarray], extra: dict, write_tokenizer) -> None:
     """Write all arrays and meta.json into a temporary folder, then rename it to ``entry`` atomically."""
+    def write_splits(tmp: Path) -> dict[str, tuple[int, np.dtype]]:
+        for split, arr in splits.items():
+            arr.tofile(tmp / f"{split}.bin")
+        return {split: (int(arr.size), arr.dtype) for split, arr in splits.items()}
+    save_streamed(entry, write_splits, extra, write_tokenizer)
+
+
+def save_streamed(entry: Path, write_splits, extra: dict, write_tokenizer) -> None:
+    """``write_splits(folder)`` writes ``<split>.bin`` files there (in chunks, as it likes) and returns
+    {split: (length, dtype)}; then the checksums and meta.json, and the folder is renamed to ``entry``
+    atomically. Anything that fails on the way leaves no entry and no temporary folder."""
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=entry.name + ".tmp", dir=entry.parent))
     try:
         meta = {"version": CACHE_VERSION, "splits": {}, **extra}
-        for split, arr in splits.items():
+        for split, (length, dtype) in write_splits(tmp).items():
             f = tmp / f"{split}.bin"
-            arr.tofile(f)
-            meta["splits"][split] = {"length": int(arr.size), "dtype": arr.dtype.str, "sha256": _sha(f)}
+            meta["splits"][split] = {"length": int(length), "dtype": np.dtype(dtype).str, "sha256": _sha(f)}
         write_tokenizer(tmp)
         meta["files"] = {f.name: _sha(f) for f in sorted(tmp.iterdir()) if not f.name.endswith(".bin")}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))

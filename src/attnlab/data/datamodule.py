@@ -22,6 +22,56 @@ log = logging.getLogger(__name__)
 IGNORE = -100  # target id ignored by the loss (already-counted positions of the last eval window)
 
 
+ENCODE_CHARS = 1 << 20  # a document longer than this is encoded in pieces (cut after a line, before a non-space)
+ENCODE_BATCH = 64  # pieces encoded at once (the tokenizer's batch encoder uses every core)
+
+
+def pieces(doc: str):
+    """A document in pieces of about ENCODE_CHARS characters, each cut right after a newline that a non-space
+    character follows, so the pieces tokenise exactly as the whole (no word or whitespace run is split)."""
+    start = 0
+    while len(doc) - start > ENCODE_CHARS:
+        cut = doc.find("\n", start + ENCODE_CHARS)
+        while cut != -1 and cut + 1 < len(doc) and doc[cut + 1].isspace():
+            cut = doc.find("\n", cut + 1)
+        if cut == -1 or cut + 1 >= len(doc):
+            break
+        yield doc[start:cut + 1]
+        start = cut + 1
+    yield doc[start:]
+
+
+def write_tokens(tokenizer, docs, path: Path, dtype) -> int:
+    """Encode ``docs`` (documents separated by EOS) into ``path`` as ``dtype`` token ids, a batch of pieces at a
+    time (at most ENCODE_BATCH pieces or about ENCODE_CHARS characters): memory stays bounded by a batch, never
+    a Python list of the corpus. Returns the number of tokens written."""
+    n, eos = 0, np.asarray([tokenizer.eos_id], dtype=dtype)
+    with open(path, "wb") as f:
+        batch: list[tuple[str, bool]] = []  # (piece, whether it ends its document)
+        chars = 0
+
+        def flush() -> None:
+            nonlocal n, chars
+            for (_, last), ids in zip(batch, tokenizer.encode_batch([piece for piece, _ in batch])):
+                arr = np.asarray(ids, dtype=dtype)
+                arr.tofile(f)
+                n += arr.size
+                if last:
+                    eos.tofile(f)
+                    n += 1
+            batch.clear()
+            chars = 0
+        for doc in docs:
+            parts = list(pieces(doc))
+            for k, piece in enumerate(parts):
+                batch.append((piece, k == len(parts) - 1))
+                chars += len(piece)
+                if len(batch) >= ENCODE_BATCH or chars >= ENCODE_CHARS:
+                    flush()
+        flush()
+    return n
+
+
 class TrainWindows(Dataset):
     """Non-overlapping windows: one epoch = one pass over the training tokens."""
 
@@ -181,17 +231,14 @@ class TextDataModule(L.LightningDataModule):
                 tokenizer = fixed or build_tokenizer(tok_cfg.get("name"), splits["train"], tok_cfg.get("vocab_size", 4096),
                                                      tok_cfg.get("train_bytes"))
                 dtype = np.uint16 if tokenizer.vocab_size < 2 ** 16 else np.uint32
-                arrays = {}
-                for s in SPLITS:
-                    ids: list[int] = []
-                    for doc in splits[s]:  # documents separated by EOS so the model sees where one ends
-                        ids.extend(tokenizer.encode(doc))
-                        ids.append(tokenizer.eos_id)
-                    arrays[s] = np.asarray(ids, dtype=dtype)
+
+                def write_splits(folder: Path) -> dict:  # token ids straight into the files, batch by batch
+                    return {s: (write_tokens(tokenizer, splits[s], folder / f"{s}.bin", dtype), dtype) for s in SPLITS}
                 # bits per byte compare models with different tokenizers: the text's UTF-8 bytes per split,
                 # each document's end (the EOS target) counted as one byte, like a newline
                 n_bytes = {s: sum(len(doc.encode("utf-8")) + 1 for doc in splits[s]) for s in SPLITS}
-                cache.save(entry, arrays, {"settings": settings, "bytes": n_bytes, **extra}, tokenizer.save)
+                cache.save_streamed(entry, write_splits, {"settings": settings, "bytes": n_bytes, **extra},
+                                    tokenizer.save)
                 tokens = cache.load(entry)
                 if tokens is None:
                     raise DataError(f"could not write the token cache at {entry}")

@@ -37,6 +37,9 @@ class CharTokenizer:
         get = self.stoi.get
         return [get(c, self.unk_id) for c in text]  # characters unseen in training map to <unk>
 
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
     def decode(self, ids) -> str:
         return "".join(self.itos[i] if i > 1 else ("\n\n" if i == 0 else "?") for i in ids)
 
@@ -90,6 +93,9 @@ class HFTokenizer:
 
     def encode(self, text: str) -> list[int]:
         return self.tok.encode(text).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts)]  # on every core
 
     def decode(self, ids) -> str:
         return self.tok.decode(list(ids))
