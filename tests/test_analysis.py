@@ -106,3 +106,18 @@ def test_the_attention_stats_callback_logs_entropy_and_distance_per_layer(make_c
         rows = [r for r in csv.DictReader(f) if r.get("attention/entropy_layer0")]
     assert rows and 0 < float(rows[-1]["attention/entropy_layer1"]) <= __import__("math").log(64)
     assert 0 <= float(rows[-1]["attention/distance_layer0"]) < 64
+
+
+def test_a_rotary_run_gets_its_extrapolation_curve(make_cfg, tmp_path):
+    from pathlib import Path
+    from attnlab.analyze import analyze
+    from attnlab.train import train
+    from test_commands import command_cfg
+    cfg = make_cfg(["mode=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=3", "test_after_fit=false",
+                    "model.positions=rope", "attention=longformer", "attention.window=8"])
+    train(cfg)
+    result = analyze(command_cfg("analyze", [f"run={cfg.paths.output_dir}", "tokens=16", "max_windows=8"],
+                                 tmp_path / "out"))
+    curve = result["extrapolation"]
+    assert curve["lengths"] == [64, 128, 256] and all(p > 1 for p in curve["perplexity"])
+    assert (Path(cfg.paths.output_dir) / "analysis" / "extrapolation.png").stat().st_size > 5_000

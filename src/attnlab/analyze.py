@@ -5,8 +5,10 @@ Writes into ``<run folder>/analysis/`` (for a pretrained Hugging Face model: thi
   ``tokens`` tokens of the split, or the prompt), the type's allowed pairs drawn faintly underneath;
 * ``loss_by_position.png``: the mean next-token loss at each position of the context over the split, with its
   95% confidence band (does the loss keep falling with position, or flatten early?);
+* ``extrapolation.png`` (runs with ``model.positions=rope``, which have no position table): perplexity when
+  reading windows of 1x, 2x and 4x the training context: which attention types extrapolate;
 * ``analysis.json``: per layer and head, mean entropy, mean attention distance and the share of attention on
-  global tokens; the loss-by-position curve; what was analysed.
+  global tokens; the loss-by-position and extrapolation curves; what was analysed.
 """
 from __future__ import annotations
 
@@ -74,6 +76,19 @@ def draw_loss_by_position(curve: dict, title: str, path: Path) -> Path:
     return path
 
 
+def draw_extrapolation(curve: dict, context: int, title: str, path: Path) -> Path:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
+    ax.plot(curve["lengths"], curve["perplexity"], marker="o")
+    ax.axvline(context, color="grey", linestyle="--", label=f"training context ({context})")
+    ax.set(xlabel="evaluation length (tokens)", ylabel="perplexity", title=title, xscale="log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def analyze(cfg: DictConfig) -> dict:
     check_rules(cfg, RULES)
     schema.check(cfg)
@@ -114,6 +129,18 @@ def analyze(cfg: DictConfig) -> dict:
         result["loss_by_position"] = {"split": cfg.split, **curve}
         pictures.append(draw_loss_by_position(curve, f"{attention.name}: loss by position, {cfg.split} split, "
                                               f"{curve['windows']} windows", out / "loss_by_position.png"))
+        if model.cfg.positions == "rope":  # no position table: the model can read longer texts than it trained on
+            lengths = [context * m for m in (1, 2, 4)]
+            ppl = []
+            for length in lengths:
+                if (len(dm.tokens[cfg.split]) - 1) // length < 1:
+                    break
+                longer = analysis.loss_by_position(model, dm.tokens[cfg.split], length, max(1, cfg.max_windows // 4))
+                ppl.append(float(torch.tensor(longer["mean"]).mean().exp()))
+            result["extrapolation"] = {"lengths": lengths[:len(ppl)], "perplexity": ppl}
+            pictures.append(draw_extrapolation(result["extrapolation"], context, f"{attention.name}: perplexity "
+                                               f"against evaluation length ({cfg.split} split)",
+                                               out / "extrapolation.png"))
     (out / "analysis.json").write_text(json.dumps(result, indent=1))
     for row in result["layers"]:
         log.info("layer %d: entropy %s, mean distance %s%s", row["layer"],
