@@ -23,6 +23,13 @@ os.environ.setdefault("WANDB_SILENT", "true")
 INTEGRATION_FIXTURES = {"make_cfg", "trained_run", "bad_runs", "run_folder", "runs", "sweep", "trained"}
 
 
+def default_sigint() -> None:
+    """For subprocesses that must see Ctrl-C: a test run started in the background (as CI may start it) has
+    SIGINT ignored, and an ignored signal stays ignored across exec."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def pytest_collection_modifyitems(config, items):
     for item in items:
         uses = set(getattr(item, "fixturenames", ()))

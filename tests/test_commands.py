@@ -213,4 +213,4 @@ def test_the_attnlab_command_runs_the_tools_from_any_folder(tmp_path):
                        text=True, timeout=300)
     assert r.returncode == 2 and "batch_size=0 must be an integer >= 1" in r.stdout + r.stderr
     r = subprocess.run([str(exe), "fly"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert r.returncode == 2 and "must be one of ['train', 'sample', 'evaluate', 'analyze', 'report'], got 'fly'" in r.stderr
+    assert r.returncode == 2 and "must be one of ['train', 'sample', 'evaluate', 'analyze', 'export', 'report'], got 'fly'" in r.stderr

@@ -133,3 +133,31 @@ def test_evaluate_and_sample_take_a_hugging_face_folder(hf_folder, tmp_path):
     assert r.returncode == 0, (r.stdout + r.stderr)[-2000:]
     [metrics] = tmp_path.glob("outputs/evaluate/*/metrics.json")
     assert json.loads(metrics.read_text())["ppl"] > 1
+
+
+def test_export_then_hugging_face_reads_the_same_model_and_import_is_lossless(hf_folder, make_cfg, tmp_path):
+    from attnlab.export import export, to_hugging_face, unsupported
+    from attnlab.train import train
+    from test_commands import command_cfg
+    cfg = make_cfg([*FAST_TRAIN, f"init_from={hf_folder}", "trainer.limit_train_batches=3"])  # full attention
+    train(cfg)
+    out = export(command_cfg("export", [f"run={cfg.paths.output_dir}", f"out={tmp_path / 'hf-out'}"], tmp_path / "o"))
+    from attnlab import runs
+    mine = runs.load_run(cfg.paths.output_dir, str(tmp_path / "cache")).model.model.double().eval()
+    theirs = transformers.GPT2LMHeadModel.from_pretrained(out).double().eval()
+    idx = torch.randint(0, mine.cfg.vocab_size, (2, 32))
+    torch.testing.assert_close(theirs(idx).logits, mine(idx), rtol=0, atol=1e-10)
+    again = ours(out, {"name": "full"})  # import -> export -> import: the same weights, bit for bit
+    for (name, a), (_, b) in zip(mine.state_dict().items(), again.state_dict().items()):
+        assert torch.equal(a, b), name
+    local = ours(hf_folder, {"name": "longformer", "window": 8})
+    assert "attention=longformer" in "; ".join(unsupported(local))
+
+
+def test_greedy_decoding_with_our_cache_gives_hugging_faces_tokens(hf_folder):
+    hf = transformers.GPT2LMHeadModel.from_pretrained(hf_folder).eval()
+    mine = GPT(GPTConfig(**{**pretrained.model_settings(hf_folder), "dropout": 0.0}), {"name": "full"}).eval()
+    pretrained.load_into(mine, hf_folder, str(hf_folder))
+    prompt = torch.randint(0, mine.cfg.vocab_size, (1, 6))
+    theirs = hf.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=0)
+    assert torch.equal(mine.generate(prompt, 20, top_k=1), theirs)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, default_sigint
 from test_config import run_train
 
 JOB = ["mode=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=3", "test_after_fit=false"]
@@ -198,6 +198,7 @@ def _sweep_process(tmp_path, *args, log_name="sweep.log"):
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests") + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.Popen([sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=local",
                              "hydra.launcher.n_jobs=2", *args], cwd=tmp_path, env=env, start_new_session=True,
+                            preexec_fn=default_sigint,
                             stdout=open(tmp_path / log_name, "w"), stderr=subprocess.STDOUT)
 
 

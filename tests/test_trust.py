@@ -22,7 +22,7 @@ import yaml
 from attnlab import checkpoints, runs, sweep
 from attnlab.schema import ConfigError
 from attnlab.train import train
-from conftest import FAST_TRAIN, ROOT, compose
+from conftest import FAST_TRAIN, ROOT, compose, default_sigint
 
 FAST = FAST_TRAIN
 
@@ -276,7 +276,7 @@ def test_an_interrupt_saves_last_ckpt_records_interrupted_and_resume_continues_i
 def test_ctrl_c_on_train_py_exits_130_with_one_line(tmp_path):
     env = {**os.environ, "ATTNLAB_TEST_STOP_AT": "3:interrupt", "PYTHONPATH": str(ROOT / "tests")}
     r = subprocess.run([sys.executable, str(ROOT / "train.py"), *FAST, *STOPPABLE, "paths.outputs_root=outputs"],
-                       cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300)
+                       cwd=tmp_path, capture_output=True, text=True, env=env, timeout=300, preexec_fn=default_sigint)
     assert r.returncode == 130, r.stderr[-3000:]
     out = r.stdout + r.stderr
     assert "Traceback" not in out and "[attnlab][ERROR] - interrupted" in out, out[-3000:]

@@ -29,8 +29,9 @@ def run_task(task: Callable[[Any], Any], cfg, records_status: bool = False) -> A
         result = task(cfg)
     except KeyboardInterrupt:
         log.error("interrupted")
-        if multirun and not records_status:
-            sweep.write_status(cfg.paths.output_dir, "interrupted", 0, started, "interrupted")
+        from pathlib import Path
+        if multirun and (not records_status or not (Path(cfg.paths.output_dir) / sweep.STATUS_FILE).exists()):
+            sweep.write_status(cfg.paths.output_dir, "interrupted", 0, started, "interrupted before it started")
         sys.exit(EXIT_INTERRUPTED)
     except USER_ERRORS as e:
         if multirun:  # recorded in the job's status.json; the sweep goes on and reports it at the end

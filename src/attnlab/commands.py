@@ -14,7 +14,7 @@ import runpy
 import sys
 from pathlib import Path
 
-COMMANDS = ("train", "sample", "evaluate", "analyze", "report")
+COMMANDS = ("train", "sample", "evaluate", "analyze", "export", "report")
 CHECKOUT = Path(__file__).resolve().parents[2]  # src/attnlab/commands.py -> the checkout
 
 

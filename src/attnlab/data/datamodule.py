@@ -41,17 +41,20 @@ def pieces(doc: str):
     yield doc[start:]
 
 
-def write_tokens(tokenizer, docs, path: Path, dtype) -> int:
+def write_tokens(tokenizer, docs, path: Path, dtype, label: str = "") -> int:
     """Encode ``docs`` (documents separated by EOS) into ``path`` as ``dtype`` token ids, a batch of pieces at a
     time (at most ENCODE_BATCH pieces or about ENCODE_CHARS characters): memory stays bounded by a batch, never
     a Python list of the corpus. Returns the number of tokens written."""
+    import time
     n, eos = 0, np.asarray([tokenizer.eos_id], dtype=dtype)
+    total = sum(len(d) for d in docs)  # characters: the progress unit (MB of text, near enough)
+    done, started, shown = 0, time.monotonic(), time.monotonic()
     with open(path, "wb") as f:
         batch: list[tuple[str, bool]] = []  # (piece, whether it ends its document)
         chars = 0
 
         def flush() -> None:
-            nonlocal n, chars
+            nonlocal n, chars, done, shown
             for (_, last), ids in zip(batch, tokenizer.encode_batch([piece for piece, _ in batch])):
                 arr = np.asarray(ids, dtype=dtype)
                 arr.tofile(f)
@@ -59,8 +62,15 @@ def write_tokens(tokenizer, docs, path: Path, dtype) -> int:
                 if last:
                     eos.tofile(f)
                     n += 1
+            done += chars
             batch.clear()
             chars = 0
+            now = time.monotonic()
+            if now - shown >= 10 and done < total:  # long work shows progress: every 10 s
+                rate = done / (now - started)
+                log.info("tokenising %s: %.0f of %.0f MB, %.1f MB/s, about %.0f s left", label, done / 1e6,
+                         total / 1e6, rate / 1e6, (total - done) / max(rate, 1))
+                shown = now
         for doc in docs:
             parts = list(pieces(doc))
             for k, piece in enumerate(parts):
@@ -69,6 +79,9 @@ def write_tokens(tokenizer, docs, path: Path, dtype) -> int:
                 if len(batch) >= ENCODE_BATCH or chars >= ENCODE_CHARS:
                     flush()
         flush()
+    seconds = time.monotonic() - started
+    log.info("tokenised %s: %.1f MB into %d tokens in %.1f s (%.1f MB/s)", label or path.stem, total / 1e6, n,
+             seconds, total / 1e6 / max(seconds, 1e-9))
     return n
 
 
@@ -233,7 +246,8 @@ class TextDataModule(L.LightningDataModule):
                 dtype = np.uint16 if tokenizer.vocab_size < 2 ** 16 else np.uint32
 
                 def write_splits(folder: Path) -> dict:  # token ids straight into the files, batch by batch
-                    return {s: (write_tokens(tokenizer, splits[s], folder / f"{s}.bin", dtype), dtype) for s in SPLITS}
+                    return {s: (write_tokens(tokenizer, splits[s], folder / f"{s}.bin", dtype, f"the {s} split"), dtype)
+                            for s in SPLITS}
                 # bits per byte compare models with different tokenizers: the text's UTF-8 bytes per split,
                 # each document's end (the EOS target) counted as one byte, like a newline
                 n_bytes = {s: sum(len(doc.encode("utf-8")) + 1 for doc in splits[s]) for s in SPLITS}

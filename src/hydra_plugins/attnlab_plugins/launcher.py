@@ -57,8 +57,15 @@ def _task(ref: tuple[str, str]):
     return getattr(mod, name)
 
 
+def _interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def _run_in_child(payload: bytes, results) -> None:
     _die_with_parent()
+    # SIGTERM (the launcher died, or a scheduler stops the job) stops a job like Ctrl-C does, even before
+    # training starts; Lightning adds its own handler in front of this one once it runs
+    signal.signal(signal.SIGTERM, _interrupt)
     import pickle
     hydra_context, sweep_config, task_ref, singleton_state = pickle.loads(payload)  # written by cloudpickle
     task_function = _task(task_ref)

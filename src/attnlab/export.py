@@ -1,0 +1,83 @@
+"""``python export.py run=<run> out=<folder>``: a run as a Hugging Face GPT-2 folder (config.json,
+model.safetensors, tokenizer.json), for the runs Hugging Face's GPT-2 computes as they are: full or flash
+attention, learned positions, GPT-2's shape (biases, tied embeddings, the tanh GELU). Any other run is refused
+in one line naming what GPT-2 cannot represent. ``pretrained.py`` reads such a folder back losslessly."""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig
+
+from attnlab import runs
+from attnlab.schema import ConfigError, Text, check_rules
+
+log = logging.getLogger(__name__)
+RULES = {"run": Text(meaning="a run folder, a .ckpt file, <sweep folder>/<job number>, or last"),
+         "out": Text(meaning="the folder to write the Hugging Face model into")}
+GPT2_ATTENTION = ("full", "flash")  # the pattern GPT-2 computes: every earlier token
+
+
+def unsupported(model) -> list[str]:
+    """What a Hugging Face GPT-2 cannot represent of this model ([] when it can)."""
+    cfg, att = model.cfg, model.attention
+    problems = []
+    if att.name not in GPT2_ATTENTION or not att.causal:
+        problems.append(f"attention={att.name}{'' if att.causal else ' (bidirectional)'} (GPT-2 attends to every "
+                        f"earlier token: full or flash, causal)")
+    if cfg.positions != "learned":
+        problems.append(f"model.positions={cfg.positions} (GPT-2 has a learned position table)")
+    if not cfg.bias:
+        problems.append("model.bias=false (GPT-2's linear layers and LayerNorms have biases)")
+    if not cfg.tie_weights:
+        problems.append("model.tie_weights=false (GPT-2 ties its output head to the token embedding)")
+    if cfg.activation != "gelu_tanh":
+        problems.append(f"model.activation={cfg.activation} (GPT-2 uses gelu_tanh)")
+    return problems
+
+
+def to_hugging_face(model) -> tuple[dict, dict[str, torch.Tensor]]:
+    """(config.json, GPT2LMHeadModel state dict) of a ``model.GPT``; nn.Linear (out, in) -> Conv1D (in, out)."""
+    cfg = model.cfg
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    out = {"transformer.wte.weight": sd["tok_emb.weight"], "transformer.wpe.weight": sd["pos_emb.weight"],
+           "transformer.ln_f.weight": sd["ln_f.weight"], "transformer.ln_f.bias": sd["ln_f.bias"]}
+    for i in range(cfg.n_layer):
+        for ours, theirs in (("ln_attn", "ln_1"), ("ln_mlp", "ln_2")):
+            for p in ("weight", "bias"):
+                out[f"transformer.h.{i}.{theirs}.{p}"] = sd[f"blocks.{i}.{ours}.{p}"]
+        for ours, theirs in (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"), ("mlp.up", "mlp.c_fc"),
+                             ("mlp.down", "mlp.c_proj")):
+            out[f"transformer.h.{i}.{theirs}.weight"] = sd[f"blocks.{i}.{ours}.weight"].t().contiguous()
+            out[f"transformer.h.{i}.{theirs}.bias"] = sd[f"blocks.{i}.{ours}.bias"]
+    config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": cfg.vocab_size,
+              "n_positions": cfg.context, "n_embd": cfg.d_model, "n_layer": cfg.n_layer, "n_head": cfg.n_head,
+              "n_inner": cfg.d_ff, "activation_function": "gelu_new", "layer_norm_epsilon": cfg.layer_norm_eps,
+              "resid_pdrop": cfg.dropout, "embd_pdrop": cfg.dropout, "attn_pdrop": 0.0, "tie_word_embeddings": True}
+    return config, out
+
+
+def export(cfg: DictConfig) -> Path:
+    check_rules(cfg, RULES)
+    loaded = runs.load_run(cfg.run, cfg.paths.cache_dir, cfg.paths.outputs_root)
+    model = loaded.model.model
+    problems = unsupported(model)
+    if problems:
+        raise ConfigError(f"run={cfg.run} cannot be a Hugging Face GPT-2: {'; '.join(problems)}")
+    out = Path(cfg.out).expanduser()
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"out={cfg.out} is not empty; give a new folder")
+    config, state = to_hugging_face(model)
+    from safetensors.torch import save_file
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "config.json").write_text(json.dumps(config, indent=1))
+    save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    loaded.tokenizer.save(tmp)
+    if out.exists():
+        out.rmdir()
+    tmp.rename(out)  # the folder appears whole or not at all
+    log.info("run %s exported as a Hugging Face GPT-2 folder: %s", loaded.folder, out)
+    return out
