@@ -33,8 +33,10 @@ class Inspection:
 
 
 @torch.no_grad()
-def inspect(model, idx: torch.Tensor) -> Inspection:
-    """Run ``model`` (a ``model.GPT``, in eval mode) on idx (B, T) and return each layer's probabilities."""
+def inspect(model, idx: torch.Tensor, on_layer=None) -> Inspection:
+    """Run ``model`` (a ``model.GPT``, in eval mode) on idx (B, T) and return each layer's probabilities; with
+    ``on_layer(layer, probs)``, each layer's (B, H, T, T) probabilities go there instead of being kept (one
+    layer's worth of memory at a time)."""
     B, T = idx.shape
     pos = torch.arange(T, device=idx.device)  # (T,)
     x = model.tok_emb(idx)  # (B, T, C)
@@ -44,7 +46,11 @@ def inspect(model, idx: torch.Tensor) -> Inspection:
     probs = []
     for layer, block in enumerate(model.blocks):
         q, k, _ = block.attn.project(block.ln_attn(x), pos)  # (B, H, T, D) each
-        probs.append(attention_probabilities(block.attn.attention, q, k, layer))
+        p = attention_probabilities(block.attn.attention, q, k, layer)  # (B, H, T, T)
+        if on_layer is None:
+            probs.append(p)
+        else:
+            on_layer(layer, p)
         x = block(x, pos)  # (B, T, C): the model's own computation, through its backend
     return Inspection(probs, model.head(model.ln_f(x)))
 

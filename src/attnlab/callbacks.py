@@ -417,15 +417,16 @@ class AttentionStats(L.Callback):
         if n < 1:
             return
         idx = torch.as_tensor(np.asarray(tokens[:n * T], dtype=np.int64)).view(n, T).to(pl_module.device)  # (n, T)
-        was_training = model.training
-        model.eval()
-        seen = inspect(model, idx)
-        model.train(was_training)
         metrics = {}
-        for layer, probs in enumerate(seen.probabilities):
+
+        def record(layer: int, probs: torch.Tensor) -> None:  # one layer's (n, H, T, T) at a time
             stats = head_statistics(probs.float(), model.attention)
             metrics[f"attention/entropy_layer{layer}"] = sum(stats["entropy"]) / len(stats["entropy"])
             metrics[f"attention/distance_layer{layer}"] = sum(stats["distance"]) / len(stats["distance"])
+        was_training = model.training
+        model.eval()
+        inspect(model, idx, on_layer=record)
+        model.train(was_training)
         pl_module.log_dict(metrics, sync_dist=True)
 
 

@@ -12,6 +12,7 @@ import torch
 from omegaconf import DictConfig
 
 from attnlab import runs
+from attnlab.pretrained import LAYER_NORMS, LINEARS
 from attnlab.schema import ConfigError, Text, check_rules
 
 log = logging.getLogger(__name__)
@@ -45,11 +46,10 @@ def to_hugging_face(model) -> tuple[dict, dict[str, torch.Tensor]]:
     out = {"transformer.wte.weight": sd["tok_emb.weight"], "transformer.wpe.weight": sd["pos_emb.weight"],
            "transformer.ln_f.weight": sd["ln_f.weight"], "transformer.ln_f.bias": sd["ln_f.bias"]}
     for i in range(cfg.n_layer):
-        for ours, theirs in (("ln_attn", "ln_1"), ("ln_mlp", "ln_2")):
+        for theirs, ours in LAYER_NORMS.items():
             for p in ("weight", "bias"):
                 out[f"transformer.h.{i}.{theirs}.{p}"] = sd[f"blocks.{i}.{ours}.{p}"]
-        for ours, theirs in (("attn.qkv", "attn.c_attn"), ("attn.proj", "attn.c_proj"), ("mlp.up", "mlp.c_fc"),
-                             ("mlp.down", "mlp.c_proj")):
+        for theirs, ours in LINEARS.items():
             out[f"transformer.h.{i}.{theirs}.weight"] = sd[f"blocks.{i}.{ours}.weight"].t().contiguous()
             out[f"transformer.h.{i}.{theirs}.bias"] = sd[f"blocks.{i}.{ours}.bias"]
     config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": cfg.vocab_size,

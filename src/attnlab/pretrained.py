@@ -24,6 +24,8 @@ HUB_PREFIX = "hf:"
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu": "gelu"}
+LAYER_NORMS = {"ln_1": "ln_attn", "ln_2": "ln_mlp"}  # GPT-2's names -> this project's, per block
+LINEARS = {"attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj", "mlp.c_fc": "mlp.up", "mlp.c_proj": "mlp.down"}
 SHAPE_KEYS = ("n_layer", "n_head", "d_model", "d_ff", "bias", "tie_weights", "activation", "layer_norm_eps")
 
 
@@ -104,12 +106,10 @@ def convert(hf: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor
     hf = {k.removeprefix("transformer."): v for k, v in hf.items()}
     out = {"tok_emb.weight": hf["wte.weight"], "pos_emb.weight": hf["wpe.weight"],
            "ln_f.weight": hf["ln_f.weight"], "ln_f.bias": hf["ln_f.bias"]}
-    names = {"ln_1": "ln_attn", "ln_2": "ln_mlp"}
-    linear = {"attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj", "mlp.c_fc": "mlp.up", "mlp.c_proj": "mlp.down"}
     for i in range(n_layer):
-        for a, b in names.items():
+        for a, b in LAYER_NORMS.items():
             out[f"blocks.{i}.{b}.weight"], out[f"blocks.{i}.{b}.bias"] = hf[f"h.{i}.{a}.weight"], hf[f"h.{i}.{a}.bias"]
-        for a, b in linear.items():
+        for a, b in LINEARS.items():
             out[f"blocks.{i}.{b}.weight"] = hf[f"h.{i}.{a}.weight"].t().contiguous()  # (in, out) -> (out, in)
             out[f"blocks.{i}.{b}.bias"] = hf[f"h.{i}.{a}.bias"]
     out["head.weight"] = hf.get("lm_head.weight", hf["wte.weight"])
