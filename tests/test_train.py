@@ -106,6 +106,16 @@ def test_multirun_runs_each_job_in_its_own_folder(tmp_path):
     assert len(jobs) == 2 and jobs[0].startswith("0-attention=full,seed=1") and jobs[1].startswith("1-attention=full,seed=2"), jobs
     for job in (tmp_path / "outputs" / "multirun").glob("*/*-attention*"):
         assert (job / "csv" / "metrics.csv").exists() and (job / ".hydra" / "config.yaml").exists()
+    out = r.stdout + r.stderr
+    assert out.count("Total params") == 1  # the model summary once per sweep, not once per job
+    for boilerplate in ("GPU available", "TPU available", "litlogger", "Seed set to"):
+        assert boilerplate not in out, boilerplate
+
+
+def test_the_progress_bar_shows_one_time_left_the_runs():
+    from attnlab.callbacks import RunProgressBar
+    columns = RunProgressBar().configure_columns(None)
+    assert not [c for c in columns if type(c).__name__ == "CustomTimeColumn"]  # no second, per-epoch estimate
 
 
 def test_default_wandb_logger_goes_offline_and_groups_by_attention(make_cfg, monkeypatch):

@@ -316,6 +316,13 @@ class RunProgressBar(RichProgressBar):
         description = f"Epoch {current_epoch} ({trainer.max_steps:,} steps)"
         return f"{description:{len(self.validation_description)}}"
 
+    def configure_columns(self, trainer) -> list:
+        """Rich's columns with elapsed time only: its time-left is the epoch's, which disagreed with the run's
+        ETA beside it (the one estimate shown is the whole run's)."""
+        from rich.progress import TimeElapsedColumn
+        return [TimeElapsedColumn() if type(c).__name__ == "CustomTimeColumn" else c
+                for c in super().configure_columns(trainer)]
+
     def get_metrics(self, trainer, pl_module) -> dict:
         items = super().get_metrics(trainer, pl_module)
         items.pop("v_num", None)

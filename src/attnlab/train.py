@@ -291,15 +291,17 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
                                    params=model.model.num_params(), attention=checkpoints.settings_of(cfg)["attention"],
                                    versions=versions())
 
+    position = sweep.job_position()
+    later_job = position is not None and position[0] > 1  # the model summary is printed for a sweep's first job
     callbacks = []
     for name, c in (cfg.get("callbacks") or {}).items():
-        if c is None or "_target_" not in c:
+        if c is None or "_target_" not in c or (later_job and name == "model_summary"):
             continue
         callbacks.append(hydra.utils.instantiate(c))
     loggers = build_loggers(cfg, resume_id)
     model.wandb_run_id = wandb_run.run_id(loggers)
     trainer: L.Trainer = build_trainer(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False,
+        cfg.trainer, callbacks=callbacks, logger=loggers or False, **({"enable_model_summary": False} if later_job else {}),
         plugins=[checkpoints.CheckpointIO(preloaded=(resume.path, resume.state) if resume else None)])
     progress["trainer"] = trainer
     trainer.fit(model, datamodule=datamodule, ckpt_path=resume.path if resume else None)

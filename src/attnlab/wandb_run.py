@@ -74,6 +74,7 @@ def job_info() -> dict:
 
 def build_logger(cfg: DictConfig, lg_cfg: dict, resume_id: str | None):
     """A WandbLogger for this job: a new run (or the resumed one), never the previous job's."""
+    os.environ.setdefault("WANDB_SILENT", "true")  # W&B's own banner lines; the folder to sync is logged below
     import wandb
     if wandb.run is not None:  # a previous job of this process left its run open: it must not receive our data
         wandb.finish()
