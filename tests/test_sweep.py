@@ -82,6 +82,7 @@ def test_a_four_trial_optuna_search_completes_and_saves_the_best_parameters(tmp_
     _, best_value, best_params = min(trials, key=lambda t: t[1])
     assert best.best_value == pytest.approx(best_value) and dict(best.best_params) == best_params
     assert "best val/ppl_best" in out and "4 finished, 0 failed" in out
+    assert "\x1b[" not in out  # no raw colour codes from Optuna's own log handler
 
 
 @pytest.mark.slow

@@ -18,6 +18,12 @@ class OptunaSearch(_OptunaSweeper):
     job and exit 1, instead of Optuna's 'No trials are completed yet' traceback."""
 
     def sweep(self, arguments):
+        try:  # Optuna's own handler writes colour codes into logs: its records go through the project's instead
+            import optuna
+            optuna.logging.disable_default_handler()
+            optuna.logging.enable_propagation()
+        except ImportError:
+            pass
         try:
             return super().sweep(arguments)
         except ValueError as e:
