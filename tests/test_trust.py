@@ -460,3 +460,12 @@ def test_a_resumed_sweep_job_is_in_the_sweep_summary_and_report_skips_its_pointe
     pointer = json.loads((Path(first.paths.output_dir).parent / "2026-01-01_01-00-00" / "status.json").read_text())
     assert pointer["status"] == "finished" and pointer["continued_in"] == "../2026-01-01_00-00-00"
     assert find_runs([str(Path(first.paths.output_dir).parent)]) == [Path(first.paths.output_dir)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(__import__("attnlab.attention", fromlist=["ATTENTION_TYPES"]).ATTENTION_TYPES))
+def test_every_type_trains_compiled(make_cfg, name):
+    cfg = make_cfg([*FAST, f"attention={name}", "compile=true", "trainer.limit_train_batches=2",
+                    "trainer.limit_val_batches=1"])
+    metrics = train(cfg)
+    assert torch.isfinite(torch.tensor(metrics["val/loss"]))
