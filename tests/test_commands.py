@@ -137,6 +137,19 @@ def test_report_writes_into_a_new_out_folder_and_labels_single_runs_by_folder(tm
     assert runs[0].label == trained_run.name and not runs[0].label.startswith("2026:")
 
 
+def test_report_refuses_a_yaml_alias_bomb_in_a_run_config_at_once(tmp_path, trained_run):
+    import time
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]  # 10^9 items if expanded
+    with open(run / ".hydra" / "config.yaml", "a") as f:
+        f.write("\n".join(lines) + "\n")
+    started = time.time()
+    [row], _ = report([str(run)], str(tmp_path / "out"))
+    assert "config.yaml unreadable" in row.status and time.time() - started < 30
+
+
 @pytest.mark.parametrize("damaged", ["status.json", "csv/metrics.csv", ".hydra/config.yaml", "samples.jsonl"])
 def test_report_on_a_damaged_file_keeps_the_row_and_says_which_file(tmp_path, trained_run, damaged):
     run = tmp_path / "run"

@@ -14,9 +14,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
 
-from attnlab import checkpoints
+from attnlab import checkpoints, plain_yaml
 from attnlab.schema import ConfigError
 
 COLUMNS = ["run", "attention", "backend", "model", "tokenizer", "params_M", "steps", "val_ppl_best", "val_ppl_final",
@@ -124,13 +123,13 @@ def read_run(folder: Path) -> Run:
     """One run's row from its files, read as plain values; a damaged file leaves its cells empty and says so."""
     problems: list[str] = []
     raw = _read("config.yaml", folder, problems,
-                lambda: OmegaConf.to_container(OmegaConf.load(folder / ".hydra" / "config.yaml"), resolve=False))
+                lambda: plain_yaml.load(folder / ".hydra" / "config.yaml"))  # plain values: no tags, no alias bombs
     raw = raw if isinstance(raw, dict) else {}
     group = lambda name: raw.get(name) if isinstance(raw.get(name), dict) else {}  # noqa: E731
     label = folder.name
     job = _job_number(folder)
     overrides = folder / ".hydra" / "overrides.yaml"
-    ov = _read("overrides.yaml", folder, problems, lambda: list(OmegaConf.load(overrides))) if overrides.exists() else None
+    ov = _read("overrides.yaml", folder, problems, lambda: list(plain_yaml.load(overrides) or [])) if overrides.exists() else None
     if job is not None:
         ov = [o for o in (ov or []) if not str(o).startswith(("paths.", "hydra"))]
         label = f"{job}: " + (" ".join(map(str, ov)) or "defaults")

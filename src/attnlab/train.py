@@ -156,7 +156,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             final = {k: round(v, 6) for k, v in (progress.get("metrics") or {}).items() if k in SUMMARY_METRICS}
             sweep.write_status(cfg.paths.output_dir, status, step, started, reason, final)
             if "started_in" in progress:  # the folder this command made says where the run went on (a sweep's
-                import os                 # summary reads it); a relative path, so the tree can move
+                import os  # summary reads it); a relative path, so the tree can move
                 sweep.write_status(progress["started_in"], status, step, started, reason, final,
                                    continued_in=os.path.relpath(cfg.paths.output_dir, progress["started_in"]))
             if status == "finished":
