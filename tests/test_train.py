@@ -61,12 +61,21 @@ def _resume_cfg(make_cfg, name, max_steps, extra=()):
                      "++callbacks.last_checkpoint._target_=attnlab.callbacks.LastCheckpoint",
                      "++callbacks.last_checkpoint.dirpath=${paths.checkpoint_dir}",
                      "++callbacks.last_checkpoint.every_n_train_steps=5", "trainer.limit_val_batches=0",
-                     "test_after_fit=false", "trainer.log_every_n_steps=1", "scheduler.total_steps=20", *extra], name)
+                     "test_after_fit=false", "trainer.log_every_n_steps=1", "scheduler.total_steps=20",
+                     "++callbacks.rich_progress._target_=attnlab.callbacks.RunProgressBar", *extra], name)
 
 
 @pytest.mark.parametrize("stop", [7, 10, 15])  # max_steps between saves, mid-epoch on a save, the epoch end
-def test_resume_continues_at_the_right_step_and_data_position(make_cfg, stop):
+def test_resume_continues_at_the_right_step_and_data_position(make_cfg, stop, monkeypatch, recwarn):
     torch.use_deterministic_algorithms(False)
+    from attnlab.callbacks import RunProgressBar
+    bar_states, batch_end = [], RunProgressBar.on_train_batch_end
+
+    def record_bar(self, trainer, *args):  # (count shown, total shown) of the training bar after each batch
+        batch_end(self, trainer, *args)
+        task = self.progress.tasks[self.train_progress_bar_id]
+        bar_states.append((int(task.completed), int(task.total)))
+    monkeypatch.setattr(RunProgressBar, "on_train_batch_end", record_bar)
     # one run of 20 steps straight ...
     straight = _resume_cfg(make_cfg, "straight", 20)
     train(straight)
@@ -76,7 +85,13 @@ def test_resume_continues_at_the_right_step_and_data_position(make_cfg, stop):
     last = Path(first.paths.output_dir) / "checkpoints" / "last.ckpt"
     assert safe_load(last)["global_step"] == stop
     resumed = _resume_cfg(make_cfg, "resumed", 20, [f"ckpt_path={last}"])
+    bar_states.clear()
     train(resumed)
+    # the bar counts on from the saved batch, against the epoch's own end (not "15/13" after a mid-epoch resume)
+    assert bar_states[0][0] == stop % 15 + 1 and all(done <= total for done, total in bar_states), bar_states
+    assert bar_states[-1][0] == bar_states[-1][1]
+    # the data position is restored by the datamodule: no warning that the loader cannot resume
+    assert not [w for w in recwarn if "dataloader is not resumable" in str(w.message)]
     assert Path(resumed.paths.output_dir) == Path(first.paths.output_dir)  # the run goes on in its own folder
     rows = metrics_of(Path(first.paths.output_dir))
     steps = [int(r["step"]) for r in rows if r.get("train/loss")]

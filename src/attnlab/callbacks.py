@@ -283,6 +283,14 @@ class RunProgressBar(RichProgressBar):
         self.start: tuple[float, int] | None = None  # (time, step) when this session's training began
         self.job: tuple[int, int | None] | None = None
         self.estimated = False
+        self.epoch_starting = False
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        self.epoch_starting = True  # Lightning resets its batch count only after this hook
+        try:
+            super().on_train_epoch_start(trainer, pl_module)
+        finally:
+            self.epoch_starting = False
 
     def on_train_start(self, trainer, pl_module) -> None:
         super().on_train_start(trainer, pl_module)
@@ -307,6 +315,23 @@ class RunProgressBar(RichProgressBar):
                 log.info("estimated time left: %s for %d more steps (%.2f s per step so far)", duration(left),
                          trainer.estimated_stepping_batches - trainer.global_step,
                          (time.perf_counter() - self.start[0]) / (trainer.global_step - self.start[1]))
+
+    @property
+    def total_train_batches(self) -> int | float:
+        """The epoch's last batch number, on the same scale as the count shown beside it. Lightning's own total
+        for a step-bounded run is the steps *left*, while the count is the batch number *in the epoch*: after a
+        mid-epoch resume the bar read e.g. 40/9. Here the total is where this epoch will stop: its end, or the
+        batch at which max_steps is reached."""
+        trainer = self.trainer
+        per_epoch = trainer.num_training_batches
+        if not (trainer.max_epochs == -1 and trainer.max_steps is not None and trainer.max_steps > 0):
+            return per_epoch
+        epoch_loop = trainer.fit_loop.epoch_loop
+        done = epoch_loop.batch_progress.current.ready  # batches of this epoch fetched so far ...
+        if self.epoch_starting and (not epoch_loop.restarting or done >= per_epoch):
+            done = 0  # ... except before a new epoch's first batch, when it still holds the previous epoch's count
+        left = (trainer.max_steps - trainer.global_step) * trainer.accumulate_grad_batches
+        return min(per_epoch, done + left)
 
     def _get_train_description(self, current_epoch: int) -> str:
         # Lightning writes "Epoch 0/-2" for a run bounded by steps (max_epochs=-1): say the step budget instead

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -304,7 +305,11 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
         cfg.trainer, callbacks=callbacks, logger=loggers or False, **({"enable_model_summary": False} if later_job else {}),
         plugins=[checkpoints.CheckpointIO(preloaded=(resume.path, resume.state) if resume else None)])
     progress["trainer"] = trainer
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resume.path if resume else None)
+    with warnings.catch_warnings():
+        # Lightning cannot see that TextDataModule restores the data position itself (its state_dict, with
+        # ResumableSampler skipping the batches already trained on), so it warns that a mid-epoch resume is unsafe
+        warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resume.path if resume else None)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
     if cfg.get("test_after_fit"):
         best = next((c.best_model_path for c in callbacks
