@@ -227,3 +227,16 @@ def test_the_attnlab_command_runs_the_tools_from_any_folder(tmp_path):
     assert r.returncode == 2 and "batch_size=0 must be an integer >= 1" in r.stdout + r.stderr
     r = subprocess.run([str(exe), "fly"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert r.returncode == 2 and "must be one of ['train', 'sample', 'evaluate', 'analyze', 'export', 'report'], got 'fly'" in r.stderr
+
+
+def test_the_attnlab_command_names_its_commands_and_its_missing_checkout(monkeypatch, tmp_path, capsys):
+    from attnlab import commands
+    for argv in ([], ["fly"]):
+        with pytest.raises(SystemExit) as e:
+            commands.main(argv)
+        assert e.value.code == 2
+        assert "must be one of ['train', 'sample', 'evaluate', 'analyze', 'export', 'report']" in capsys.readouterr().err
+    monkeypatch.setattr(commands, "CHECKOUT", tmp_path)  # installed without its checkout's scripts
+    with pytest.raises(SystemExit) as e:
+        commands.main(["train", "mode=debug"])
+    assert e.value.code == 2 and "pip install -e <checkout>" in capsys.readouterr().err

@@ -161,3 +161,19 @@ def test_greedy_decoding_with_our_cache_gives_hugging_faces_tokens(hf_folder):
     prompt = torch.randint(0, mine.cfg.vocab_size, (1, 6))
     theirs = hf.generate(prompt, max_new_tokens=20, do_sample=False, pad_token_id=0)
     assert torch.equal(mine.generate(prompt, 20, top_k=1), theirs)
+
+
+def test_the_conversion_back_gives_hugging_faces_model_and_names_what_it_cannot_represent(hf_folder):
+    from attnlab.export import to_hugging_face, unsupported
+    mine = ours(hf_folder, {"name": "full"})
+    assert unsupported(mine) == []
+    config, state = to_hugging_face(mine)
+    theirs = transformers.GPT2LMHeadModel(transformers.GPT2Config(**config)).double().eval()
+    theirs.load_state_dict(state, strict=False)  # the causal-mask buffers are not weights
+    idx = torch.randint(0, mine.cfg.vocab_size, (2, 32))
+    torch.testing.assert_close(theirs(idx).logits, mine(idx), rtol=0, atol=1e-10)
+    other = GPT(GPTConfig(**{**pretrained.model_settings(hf_folder), "positions": "rope", "bias": False,
+                             "activation": "gelu"}), {"name": "longformer", "window": 8, "causal": True})
+    said = "; ".join(unsupported(other))
+    for problem in ("attention=longformer", "model.positions=rope", "model.bias=false", "model.activation=gelu"):
+        assert problem in said, problem

@@ -1,0 +1,34 @@
+"""The pictures: one panel per head where the pattern depends on it, sized for reading, analysis maps drawn
+over the type's mask."""
+import matplotlib.image
+import pytest
+import torch
+
+from attnlab.analyze import draw_extrapolation, draw_layer, draw_loss_by_position
+from attnlab.attention import build_attention
+from attnlab.attention.pictures import save_pattern_picture
+
+
+def width_and_height(path):
+    image = matplotlib.image.imread(path)  # (height, width, channels)
+    return image.shape[1], image.shape[0]
+
+
+@pytest.mark.parametrize("settings, panels", [({"name": "full"}, 1), ({"name": "sparse", "heads": "split"}, 3)])
+def test_a_pattern_picture_has_a_panel_per_distinct_head(tmp_path, settings, panels):
+    pattern = build_attention(settings).pattern(32)  # sparse with split heads: even and odd heads differ
+    path = save_pattern_picture(pattern, 32, tmp_path / "sub" / "pattern.png", n_heads=3, title="pattern")
+    width, height = width_and_height(path)
+    assert width == pytest.approx(4 * panels * 110, abs=2) and height == pytest.approx(4.3 * 110, abs=2)
+
+
+def test_analysis_pictures_are_written(tmp_path):
+    heads, T = 2, 16
+    allowed = torch.ones(T, T, dtype=torch.bool).tril().expand(heads, T, T)
+    probs = allowed.float() / allowed.float().sum(-1, keepdim=True)  # uniform over the causal past
+    width, _ = width_and_height(draw_layer(probs, allowed, 0, "uniform", tmp_path / "layer0.png"))
+    assert width == pytest.approx(3.2 * heads * 110, abs=2)
+    curve = {"mean": [3.0, 2.5, 2.0], "ci95": [0.1, 0.1, 0.1]}
+    assert draw_loss_by_position(curve, "loss", tmp_path / "loss.png").stat().st_size > 0
+    extrapolation = {"lengths": [16, 32, 64], "perplexity": [10.0, 12.0, 30.0]}
+    assert draw_extrapolation(extrapolation, 16, "rope", tmp_path / "extra.png").stat().st_size > 0
