@@ -166,6 +166,14 @@ def test_init_from_starts_from_weights_and_refuses_misfits(make_cfg, tmp_path):
     tuned = make_cfg(["mode=debug", "attention=longformer", "trainer.max_epochs=1", "test_after_fit=false",
                       f"init_from={last}"], "tuned")
     train(tuned)  # another attention type, same weights: allowed
+    with open(Path(tuned.paths.output_dir) / "csv" / "metrics.csv") as f:
+        assert "init/loss" not in f.readline()  # trained weights: no "loss at initialisation" check (or warning)
+    separate = make_cfg(["mode=debug", "attention=longformer", "attention.global_projections=true",
+                         "trainer.max_epochs=1", "test_after_fit=false", "trainer.limit_train_batches=1",
+                         "optimizer.lr=1e-12", f"init_from={last}"], "separate")
+    train(separate)  # Longformer's own global projections start as copies of the shared ones
+    weights = checkpoints.safe_load(Path(separate.paths.output_dir) / "checkpoints" / "last.ckpt")["state_dict"]
+    torch.testing.assert_close(weights["model.blocks.0.attn.qkv_global.weight"], weights["model.blocks.0.attn.qkv.weight"])
     wider = make_cfg(["mode=debug", "model.d_model=96", f"init_from={last}"], "wider")
     with pytest.raises(ConfigError, match=r"init_from=.*last.ckpt: its weights do not fit this model"):
         train(wider)

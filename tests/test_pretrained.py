@@ -177,3 +177,13 @@ def test_the_conversion_back_gives_hugging_faces_model_and_names_what_it_cannot_
     said = "; ".join(unsupported(other))
     for problem in ("attention=longformer", "model.positions=rope", "model.bias=false", "model.activation=gelu"):
         assert problem in said, problem
+
+
+def test_global_projections_converted_from_gpt2_start_as_copies_and_change_nothing(hf_folder):
+    longformer = {"name": "longformer", "window": 8, "global_tokens": 2}
+    shared = ours(hf_folder, longformer)
+    separate = ours(hf_folder, {**longformer, "global_projections": True})
+    assert separate.blocks[0].attn.qkv_global is not None
+    torch.testing.assert_close(separate.blocks[1].attn.qkv_global.weight, separate.blocks[1].attn.qkv.weight)
+    idx = torch.randint(0, shared.cfg.vocab_size, (2, 32))
+    torch.testing.assert_close(separate(idx), shared(idx), rtol=0, atol=1e-12)

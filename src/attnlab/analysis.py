@@ -45,8 +45,13 @@ def inspect(model, idx: torch.Tensor, on_layer=None) -> Inspection:
     x = model.drop(x)
     probs = []
     for layer, block in enumerate(model.blocks):
-        q, k, _ = block.attn.project(block.ln_attn(x), pos)  # (B, H, T, D) each
+        h = block.ln_attn(x)  # (B, T, C)
+        q, k, _ = block.attn.project(h, pos)  # (B, H, T, D) each
         p = attention_probabilities(block.attn.attention, q, k, layer)  # (B, H, T, T)
+        if block.attn.qkv_global is not None:  # Longformer's global rows come from their own projections
+            qg, kg, _ = block.attn.project(h, pos, block.attn.qkv_global)  # (B, H, T, D) each
+            rows = block.attn.attention.is_global(pos)  # (T,)
+            p = torch.where(rows.view(1, 1, T, 1), attention_probabilities(block.attn.attention, qg, kg, layer), p)
         if on_layer is None:
             probs.append(p)
         else:

@@ -32,6 +32,8 @@ class LayerCache:
         self.k: torch.Tensor | None = None  # (B, H, S, D)
         self.v: torch.Tensor | None = None  # (B, H, S, D)
         self.pos: torch.Tensor | None = None  # (S,) long
+        # Longformer's global projections: (k, v, positions) of every token so far, while a global query may come
+        self.global_kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @property
     def slots(self) -> int:

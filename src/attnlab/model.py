@@ -94,13 +94,18 @@ class SelfAttention(nn.Module):
         self.proj.is_residual_out = True  # scaled init, see GPT._init_weights
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.rotary = Rotary(cfg.head_dim, cfg.rope_base) if cfg.positions == "rope" else None
+        # Longformer's global_projections: the global queries' own rows get their own Q/K/V (None: shared)
+        self.qkv_global = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias) \
+            if attention.separate_global_projections else None
         self._attend, self._attend_device = None, None  # the backend, resolved once for the device it runs on
 
-    def project(self, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def project(self, x: torch.Tensor, positions: torch.Tensor, qkv: nn.Linear | None = None
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x: (B, T, C) -> q, k, v: (B, H, T, D) each, rotated when positions are rotary. A seam for analysis:
-        ``attnlab.analysis`` computes the attention probabilities from exactly these."""
+        ``attnlab.analysis`` computes the attention probabilities from exactly these. ``qkv``: another
+        projection (the global one)."""
         B, T, C = x.shape
-        q, k, v = self.qkv(x).split(C, dim=2)  # 3 x (B, T, C)
+        q, k, v = (qkv or self.qkv)(x).split(C, dim=2)  # 3 x (B, T, C)
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
         if self.rotary is not None:
             q, k = self.rotary(q, positions), self.rotary(k, positions)  # (B, H, T, D) each
@@ -113,8 +118,39 @@ class SelfAttention(nn.Module):
         if self._attend_device != q.device:  # built on the CPU, then moved: resolve where it runs, once
             self._attend, self._attend_device = self.attention.bind(q.device, self.layer), q.device
         y = self._attend(q, k, v) if cache is None else cache.attend(q, k, v, positions, self._attend)  # (B, H, T, D)
+        if self.qkv_global is not None:
+            y = self.global_rows(x, positions, y, cache)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.proj(y))  # (B, T, C)
+
+
+    def global_rows(self, x: torch.Tensor, positions: torch.Tensor, y: torch.Tensor, cache: LayerCache | None
+                    ) -> torch.Tensor:
+        """y (B, H, T, D) with the rows of global queries recomputed from the global projections: such a row
+        sees every key the pattern allows (all earlier ones when causal), so it is a dense O(g T) product. In
+        generation the global keys and values are kept only while a global query can still come."""
+        is_global = self.attention.is_global(positions)  # (T,) bool
+        if cache is not None and int(positions[0]) > self.attention.last_global_query():
+            cache.global_kv = None  # no global query can come any more
+            return y
+        if cache is None and not bool(is_global.any()):
+            return y
+        qg, kg, vg = self.project(x, positions, self.qkv_global)  # (B, H, T, D) each
+        key_pos = positions
+        if cache is not None:  # the global keys and values of every earlier token too
+            if cache.global_kv is not None:
+                k0, v0, p0 = cache.global_kv
+                kg, vg, key_pos = torch.cat([k0, kg], 2), torch.cat([v0, vg], 2), torch.cat([p0, positions])
+            cache.global_kv = (kg, vg, key_pos)  # (B, H, S, D), (B, H, S, D), (S,)
+        rows = is_global.nonzero().flatten()  # (R,)
+        if rows.numel() == 0:
+            return y
+        heads = torch.arange(self.n_head, device=x.device).view(-1, 1, 1)  # (H, 1, 1)
+        zero = torch.zeros((), dtype=torch.long, device=x.device)
+        mask = self.attention.pattern(int(key_pos.max()) + 1, self.layer)(
+            zero, heads, positions[rows].view(1, -1, 1), key_pos.view(1, 1, -1))  # (H|1, R, S)
+        yg = F.scaled_dot_product_attention(qg[:, :, rows], kg, vg, attn_mask=mask)  # (B, H, R, D)
+        return y.index_copy(2, rows, yg.to(y.dtype))  # (B, H, T, D)
 
 
 class MLP(nn.Module):
@@ -175,6 +211,17 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def fill_global_projections(self, state: dict[str, torch.Tensor]) -> list[str]:
+        """Weights from a model with shared projections, for this one with Longformer's global projections:
+        each layer's missing ``qkv_global`` starts as a copy of its ``qkv`` (so the outputs are unchanged until
+        training moves them apart). Adds to ``state`` in place; returns the names it filled."""
+        filled = []
+        for name in self.state_dict():
+            if ".attn.qkv_global." in name and name not in state:
+                state[name] = state[name.replace(".attn.qkv_global.", ".attn.qkv.")].clone()
+                filled.append(name)
+        return filled
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())

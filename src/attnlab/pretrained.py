@@ -139,6 +139,8 @@ def load_into(gpt, folder: Path, source: str) -> None:
     if state["tok_emb.weight"].shape != own["tok_emb.weight"].shape:
         raise ConfigError(f"init_from={source}: its vocabulary has {state['tok_emb.weight'].shape[0]} tokens, the "
                           f"run's tokenizer {own['tok_emb.weight'].shape[0]}; use the checkpoint's tokenizer")
+    if gpt.fill_global_projections(state):
+        log.info("init_from=%s: the global projections start as copies of the shared ones", source)
     missing, unexpected = gpt.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("inv_freq")]
     if missing or unexpected:

@@ -121,7 +121,13 @@ def load_initial_weights(model: LitGPT, path: str, settings: dict) -> None:
                 if "model" in saved and k in saved["model"] and saved["model"][k] != settings["model"].get(k)]
         if diff:
             raise ConfigError(f"init_from={path}: its weights do not fit this model ({'; '.join(diff)})")
-        model.load_state_dict(loaded["state_dict"], strict=True)
+        state = dict(loaded["state_dict"])
+        lit_prefix = "model."  # LitGPT holds the GPT as .model
+        inner = {k[len(lit_prefix):]: v for k, v in state.items() if k.startswith(lit_prefix)}
+        if model.model.fill_global_projections(inner):
+            log.info("init_from=%s: the global projections start as copies of the shared ones", path)
+            state.update({lit_prefix + k: v for k, v in inner.items()})
+        model.load_state_dict(state, strict=True)
     except checkpoints.CheckpointError as e:
         raise ConfigError(str(e)) from e
     except RuntimeError as e:
@@ -283,6 +289,7 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
         model.initialised_from = source
     elif cfg.get("init_from"):
         load_initial_weights(model, str(cfg.init_from), checkpoints.settings_of(cfg))
+        model.initialised_from = str(cfg.init_from)  # trained weights: the loss is not at initialisation
     device = run_device(cfg)
     log.info("model: %.2fM parameters, %s attention, backend %s on %s (%s)", model.model.num_params() / 1e6,
              attention.name, attention.resolved_backend(device), device, attention.describe())

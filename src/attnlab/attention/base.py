@@ -54,6 +54,12 @@ class AttentionType:
         """Settings that together exercise every option at length n (the equivalence tests)."""
         return [cls.example(n)]
 
+    @property
+    def separate_global_projections(self) -> bool:
+        """Whether global queries' rows have their own Q/K/V projections (then ``is_global`` and
+        ``last_global_query`` say which rows): Longformer's ``global_projections``."""
+        return False
+
     # --- shared -------------------------------------------------------------------------------------
     def backends(self) -> list[str]:
         """The backends that compute this type exactly (its pattern decides)."""

@@ -4,6 +4,11 @@ Causal: query i sees keys i-w < j <= i (w keys including itself; with dilation d
 Bidirectional: |i-j| <= w/2. Global tokens (the first ``global_tokens`` positions, or an explicit list) see
 every key they may see and are seen by every query (subject to causality). Time and memory O(n (w + g)).
 ``windows`` optionally gives one window per layer (the paper grows the window with depth).
+
+``global_projections``: the paper's (and Hugging Face's) separate Q/K/V projections for the global queries'
+own rows (a global token attending to everything); the local rows, global keys included, keep the shared
+projections. Off by default: one set of projections, as in every other type. ``model.SelfAttention`` adds
+the projections; converted or ``init_from`` weights start them as copies of the shared ones.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ class LongformerAttention(AttentionType):
     dilation: int = 1  # d: spacing of the window's keys; d > 1 widens the receptive field at equal cost
     windows: list | None = None  # optional per-layer windows overriding ``window``; cycled if shorter than n_layer
     block_size: int = 32  # tile edge; ~window/2 keeps the band's partial blocks few
+    global_projections: bool = False  # own Q/K/V for the global rows (the paper's); false shares the local ones
     name = "longformer"
 
     def __post_init__(self):
@@ -39,6 +45,26 @@ class LongformerAttention(AttentionType):
         if (g if isinstance(g, int) else len(g)) > 0:
             p = p | global_tokens(g)
         return base(self.causal) & p
+
+    @property
+    def separate_global_projections(self) -> bool:
+        return self.global_projections and self.n_global() > 0
+
+    def n_global(self) -> int:
+        g = self.global_tokens
+        return g if isinstance(g, int) else len(g)
+
+    def is_global(self, positions: torch.Tensor) -> torch.Tensor:
+        """positions (T,) -> (T,) bool: which are global tokens."""
+        g = self.global_tokens
+        if isinstance(g, int):
+            return positions < g
+        return torch.isin(positions, torch.tensor(g, dtype=torch.long, device=positions.device))
+
+    def last_global_query(self) -> int:
+        """The last position whose query is global: after it, no row needs the global projections."""
+        g = self.global_tokens
+        return g - 1 if isinstance(g, int) else max(g, default=-1)
 
     def keys_still_visible(self, key_pos: torch.Tensor, next_query: int, layer: int = 0) -> torch.Tensor | None:
         g = self.global_tokens
