@@ -48,6 +48,17 @@ def test_each_attention_type_trains(make_cfg, attention):
     assert losses[-1] < losses[0] - 0.3
 
 
+def test_validate_first_scores_the_starting_weights_apart_from_the_runs_best(make_cfg):
+    cfg = make_cfg(["mode=debug", "validate_first=true", "test_after_fit=false", "trainer.max_epochs=1"])
+    metrics = train(cfg)
+    start = metrics["start/val_ppl"]
+    assert math.isclose(math.log(start), metrics["start/val_loss"], rel_tol=1e-4)
+    assert start > 2 * metrics["val/ppl_best"]  # random weights score far worse than the trained ones ...
+    assert metrics["val/ppl_best"] == pytest.approx(metrics["val/ppl"])  # ... and are not the run's best
+    rows = metrics_of(Path(cfg.paths.output_dir))
+    assert column(rows, "val/ppl")[0] == pytest.approx(start, rel=1e-4)  # the curve starts at the start
+
+
 def test_own_blocked_flash_trains(make_cfg):
     cfg = make_cfg(["mode=debug", "attention=flash", "attention.backend=blocked", "test_after_fit=false",
                     "trainer.max_epochs=1"])

@@ -35,7 +35,8 @@ CHECKPOINT_DIR = "checkpoints"  # inside the run folder, always: nothing records
 DIGEST_KEY = "attnlab_digest"  # the checkpoint's own SHA-256 of its contents
 FORMAT = 2  # checkpoint["attnlab"]["format"]; from 2 on every checkpoint carries its digest
 # config keys that say where a run writes or how it was started, not what it trains
-NOT_IN_RUN_KEY = ("ckpt_path", "init_from", "paths", "hydra", "logger", "test_after_fit", "tags", "optimized_metric")
+NOT_IN_RUN_KEY = ("ckpt_path", "init_from", "paths", "hydra", "logger", "test_after_fit", "validate_first",
+                  "tags", "optimized_metric")
 
 
 class CheckpointError(ValueError):

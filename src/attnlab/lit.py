@@ -121,8 +121,8 @@ class LitGPT(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
             self._log_bits_per_byte("val", self.val_loss)
-        if self.trainer.sanity_checking or not self.val_ppl.update_called:
-            return
+        if self.trainer.sanity_checking or not self.val_ppl.update_called or self.trainer.state.fn != "fit":
+            return  # validate_first's score is of the weights before training: not this run's best
         self.val_ppl_best.update(self.val_ppl.compute())
         self.log("val/ppl_best", self.val_ppl_best.compute(), sync_dist=True)  # the same on every rank
 

@@ -197,7 +197,9 @@ SUMMARY_METRICS = ("val/ppl_best", "val/ppl", "val/bpb", "test/ppl", "test/bpb",
 def summary_table(cfg: DictConfig, metrics: dict, step: int, seconds: float) -> str:
     """The end of a run, in a few lines: what a person looks for first."""
     fmt = lambda k: f"{metrics[k]:,.3f}" if k in metrics else "–"  # noqa: E731
-    rows = [("steps", f"{step:,}"), ("best val perplexity", fmt("val/ppl_best")),
+    rows = [("steps", f"{step:,}")] + ([("val perplexity at the start", fmt("start/val_ppl"))]
+                                       if "start/val_ppl" in metrics else []) + [
+            ("best val perplexity", fmt("val/ppl_best")),
             ("final val perplexity", fmt("val/ppl")), ("val bits per byte", fmt("val/bpb")),
             ("test perplexity", fmt("test/ppl")), ("test bits per byte", fmt("test/bpb")),
             ("training tokens/s", f"{metrics['throughput/tokens_per_s']:,.0f}" if "throughput/tokens_per_s" in metrics
@@ -312,12 +314,21 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
         cfg.trainer, callbacks=callbacks, logger=loggers or False, **({"enable_model_summary": False} if later_job else {}),
         plugins=[checkpoints.CheckpointIO(preloaded=(resume.path, resume.state) if resume else None)])
     progress["trainer"] = trainer
+    start = {}
+    if cfg.get("validate_first") and resume is None:  # the weights as they start: e.g. GPT-2 right after the swap
+        scores = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
+        start = {f"start/{k.replace('/', '_')}": float(v) for k, v in scores.items()}
+        log.info("before training: val/ppl %.3f (val/loss %.4f)", scores["val/ppl"], scores["val/loss"])
+        import torchmetrics  # their states were made under inference mode: fresh ones, or training cannot update them
+        for metric in model.modules():
+            if isinstance(metric, torchmetrics.Metric):
+                metric.reset()
     with warnings.catch_warnings():
         # Lightning cannot see that TextDataModule restores the data position itself (its state_dict, with
         # ResumableSampler skipping the batches already trained on), so it warns that a mid-epoch resume is unsafe
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume.path if resume else None)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+    metrics = {**start, **{k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}}
     if cfg.get("test_after_fit"):
         best = next((c.best_model_path for c in callbacks
                      if isinstance(c, L.pytorch.callbacks.ModelCheckpoint) and c.monitor and c.best_model_path), None)
