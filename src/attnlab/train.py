@@ -191,7 +191,8 @@ def versions() -> dict[str, str | None]:
             "attnlab": attnlab_version, "attnlab_commit": commit}
 
 
-SUMMARY_METRICS = ("val/ppl_best", "val/ppl", "val/bpb", "test/ppl", "test/bpb", "throughput/tokens_per_s")
+SUMMARY_METRICS = ("start/val_ppl", "val/ppl_best", "val/ppl", "val/bpb", "test/ppl", "test/bpb",
+                   "throughput/tokens_per_s")
 
 
 def summary_table(cfg: DictConfig, metrics: dict, step: int, seconds: float) -> str:
@@ -316,10 +317,17 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
     progress["trainer"] = trainer
     start = {}
     if cfg.get("validate_first") and resume is None:  # the weights as they start: e.g. GPT-2 right after the swap
-        scores = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
+        # under no_grad rather than inference mode: tensors the backends cache on this pass (layouts, plans) are
+        # used by training afterwards, and inference tensors cannot take part in autograd
+        loop = trainer.validate_loop
+        inference_mode, loop.inference_mode = loop.inference_mode, False
+        try:
+            scores = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
+        finally:
+            loop.inference_mode = inference_mode
         start = {f"start/{k.replace('/', '_')}": float(v) for k, v in scores.items()}
         log.info("before training: val/ppl %.3f (val/loss %.4f)", scores["val/ppl"], scores["val/loss"])
-        import torchmetrics  # their states were made under inference mode: fresh ones, or training cannot update them
+        import torchmetrics  # the validation's sums start again from zero for the first real validation
         for metric in model.modules():
             if isinstance(metric, torchmetrics.Metric):
                 metric.reset()
