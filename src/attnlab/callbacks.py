@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 from pathlib import Path
 
@@ -460,6 +461,67 @@ class AttentionStats(L.Callback):
         inspect(model, idx, on_layer=record)
         model.train(was_training)
         pl_module.log_dict(metrics, sync_dist=True)
+
+
+class TaskAccuracy(L.Callback):
+    """For the synthetic tasks (``dataset.source: synthetic``; nothing otherwise): at each validation, score
+    ``examples`` fresh examples (their own seed, never trained on) and log the accuracy of the answers by the
+    distance the attention must reach (``task/acc`` and ``task/acc_d<lo>-<hi>``); at the end of training write
+    the last scores to ``task_accuracy.json`` in the run folder, which ``report.py`` plots per run."""
+
+    def __init__(self, dirpath: str, examples: int = 512, bins: int = 16):
+        self.dirpath, self.examples, self.bins = Path(dirpath), examples, bins
+        self.last: dict | None = None
+
+    def score(self, pl_module, settings: dict, tokenizer) -> dict:
+        from attnlab.data.sources.synthetic import SPLIT_SEEDS
+        from attnlab.data.tasks import CHANCE, examples
+        task, length = settings["task"], settings["length"] - 1
+        seed = settings["seed"] * 1000 + len(SPLIT_SEEDS)  # a seed no split uses
+        batch = examples(task, self.examples, length, seed, settings["pairs"])
+        ids = tokenizer.encode_batch([e.text for e in batch])
+        if any(len(i) != length for i in ids):
+            raise ValueError(f"dataset.task={task} needs one token per character (tokenizer=char), got "
+                             f"{len(ids[0])} tokens for {length} characters")
+        idx = torch.tensor(ids, device=pl_module.device)  # (N, L)
+        model = getattr(pl_module.model, "_orig_mod", pl_module.model)
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            predicted = model(idx).argmax(-1)  # (N, L): the prediction for each next position
+        model.train(was_training)
+        width = -(-(length - 1) // self.bins)  # distances 1 .. length - 1 in equal bins
+        hits, counts = [0] * self.bins, [0] * self.bins
+        for n, e in enumerate(batch):
+            for pos, distance in e.answers:
+                b = min((distance - 1) // width, self.bins - 1)
+                counts[b] += 1
+                hits[b] += int(predicted[n, pos - 1] == idx[n, pos])
+        bins = [[b * width + 1, min((b + 1) * width, length - 1)] for b in range(self.bins)]
+        return {"task": task, "chance": CHANCE, "examples": self.examples, "distance_bins": bins, "count": counts,
+                "accuracy": [h / c if c else None for h, c in zip(hits, counts)],
+                "overall": sum(hits) / max(1, sum(counts))}
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        dm = getattr(trainer, "datamodule", None)
+        settings = getattr(dm, "dataset_cfg", None) or {}
+        if trainer.sanity_checking or settings.get("source") != "synthetic" or getattr(dm, "tokenizer", None) is None:
+            return
+        self.last = self.score(pl_module, settings, dm.tokenizer)
+        metrics = {"task/acc": self.last["overall"]}
+        for (lo, hi), acc in zip(self.last["distance_bins"], self.last["accuracy"]):
+            if acc is not None:
+                metrics[f"task/acc_d{lo}-{hi}"] = acc
+        pl_module.log_dict(metrics, sync_dist=True)
+
+    def on_fit_end(self, trainer, pl_module) -> None:
+        if self.last is not None and trainer.is_global_zero:
+            self.dirpath.mkdir(parents=True, exist_ok=True)
+            path = self.dirpath / "task_accuracy.json"
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({**self.last, "step": trainer.global_step,
+                                       "attention": pl_module.model.attention.name}, indent=1))
+            os.replace(tmp, path)
 
 
 class TrainingDiverged(RuntimeError):

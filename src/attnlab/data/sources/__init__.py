@@ -21,6 +21,7 @@ SOURCE_MODULES = [  # one line per file in sources/
     "text_files",
     "jsonl",
     "hub",
+    "synthetic",
 ]
 
 
