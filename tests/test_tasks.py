@@ -83,3 +83,31 @@ def test_a_window_cannot_see_beyond_its_reach(global_tokens):
         assert same
         guess = int(outputs[0].argmax())
         assert sum(stoi[letter] == guess for letter in KEYS) / len(KEYS) <= CHANCE
+
+
+def test_a_task_run_scores_recall_by_distance_and_the_report_plots_it(make_cfg, tmp_path):
+    import json
+    from pathlib import Path
+
+    from attnlab.report import report
+    from attnlab.train import train
+    cfg = make_cfg(["experiment=long_range_cpu", "model.context=32", "trainer.max_steps=6",
+                    "trainer.val_check_interval=3", "trainer.limit_val_batches=1", "dataset.train_examples=300",
+                    "callbacks.task_accuracy.examples=64", "callbacks.model_summary=null",
+                    "callbacks.attention_picture=null", "callbacks.rich_progress=null"])
+    metrics = train(cfg)
+    run = Path(cfg.paths.output_dir)
+    x, _ = next(iter(run_loader(cfg)))
+    assert (x[:, -1] == x[0, -1]).all()  # every window ends with the end token: one example per window
+    scores = json.loads((run / "task_accuracy.json").read_text())
+    assert scores["task"] == "copy" and sum(scores["count"]) == 64 and scores["step"] == 6
+    assert 0 <= metrics["task/acc"] <= 1 and metrics["task/acc"] == pytest.approx(scores["overall"])
+    [row], files = report([str(run)], str(tmp_path / "report"))
+    assert row.task_acc == pytest.approx(scores["overall"]) and files["task_accuracy"].exists()
+
+
+def run_loader(cfg):
+    from attnlab.train import build_datamodule
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    return dm.train_dataloader()

@@ -19,8 +19,8 @@ from attnlab import checkpoints, plain_yaml
 from attnlab.schema import ConfigError
 
 COLUMNS = ["run", "attention", "backend", "model", "tokenizer", "params_M", "steps", "val_ppl_best", "val_ppl_final",
-           "val_bpb_best", "train_ppl", "test_ppl", "attn_distance", "tokens_per_s", "peak_memory_MiB", "wall_s",
-           "status"]
+           "val_bpb_best", "train_ppl", "test_ppl", "task_acc", "attn_distance", "tokens_per_s", "peak_memory_MiB",
+           "wall_s", "status"]
 
 
 @dataclass
@@ -47,6 +47,9 @@ class Run:
     sample: dict | None = None  # the last validation's first sample (samples.jsonl)
     attn_distance: float | None = None  # mean attention distance over layers and heads (analysis/analysis.json)
     loss_by_position: list[float] = field(default_factory=list)  # analysis/analysis.json's curve
+    task_acc: float | None = None  # synthetic tasks: recall accuracy over every distance (task_accuracy.json)
+    task_curve: list[tuple[float, float]] = field(default_factory=list)  # (mean distance of a bin, accuracy)
+    task_chance: float | None = None
 
     @property
     def short(self) -> str:
@@ -189,9 +192,24 @@ def read_run(folder: Path) -> Run:
         run.attn_distance = sum(distances) / len(distances) if distances else None
         curve = (analysed.get("loss_by_position") or {}).get("mean", [])
         run.loss_by_position = [float(v) for v in curve if isinstance(v, (int, float))]
+    found = folder / "task_accuracy.json"  # written by callbacks.TaskAccuracy (dataset=copy|mqar)
+    scored = _read("task_accuracy.json", folder, problems, lambda: _task_scores(found)) if found.exists() else None
+    if scored:
+        run.task_acc, run.task_curve, run.task_chance = scored
     if problems:
         run.status += f" ({'; '.join(problems)})"
     return run
+
+
+def _task_scores(path: Path) -> tuple[float, list[tuple[float, float]], float]:
+    d = json.loads(path.read_text())
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
+    bins, accuracy = d.get("distance_bins"), d.get("accuracy")
+    if not (isinstance(bins, list) and isinstance(accuracy, list) and len(bins) == len(accuracy)
+            and number(d.get("overall")) and number(d.get("chance"))):
+        raise ValueError("not the callback's scores")
+    curve = [((lo + hi) / 2, float(a)) for (lo, hi), a in zip(bins, accuracy) if number(a) and number(lo) and number(hi)]
+    return float(d["overall"]), curve, float(d["chance"])
 
 
 def _metric_rows(path: Path) -> list[dict]:
@@ -321,6 +339,19 @@ def _plots(runs: list[Run], out: Path) -> dict[str, Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         files["loss_by_position"] = save(fig, out / "loss_by_position.png")
+    scored = [r for r in runs if r.task_curve]
+    if scored:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in scored:
+            ax.plot(*zip(*r.task_curve), marker="o", markersize=3, label=f"{r.short}: {r.task_acc:.0%} overall")
+        ax.axhline(scored[0].task_chance, color="grey", linestyle="--", label="chance")
+        ax.set(xlabel="distance the attention must reach (tokens)", ylabel="recall accuracy",
+               title="synthetic task: accuracy by distance, every run", xscale="log", ylim=(-0.02, 1.02))
+        from matplotlib.ticker import FuncFormatter
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        files["task_accuracy"] = save(fig, out / "task_accuracy.png")
     return files
 
 
