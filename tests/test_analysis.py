@@ -121,3 +121,21 @@ def test_a_rotary_run_gets_its_extrapolation_curve(make_cfg, tmp_path):
     curve = result["extrapolation"]
     assert curve["lengths"] == [64, 128, 256] and all(p > 1 for p in curve["perplexity"])
     assert (Path(cfg.paths.output_dir) / "analysis" / "extrapolation.png").stat().st_size > 5_000
+    from attnlab.evaluate import evaluate  # at 1x the curve is the ordinary evaluation of the same 8 windows
+    ordinary = evaluate(command_cfg("evaluate", [f"run={cfg.paths.output_dir}", "split=val", "batch_size=4",
+                                                 "limit_batches=2"], tmp_path / "eval"))
+    assert curve["perplexity"][0] == pytest.approx(ordinary["ppl"], rel=1e-6)
+
+
+def test_loss_by_position_averaged_is_the_evaluation_loss_of_the_same_windows(trained_run, tmp_path):
+    from attnlab import runs
+    from attnlab.analysis import loss_by_position
+    from attnlab.evaluate import evaluate
+    from test_commands import command_cfg
+    ordinary = evaluate(command_cfg("evaluate", [f"run={trained_run}", "split=val", "batch_size=3", "limit_batches=2"],
+                                    tmp_path / "eval"))
+    loaded = runs.load_run(str(trained_run), str(tmp_path / "cache"))
+    tokens = loaded.datamodule(str(tmp_path / "cache")).tokens["val"]
+    curve = loss_by_position(loaded.model.model.eval(), tokens, loaded.model.cfg.context, max_windows=6)
+    assert curve["windows"] == 6
+    assert sum(curve["mean"]) / len(curve["mean"]) == pytest.approx(ordinary["loss"], abs=1e-6)

@@ -13,6 +13,7 @@ Writes into ``<run folder>/analysis/`` (for a pretrained Hugging Face model: thi
 from __future__ import annotations
 
 import json
+import math
 import logging
 from pathlib import Path
 
@@ -131,12 +132,13 @@ def analyze(cfg: DictConfig) -> dict:
                                               f"{curve['windows']} windows", out / "loss_by_position.png"))
         if model.cfg.positions == "rope":  # no position table: the model can read longer texts than it trained on
             lengths = [context * m for m in (1, 2, 4)]
-            ppl = []
-            for length in lengths:
-                if (len(dm.tokens[cfg.split]) - 1) // length < 1:
+            ppl = [math.exp(sum(curve["mean"]) / len(curve["mean"]))]  # 1x: the windows just scored
+            for length in lengths[1:]:  # the same tokens, read in windows 2x and 4x as long
+                windows = curve["windows"] * context // length
+                if windows < 1:
                     break
-                longer = analysis.loss_by_position(model, dm.tokens[cfg.split], length, max(1, cfg.max_windows // 4))
-                ppl.append(float(torch.tensor(longer["mean"]).mean().exp()))
+                longer = analysis.loss_by_position(model, dm.tokens[cfg.split], length, windows)
+                ppl.append(math.exp(sum(longer["mean"]) / len(longer["mean"])))
             result["extrapolation"] = {"lengths": lengths[:len(ppl)], "perplexity": ppl}
             pictures.append(draw_extrapolation(result["extrapolation"], context, f"{attention.name}: perplexity "
                                                f"against evaluation length ({cfg.split} split)",
