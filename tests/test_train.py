@@ -134,7 +134,7 @@ def test_multirun_runs_each_job_in_its_own_folder(tmp_path):
         assert (job / "csv" / "metrics.csv").exists() and (job / ".hydra" / "config.yaml").exists()
     out = r.stdout + r.stderr
     assert out.count("Total params") == 1  # the model summary once per sweep, not once per job
-    for boilerplate in ("GPU available", "TPU available", "litlogger", "Seed set to"):
+    for boilerplate in ("GPU available", "TPU available", "litlogger", "Seed set to", "LeafSpec"):
         assert boilerplate not in out, boilerplate
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+import warnings
 from typing import Any, Callable
 
 from attnlab import sweep  # registers the resolvers the configs use (unique_dir, short_dirname)
@@ -19,6 +20,9 @@ from attnlab.schema import ConfigError
 log = logging.getLogger("attnlab")
 USER_ERRORS = (ConfigError, DataError, CheckpointError)  # the input is wrong: say which and what is allowed
 EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
+# Lightning 2.6 under torch >= 2.10 warns on every run that a torch helper it calls is deprecated: nothing a
+# user can act on, so the commands keep it out of their output (tests and library use still see it)
+warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
 
 
 def run_task(task: Callable[[Any], Any], cfg, records_status: bool = False) -> Any:
