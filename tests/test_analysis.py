@@ -139,3 +139,23 @@ def test_loss_by_position_averaged_is_the_evaluation_loss_of_the_same_windows(tr
     curve = loss_by_position(loaded.model.model.eval(), tokens, loaded.model.cfg.context, max_windows=6)
     assert curve["windows"] == 6
     assert sum(curve["mean"]) / len(curve["mean"]) == pytest.approx(ordinary["loss"], abs=1e-6)
+
+
+def test_analyze_logs_its_pictures_and_tables_into_the_runs_wandb_run(make_cfg, tmp_path, monkeypatch):
+    from pathlib import Path
+    from attnlab.analyze import analyze
+    from attnlab.train import train
+    from test_commands import command_cfg
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = make_cfg(["mode=debug", "logger=wandb", "trainer.max_epochs=1", "trainer.limit_train_batches=3",
+                    "test_after_fit=false", "attention=longformer", "attention.window=8"])
+    train(cfg)
+    folder = Path(cfg.paths.output_dir)
+    [first] = list((folder / "wandb").glob("offline-run-*"))
+    run_id = first.name.rsplit("-", 1)[-1]
+    analyze(command_cfg("analyze", [f"run={folder}", "tokens=16", "max_windows=4"], tmp_path / "out"))
+    logged = [d for d in (folder / "wandb").glob(f"offline-run-*-{run_id}") if d != first]
+    assert len(logged) == 1  # the same run id, resumed
+    names = " ".join(str(p) for p in (logged[0] / "files" / "media").rglob("*"))
+    for what in ("attention_layer0", "loss_by_position", "heads"):
+        assert what in names, (what, names)

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from attnlab import analysis, runs, schema
-from attnlab.schema import Choice, ConfigError, Number, Text, check_rules
+from attnlab.schema import Choice, ConfigError, Flag, Number, Text, check_rules
 
 log = logging.getLogger(__name__)
 RULES = {
@@ -30,6 +30,7 @@ RULES = {
     "tokens": Number(int, low=2, meaning="the length of the text whose attention is drawn"),
     "max_windows": Number(int, low=1),
     "prompt": Text(nullable=True, meaning="null: the start of the split"),
+    "wandb": Flag(),
 }
 
 
@@ -149,4 +150,7 @@ def analyze(cfg: DictConfig) -> dict:
                  " ".join(f"{e:.2f}" for e in row["entropy"]), " ".join(f"{d:.1f}" for d in row["distance"]),
                  (", global share " + " ".join(f"{g:.2f}" for g in row["global_share"])) if "global_share" in row else "")
     log.info("written to %s: analysis.json, %s", out, ", ".join(p.name for p in pictures))
+    if loaded.wandb_id and cfg.wandb:
+        from attnlab import wandb_run
+        wandb_run.log_analysis(loaded, result, pictures)
     return result

@@ -127,6 +127,7 @@ class Run:
     tokenizer: object  # the run's own tokenizer (from its folder)
     settings: dict  # the run's dataset, tokenizer and data settings, checked
     tokenizer_dir: Path | None = None  # where tokenizer.json is (default: the run folder)
+    wandb_id: str | None = None  # the run's W&B run id, when it was logged to W&B
 
     def datamodule(self, cache_dir: str, eval_batch_size: int | None = None, dataset: dict | None = None):
         """The run's own splits, or ``dataset`` (a dataset config), encoded with the run's tokenizer (not one
@@ -239,7 +240,9 @@ def load_run(run: str, cache_dir: str, outputs_root: str | Path = "outputs") -> 
     except (KeyError, RuntimeError) as e:
         raise ConfigError(f"run={run}: checkpoint {ckpt} does not fit the model and tokenizer of its run's config "
                           f"({str(e).splitlines()[-1].strip()[:200]})") from e
-    return Run(folder, ckpt, run_cfg, model, tokenizer, settings)
+    wandb_id = (state.get("attnlab") or {}).get("wandb_run_id")
+    wandb_id = wandb_id if isinstance(wandb_id, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", wandb_id) else None
+    return Run(folder, ckpt, run_cfg, model, tokenizer, settings, wandb_id=wandb_id)
 
 
 def one_line(e: BaseException) -> str:

@@ -143,3 +143,40 @@ def run_id(loggers) -> str | None:
         if type(lg).__name__ == "WandbLogger" and rank_zero_only.rank == 0:
             return lg.experiment.id
     return None
+
+
+def log_analysis(run, result: dict, pictures: list[Path]) -> None:
+    """analyze.py's pictures and tables into the run's own W&B run (resumed by its id), when it has one. The
+    project and the offline choice come from the run's config, read as plain values."""
+    from attnlab import plain_yaml
+    try:
+        settings = plain_yaml.lookup(run.cfg, "logger.wandb")
+    except plain_yaml.PlainYAMLError:
+        settings = {}
+    settings = settings if isinstance(settings, dict) else {}
+    project = settings.get("project") if isinstance(settings.get("project"), str) else "attnlab"
+    offline = settings.get("offline", "auto")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+    w = wandb.init(id=run.wandb_id, resume="allow", project=project, dir=str(run.folder),
+                   mode="offline" if decide_offline(offline if offline in (True, False, "auto") else "auto") else "online")
+    try:
+        media = {f"analysis/{p.stem}": wandb.Image(str(p)) for p in pictures}
+        heads = wandb.Table(columns=["layer", "head", "entropy", "distance", "global_share"])
+        for row in result["layers"]:
+            shares = row.get("global_share") or [None] * len(row["entropy"])
+            for h, (e, d, g) in enumerate(zip(row["entropy"], row["distance"], shares)):
+                heads.add_data(row["layer"], h, e, d, g)
+        tables = {"analysis/heads": heads}
+        curve = result.get("loss_by_position")
+        if curve:
+            tables["analysis/loss_by_position"] = wandb.Table(
+                columns=["position", "loss", "ci95"], data=[[i, m, c] for i, (m, c) in enumerate(zip(curve["mean"], curve["ci95"]))])
+        if result.get("extrapolation"):
+            x = result["extrapolation"]
+            tables["analysis/extrapolation"] = wandb.Table(columns=["length", "perplexity"],
+                                                           data=[list(r) for r in zip(x["lengths"], x["perplexity"])])
+        w.log({**media, **tables})
+        log.info("analysis logged to W&B run %s%s", run.wandb_id, " (offline: wandb sync it)" if w.settings.mode != "online" else "")
+    finally:
+        w.finish()
