@@ -61,7 +61,7 @@ def build_model_parts(cfg: DictConfig) -> tuple[dict, AttentionType]:
     if pretrained.is_source(cfg.get("init_from")):  # the checkpoint decides the model's shape
         folder = pretrained.fetch(str(cfg.init_from), cfg.paths.cache_dir)
         model_cfg = pretrained.merge_settings(model_cfg, pretrained.model_settings(folder),
-                                              command_line_settings(cfg, "model"), str(cfg.init_from))
+                                              given_settings(cfg, "model"), str(cfg.init_from))
         from omegaconf import open_dict
         with open_dict(cfg):  # the run records (and its checkpoints hold) the settings it really has
             for k, v in model_cfg.items():
@@ -77,13 +77,21 @@ def build_model_parts(cfg: DictConfig) -> tuple[dict, AttentionType]:
     return model_cfg, attention
 
 
-def command_line_settings(cfg: DictConfig, group: str) -> dict:
-    """The ``group.key=value`` settings given on the command line (their composed values)."""
+def given_settings(cfg: DictConfig, group: str) -> dict:
+    """The ``group.key`` settings chosen for this run beyond the group's own file: on the command line or by an
+    experiment preset (e.g. experiment=finetune_cpu's model.context). Their composed values."""
     from hydra.core.hydra_config import HydraConfig
     if not HydraConfig.initialized():
         return {}
-    keys = {o.split("=", 1)[0].lstrip("+~").removeprefix(f"{group}.") for o in HydraConfig.get().overrides.task
+    hc = HydraConfig.get()
+    keys = {o.split("=", 1)[0].lstrip("+~").removeprefix(f"{group}.") for o in hc.overrides.task
             if o.lstrip("+~").startswith(f"{group}.")}
+    choice = hc.runtime.choices.get(group)
+    own = Path(__file__).resolve().parents[2] / "conf" / group / f"{choice}.yaml"  # the project's own file
+    if choice and own.is_file():
+        import yaml
+        defaults = yaml.safe_load(own.read_text()) or {}
+        keys |= {k for k in cfg[group] if k in defaults and cfg[group][k] != defaults[k]}
     return {k: cfg[group][k] for k in keys if k in cfg[group]}
 
 
