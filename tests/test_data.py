@@ -187,7 +187,7 @@ def test_train_plays_keeps_a_slice_of_the_training_plays_and_the_same_held_out_p
 
 def test_an_unknown_source_lists_the_valid_ones(tmp_path):
     from attnlab.data import sources
-    with pytest.raises(DataError, match=r"unknown dataset.source 'csv'; valid: \['hub', 'jsonl', 'shakespeare', 'text_files'\]"):
+    with pytest.raises(DataError, match=r"unknown dataset.source 'csv'; valid: \['hub', 'jsonl', 'shakespeare', 'synthetic', 'text_files'\]"):
         sources.corpus({"source": "csv"}, tmp_path)
     for name in sources.SOURCE_MODULES:  # every registered source loads and has a yaml using it
         assert callable(sources.get_source(name))
@@ -289,11 +289,12 @@ def test_bpe_learns_from_a_bounded_sample_of_the_training_split():
 def test_streamed_tokens_equal_encoding_each_document_whole(tmp_path, monkeypatch, kind):
     from attnlab.data import datamodule
     from attnlab.data.tokenizers import build_tokenizer
-    monkeypatch.setattr(datamodule, "ENCODE_CHARS", 300)  # long documents are cut into many pieces
+    monkeypatch.setattr(datamodule, "PIECE_CHARS", 300)  # long documents are cut into many pieces
     monkeypatch.setattr(datamodule, "ENCODE_BATCH", 3)
     docs = ["Line one of a play.\n  indented line\n\nNEXT SPEAKER: words, words.\n" * 40, "short doc", "x\n" * 500]
     tok = build_tokenizer(kind, docs, vocab_size=300)
     assert len(list(datamodule.pieces(docs[0]))) > 5
-    n = datamodule.write_tokens(tok, docs, tmp_path / "t.bin", np.uint16)
+    n, n_bytes = datamodule.write_tokens(tok, iter(docs), tmp_path / "t.bin", np.uint16)  # read as it goes
     want = [i for d in docs for i in (*tok.encode(d), tok.eos_id)]
     assert np.fromfile(tmp_path / "t.bin", dtype=np.uint16).tolist() == want and n == len(want)
+    assert n_bytes == sum(len(d.encode()) + 1 for d in docs)

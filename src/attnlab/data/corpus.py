@@ -122,6 +122,25 @@ def shakespeare_splits(val_plays: int = 3, test_plays: int = 3, split_seed: int 
 
 # --- local text files ------------------------------------------------------------------------------
 
+class FileDocuments:
+    """Text files as documents, read one at a time whenever they are iterated (a split of a large corpus never
+    sits in memory whole); ``chars_hint`` is their size in bytes, for progress."""
+
+    def __init__(self, files: list[str]):
+        self.files = list(files)
+        self.chars_hint = sum(os.path.getsize(f) for f in self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __iter__(self):
+        for f in self.files:
+            try:
+                yield Path(f).read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{f} is not UTF-8 text ({e})") from e
+
+
 def text_file_splits(path: str, val_fraction: float = 0.05, test_fraction: float = 0.05,
                      split_seed: int = 1234) -> dict[str, list[str]]:
     """A .txt file, a folder of .txt files, or a glob. With >= 3 files the split is by file (seeded);
@@ -137,21 +156,16 @@ def text_file_splits(path: str, val_fraction: float = 0.05, test_fraction: float
         files = [p] if os.path.isfile(p) else []
     if not files:
         raise DataError(f"dataset.path={path!r} matches no .txt file")
-    texts = []
-    for f in files:
-        try:
-            texts.append(Path(f).read_text(encoding="utf-8"))
-        except UnicodeDecodeError as e:
-            raise DataError(f"{f} is not UTF-8 text ({e})") from e
-    if sum(len(t) for t in texts) == 0:
+    if sum(os.path.getsize(f) for f in files) == 0:
         raise DataError(f"dataset.path={path!r}: the files are empty")
-    if len(files) >= 3:
+    if len(files) >= 3:  # split by file: each split reads its files one at a time, when it is encoded
         idx = list(range(len(files)))
         random.Random(split_seed).shuffle(idx)
         n_val = max(1, round(val_fraction * len(files)))
         n_test = max(1, round(test_fraction * len(files)))
-        return {"val": [texts[i] for i in idx[:n_val]], "test": [texts[i] for i in idx[n_val:n_val + n_test]],
-                "train": [texts[i] for i in idx[n_val + n_test:]]}
+        pick = lambda chosen: FileDocuments([files[i] for i in chosen])  # noqa: E731
+        return {"val": pick(idx[:n_val]), "test": pick(idx[n_val:n_val + n_test]), "train": pick(idx[n_val + n_test:])}
+    texts = list(FileDocuments(files))
     out = {s: [] for s in SPLITS}
     for t in texts:
         a = _line_cut(t, 1 - val_fraction - test_fraction)

@@ -22,16 +22,17 @@ log = logging.getLogger(__name__)
 IGNORE = -100  # target id ignored by the loss (already-counted positions of the last eval window)
 
 
-ENCODE_CHARS = 1 << 20  # a document longer than this is encoded in pieces (cut after a line, before a non-space)
-ENCODE_BATCH = 64  # pieces encoded at once (the tokenizer's batch encoder uses every core)
+PIECE_CHARS = 1 << 18  # a document longer than this is encoded in pieces (cut after a line, before a non-space)
+BATCH_CHARS = 1 << 24  # characters encoded at once: enough pieces for the batch encoder to keep every core busy
+ENCODE_BATCH = 256  # at most this many pieces at once
 
 
 def pieces(doc: str):
-    """A document in pieces of about ENCODE_CHARS characters, each cut right after a newline that a non-space
+    """A document in pieces of about PIECE_CHARS characters, each cut right after a newline that a non-space
     character follows, so the pieces tokenise exactly as the whole (no word or whitespace run is split)."""
     start = 0
-    while len(doc) - start > ENCODE_CHARS:
-        cut = doc.find("\n", start + ENCODE_CHARS)
+    while len(doc) - start > PIECE_CHARS:
+        cut = doc.find("\n", start + PIECE_CHARS)
         while cut != -1 and cut + 1 < len(doc) and doc[cut + 1].isspace():
             cut = doc.find("\n", cut + 1)
         if cut == -1 or cut + 1 >= len(doc):
@@ -41,13 +42,14 @@ def pieces(doc: str):
     yield doc[start:]
 
 
-def write_tokens(tokenizer, docs, path: Path, dtype, label: str = "") -> int:
-    """Encode ``docs`` (documents separated by EOS) into ``path`` as ``dtype`` token ids, a batch of pieces at a
-    time (at most ENCODE_BATCH pieces or about ENCODE_CHARS characters): memory stays bounded by a batch, never
-    a Python list of the corpus. Returns the number of tokens written."""
+def write_tokens(tokenizer, docs, path: Path, dtype, label: str = "") -> tuple[int, int]:
+    """Encode ``docs`` (an iterable of documents, read as it goes; separated by EOS) into ``path`` as ``dtype``
+    token ids, a batch of pieces at a time (at most ENCODE_BATCH pieces or about BATCH_CHARS characters):
+    memory stays bounded by a batch, never the corpus. Returns (tokens written, UTF-8 bytes of the text, each
+    document's end counted as one byte like a newline: what bits per byte divide by)."""
     import time
-    n, eos = 0, np.asarray([tokenizer.eos_id], dtype=dtype)
-    total = sum(len(d) for d in docs)  # characters: the progress unit (MB of text, near enough)
+    n, n_bytes, eos = 0, 0, np.asarray([tokenizer.eos_id], dtype=dtype)
+    total = getattr(docs, "chars_hint", None) or (sum(len(d) for d in docs) if isinstance(docs, (list, tuple)) else 0)
     done, started, shown = 0, time.monotonic(), time.monotonic()
     with open(path, "wb") as f:
         batch: list[tuple[str, bool]] = []  # (piece, whether it ends its document)
@@ -66,23 +68,27 @@ def write_tokens(tokenizer, docs, path: Path, dtype, label: str = "") -> int:
             batch.clear()
             chars = 0
             now = time.monotonic()
-            if now - shown >= 10 and done < total:  # long work shows progress: every 10 s
+            if now - shown >= 10:  # long work shows progress: every 10 s (MB of text, near enough)
                 rate = done / (now - started)
-                log.info("tokenising %s: %.0f of %.0f MB, %.1f MB/s, about %.0f s left", label, done / 1e6,
-                         total / 1e6, rate / 1e6, (total - done) / max(rate, 1))
+                if done < total:
+                    log.info("tokenising %s: %.0f of %.0f MB, %.1f MB/s, about %.0f s left", label, done / 1e6,
+                             total / 1e6, rate / 1e6, (total - done) / max(rate, 1))
+                else:
+                    log.info("tokenising %s: %.0f MB so far, %.1f MB/s", label, done / 1e6, rate / 1e6)
                 shown = now
         for doc in docs:
+            n_bytes += len(doc.encode("utf-8")) + 1
             parts = list(pieces(doc))
             for k, piece in enumerate(parts):
                 batch.append((piece, k == len(parts) - 1))
                 chars += len(piece)
-                if len(batch) >= ENCODE_BATCH or chars >= ENCODE_CHARS:
+                if len(batch) >= ENCODE_BATCH or chars >= BATCH_CHARS:
                     flush()
         flush()
     seconds = time.monotonic() - started
-    log.info("tokenised %s: %.1f MB into %d tokens in %.1f s (%.1f MB/s)", label or path.stem, total / 1e6, n,
-             seconds, total / 1e6 / max(seconds, 1e-9))
-    return n
+    log.info("tokenised %s: %.1f MB into %d tokens in %.1f s (%.1f MB/s)", label or path.stem, n_bytes / 1e6, n,
+             seconds, n_bytes / 1e6 / max(seconds, 1e-9))
+    return n, n_bytes
 
 
 class TrainWindows(Dataset):
@@ -245,12 +251,15 @@ class TextDataModule(L.LightningDataModule):
                                                      tok_cfg.get("train_bytes"))
                 dtype = np.uint16 if tokenizer.vocab_size < 2 ** 16 else np.uint32
 
+                # bits per byte compare models with different tokenizers: the text's UTF-8 bytes per split
+                n_bytes = {}
+
                 def write_splits(folder: Path) -> dict:  # token ids straight into the files, batch by batch
-                    return {s: (write_tokens(tokenizer, splits[s], folder / f"{s}.bin", dtype, f"the {s} split"), dtype)
-                            for s in SPLITS}
-                # bits per byte compare models with different tokenizers: the text's UTF-8 bytes per split,
-                # each document's end (the EOS target) counted as one byte, like a newline
-                n_bytes = {s: sum(len(doc.encode("utf-8")) + 1 for doc in splits[s]) for s in SPLITS}
+                    lengths = {}
+                    for s in SPLITS:
+                        lengths[s], n_bytes[s] = write_tokens(tokenizer, splits[s], folder / f"{s}.bin", dtype,
+                                                              f"the {s} split")
+                    return {s: (lengths[s], dtype) for s in SPLITS}
                 cache.save_streamed(entry, write_splits, {"settings": settings, "bytes": n_bytes, **extra},
                                     tokenizer.save)
                 tokens = cache.load(entry)

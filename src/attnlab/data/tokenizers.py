@@ -26,8 +26,11 @@ class CharTokenizer:
         self.eos_id, self.unk_id = 0, 1
 
     @classmethod
-    def train(cls, texts: list[str]) -> "CharTokenizer":
-        return cls(sorted(set("".join(texts))))
+    def train(cls, texts) -> "CharTokenizer":
+        chars = set()
+        for text in texts:  # one document at a time: the corpus is never joined into one string
+            chars |= set(text)
+        return cls(sorted(chars))
 
     @property
     def vocab_size(self) -> int:
