@@ -29,6 +29,10 @@ class LayerCache:
         # does the type ever drop keys? (asked far into the future, where only its structure matters)
         far = attention.keys_still_visible(torch.zeros(1, dtype=torch.long), 1 << 40, layer)
         self.drops_keys = far is not None
+        # full attention's pattern (every earlier key): one new token then needs no mask at all (the fast path)
+        probe = min(context, 64)
+        self.sees_every_earlier_key = not self.drops_keys and bool(torch.equal(
+            self.pattern.dense(probe, probe, 1)[0], torch.ones(probe, probe, dtype=torch.bool).tril()))
         self.k: torch.Tensor | None = None  # (B, H, S, D)
         self.v: torch.Tensor | None = None  # (B, H, S, D)
         self.pos: torch.Tensor | None = None  # (S,) long
@@ -52,6 +56,9 @@ class LayerCache:
             self._store(k, v, positions)
         else:
             self._store(k, v, positions)
+            if q.shape[2] == 1 and self.sees_every_earlier_key:  # nothing is ever freed: the keys fill a prefix
+                n = self.kept
+                return F.scaled_dot_product_attention(q, self.k[:, :, :n], self.v[:, :, :n])  # (B, H, 1, D), no mask
             H = q.shape[1]
             heads = torch.arange(H, device=q.device).view(H, 1, 1)  # (H, 1, 1)
             zero = torch.zeros((), dtype=torch.long, device=q.device)

@@ -1,0 +1,124 @@
+"""Decoding with the project's KV cache against Hugging Face's ``generate`` (its own cache), side by side.
+
+    python bench/decode_vs_hf.py                       # GPT-2 small's shape, random weights, 256 + 128 tokens
+    python bench/decode_vs_hf.py --layers 4 --width 256 --repeats 1   # a quick look
+
+The same random GPT-2 weights in both (Hugging Face's model, converted to the project's): batch 1, a
+``--prompt``-token prompt, ``--new`` greedy tokens, fp32 on the CPU. For each: prefill (the prompt in one
+forward pass, filling the cache) and the median time per generated token; the project's types each decode with
+their own cache (full is the one Hugging Face computes too). Needs ``transformers`` (the dev extra). Writes a
+Markdown table and JSON to ``--out`` with the date and machine.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def time_hf(model, prompt, new: int) -> tuple[float, float]:
+    """(prefill seconds, median seconds per new token) of Hugging Face's greedy decoding with its cache."""
+    import torch
+    with torch.no_grad():
+        t = time.perf_counter()
+        out = model(prompt, use_cache=True)
+        prefill = time.perf_counter() - t
+        past, nxt, times = out.past_key_values, out.logits[:, -1:].argmax(-1), []
+        for _ in range(new):
+            t = time.perf_counter()
+            out = model(nxt, past_key_values=past, use_cache=True)
+            past, nxt = out.past_key_values, out.logits[:, -1:].argmax(-1)
+            times.append(time.perf_counter() - t)
+    return prefill, statistics.median(times)
+
+
+def time_ours(model, prompt, new: int) -> tuple[float, float]:
+    import torch
+    with torch.no_grad():
+        cache = model.new_cache()
+        t = time.perf_counter()
+        nxt = model(prompt, cache)[:, -1:].argmax(-1)
+        prefill, times = time.perf_counter() - t, []
+        for _ in range(new):
+            t = time.perf_counter()
+            nxt = model(nxt, cache)[:, -1:].argmax(-1)
+            times.append(time.perf_counter() - t)
+    return prefill, statistics.median(times)
+
+
+def main(argv=None) -> None:
+    import torch
+    import transformers
+    from attnlab import pretrained
+    from attnlab.attention import ATTENTION_TYPES
+    from attnlab.model import GPT, GPTConfig
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--layers", type=int, default=12)
+    ap.add_argument("--width", type=int, default=768)
+    ap.add_argument("--heads", type=int, default=12)
+    ap.add_argument("--vocab", type=int, default=50257)
+    ap.add_argument("--prompt", type=int, default=256)
+    ap.add_argument("--new", type=int, default=128)
+    ap.add_argument("--repeats", type=int, default=3, help="runs per model; the best is kept")
+    ap.add_argument("--types", nargs="+", default=list(ATTENTION_TYPES), choices=list(ATTENTION_TYPES))
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args(argv)
+    torch.manual_seed(0)
+    context = 1024
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=args.vocab, n_positions=context, n_embd=args.width, n_layer=args.layers, n_head=args.heads)).eval()
+    state = pretrained.convert(hf.state_dict(), args.layers)
+    settings = {"vocab_size": args.vocab, "context": context, "n_layer": args.layers, "n_head": args.heads,
+                "d_model": args.width, "d_ff": 4 * args.width, "bias": True, "tie_weights": True,
+                "activation": "gelu_tanh", "dropout": 0.0}
+    prompt = torch.randint(0, args.vocab, (1, args.prompt))
+    rows = []
+
+    def best(fn, model):
+        runs = [fn(model, prompt, args.new) for _ in range(args.repeats)]
+        return min(r[0] for r in runs), min(r[1] for r in runs)
+    hf_prefill, hf_token = best(time_hf, hf)
+    rows.append({"model": "Hugging Face generate (full)", "prefill_ms": hf_prefill * 1e3, "ms_per_token": hf_token * 1e3})
+    print(rows[-1], flush=True)
+    for name in args.types:
+        attention = {"name": name, **ATTENTION_TYPES[name].example(args.prompt + args.new)}
+        ours = GPT(GPTConfig(**settings), attention).eval()
+        ours.load_state_dict(state, strict=False)
+        if name == "full":  # the same model: the same greedy tokens
+            with torch.no_grad():
+                assert torch.allclose(ours(prompt), hf(prompt).logits, atol=1e-4), "the conversion differs"
+        prefill, token = best(time_ours, ours)
+        rows.append({"model": f"attnlab {name}", "prefill_ms": prefill * 1e3, "ms_per_token": token * 1e3,
+                     "speed_vs_hf": hf_token / token, "prefill_vs_hf": hf_prefill / prefill})
+        print(rows[-1], flush=True)
+    from attention import machine  # bench/attention.py
+    now = dt.datetime.now()
+    result = {"date": now.isoformat(timespec="minutes"), "machine": machine(), "args": vars(args), "rows": rows,
+              "transformers": transformers.__version__, "torch": torch.__version__}
+    lines = [f"# Decoding against Hugging Face's generate — {now:%Y-%m-%d %H:%M}", "", f"Machine: {result['machine']}",
+             "", f"{args.layers} layers x {args.width} wide, {args.heads} heads, vocabulary {args.vocab:,}, random "
+             f"weights; batch 1, a {args.prompt}-token prompt, {args.new} greedy tokens, fp32; best of "
+             f"{args.repeats}. Speed = Hugging Face's ms per token / ours (> 1: faster).", "",
+             "| model | prefill (ms) | ms per token | speed vs HF | prefill speed vs HF |", "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['prefill_ms']:.1f} | {r['ms_per_token']:.2f} | "
+                     f"{r.get('speed_vs_hf', 1.0):.2f}x | {r.get('prefill_vs_hf', 1.0):.2f}x |")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"decode-vs-hf-cpu-{now:%Y%m%d-%H%M}"
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"written: {stem}.md, {stem}.json")
+
+
+if __name__ == "__main__":
+    main()
