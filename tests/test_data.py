@@ -298,3 +298,39 @@ def test_streamed_tokens_equal_encoding_each_document_whole(tmp_path, monkeypatc
     want = [i for d in docs for i in (*tok.encode(d), tok.eos_id)]
     assert np.fromfile(tmp_path / "t.bin", dtype=np.uint16).tolist() == want and n == len(want)
     assert n_bytes == sum(len(d.encode()) + 1 for d in docs)
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_hub_rows_are_documents_read_in_batches_and_equal_encoding_each_row(tmp_path, monkeypatch, streaming):
+    """documents=rows: each row a document (an end token between them), read a batch at a time; streamed, the
+    first val_rows / test_rows rows of the training stream are the held-out splits."""
+    import datasets
+    from attnlab.data.sources import hub
+    rows = [f"page {i}: " + "words and more words. " * (i % 7 + 1) for i in range(300)]
+    table = datasets.Dataset.from_dict({"text": rows})
+    ds = {"train": table.to_iterable_dataset() if streaming else table}
+    monkeypatch.setattr(hub, "load", lambda *a, **k: ds)
+    settings = {"name": "web", "source": "hub", "path": "someone/web", "documents": "rows", "streaming": streaming,
+                "val_rows": 20, "test_rows": 10, "val_fraction": 0.1, "test_fraction": 0.05}
+    dm = TextDataModule(settings, {"name": "char"}, 16, 4, str(tmp_path / "cache"))
+    dm.prepare_data()
+    tok = dm.tokenizer
+    decoded = {s: tok.decode(dm.tokens[s].tolist()) for s in ("train", "val", "test")}
+    eos = tok.decode([tok.eos_id])
+    split_rows = {s: [r for r in decoded[s].split(eos) if r] for s in decoded}
+    assert sorted(split_rows["train"] + split_rows["val"] + split_rows["test"]) == sorted(rows)  # each row once
+    if streaming:
+        assert split_rows["val"] == rows[:20] and split_rows["test"] == rows[20:30] and split_rows["train"] == rows[30:]
+    else:
+        assert len(split_rows["val"]) == 30 and len(split_rows["test"]) == 15
+    for s in ("train", "val", "test"):  # every row is encoded whole and followed by the end token
+        want = [i for r in split_rows[s] for i in (*tok.encode(r), tok.eos_id)]
+        assert dm.tokens[s].tolist() == want
+
+
+def test_streaming_needs_rows_and_documents_is_checked(tmp_path):
+    from attnlab.data.sources import hub
+    with pytest.raises(DataError, match="dataset.streaming=true reads rows as they come: it needs dataset.documents=rows"):
+        hub.corpus({"source": "hub", "path": "x/y", "streaming": True}, tmp_path)
+    with pytest.raises(DataError, match="dataset.documents='pages' must be joined or rows"):
+        hub.corpus({"source": "hub", "path": "x/y", "documents": "pages"}, tmp_path)

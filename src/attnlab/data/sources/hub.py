@@ -2,7 +2,14 @@
 
 ``split_names`` maps the project's splits to the dataset's own (wikitext: validation); ``text_field`` is its
 text column. A dataset without a validation or test split gets one cut from its training split
-(``val_fraction`` / ``test_fraction``, seeded by ``split_seed``), and says so."""
+(``val_fraction`` / ``test_fraction``, seeded by ``split_seed``), and says so.
+
+``documents``: ``joined`` (a split's rows are lines of one text, as wikitext's) or ``rows`` (each row is a
+document, an end token between them: web text). With ``rows`` the rows are read in batches as they are
+encoded, never held as a list. ``streaming: true`` reads the dataset as a stream (nothing downloaded first;
+``rows`` only): the first ``val_rows`` rows of the training stream are the validation split, the next
+``test_rows`` the test split, the rest the training split; the token cache is keyed by the settings and
+``revision``."""
 from __future__ import annotations
 
 import hashlib
@@ -17,10 +24,10 @@ log = logging.getLogger(__name__)
 DEFAULT_SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
 
 
-def load(path: str, name: str | None, cache_dir: str):
+def load(path: str, name: str | None, cache_dir: str, streaming: bool = False, revision: str | None = None):
     try:
         import datasets
-        return datasets.load_dataset(path, name, cache_dir=cache_dir)
+        return datasets.load_dataset(path, name, cache_dir=cache_dir, streaming=streaming, revision=revision)
     except Exception as e:  # network errors come as many types; all mean the same to the user
         raise DataError(
             f"could not load the Hugging Face dataset {path!r}{'/' + name if name else ''} "
@@ -28,6 +35,38 @@ def load(path: str, name: str | None, cache_dir: str):
             f"The hub is not reachable from here and it is not in the cache {cache_dir!r}. "
             f"To use local text instead: python train.py dataset=text_files dataset.path=/path/to/texts "
             f"(a .txt file, a folder or a glob)") from e
+
+
+class RowDocuments:
+    """A table's text column as documents, read a batch of rows at a time whenever it is iterated; ``skip`` and
+    ``take`` cut a range of rows (a stream has no length: the rest after ``skip`` when ``take`` is None)."""
+
+    def __init__(self, table, field: str, rows: list[int] | None = None, skip: int = 0, take: int | None = None):
+        self.table, self.field, self.rows, self.skip, self.take = table, field, rows, skip, take
+
+    def __iter__(self):
+        table = self.table if self.rows is None else self.table.select(self.rows)
+        n = 0
+        for batch in table.iter(batch_size=1024):
+            for text in batch[self.field]:
+                if n >= self.skip:
+                    if self.take is not None and n >= self.skip + self.take:
+                        return
+                    yield text
+                n += 1
+
+
+def stream_splits(ds, settings: dict) -> dict[str, RowDocuments]:
+    names = {**DEFAULT_SPLIT_NAMES, **(settings.get("split_names") or {})}
+    field = settings.get("text_field", "text")
+    if names["train"] not in ds:
+        raise DataError(f"dataset.split_names.train={names['train']!r} is not a split of {settings.get('path')!r}; "
+                        f"it has {sorted(ds.keys())}")
+    n_val, n_test = int(settings.get("val_rows", 1000)), int(settings.get("test_rows", 1000))
+    train = ds[names["train"]]
+    return {"val": RowDocuments(train, field, skip=0, take=n_val),
+            "test": RowDocuments(train, field, skip=n_val, take=n_test),
+            "train": RowDocuments(train, field, skip=n_val + n_test)}
 
 
 def splits_of(ds, settings: dict) -> dict[str, list[str]]:
@@ -44,7 +83,20 @@ def splits_of(ds, settings: dict) -> dict[str, list[str]]:
             if field not in table.column_names:
                 raise DataError(f"dataset.text_field={field!r} is not a column of {settings.get('path')!r} "
                                 f"(its columns: {table.column_names})")
-            rows[s] = list(table[field])
+            rows[s] = list(table[field]) if settings.get("documents", "joined") == "joined" else table
+    if settings.get("documents", "joined") == "rows":  # each row a document, read as it is encoded
+        train, order = rows["train"], list(range(len(rows["train"])))
+        random.Random(settings.get("split_seed", 1234)).shuffle(order)
+        out, taken = {}, 0
+        for s in ("val", "test"):
+            if s in rows:
+                out[s] = RowDocuments(rows[s], field)
+                continue
+            n = max(1, round(settings.get(f"{s}_fraction", 0.05) * len(train)))
+            out[s] = RowDocuments(train, field, rows=sorted(order[taken:taken + n]))
+            taken += n
+        out["train"] = RowDocuments(train, field, rows=sorted(order[taken:]) if taken else None)
+        return out
     train = rows["train"]
     order = list(range(len(train)))
     random.Random(settings.get("split_seed", 1234)).shuffle(order)
@@ -70,10 +122,22 @@ def splits_of(ds, settings: dict) -> dict[str, list[str]]:
 def corpus(settings: dict, cache_dir: Path) -> Corpus:
     """Keyed by the dataset's own fingerprints (``datasets`` keeps one per split, for the data on disk) and the
     settings that cut it, so a cache hit joins and hashes no text."""
+    documents = settings.get("documents", "joined")
+    if documents not in ("joined", "rows"):
+        raise DataError(f"dataset.documents={documents!r} must be joined or rows")
+    if settings.get("streaming"):
+        if documents != "rows":
+            raise DataError("dataset.streaming=true reads rows as they come: it needs dataset.documents=rows")
+        ds = load(settings["path"], settings.get("hf_config"), str(cache_dir / "hf"), streaming=True,
+                  revision=settings.get("revision"))
+        cut = [settings.get(k) for k in ("revision", "split_names", "text_field", "val_rows", "test_rows")]
+        key = hashlib.sha256(repr(("stream", settings["path"], settings.get("hf_config"), cut)).encode()).hexdigest()[:16]
+        return Corpus(key, lambda: stream_splits(ds, settings), {})
     ds = load(settings["path"], settings.get("hf_config"), str(cache_dir / "hf"))
     prints = {name: getattr(ds[name], "_fingerprint", None) for name in sorted(ds.keys())}
     if all(prints.values()):
-        cut = [settings.get(k) for k in ("split_names", "text_field", "val_fraction", "test_fraction", "split_seed")]
+        cut = [settings.get(k) for k in ("split_names", "text_field", "val_fraction", "test_fraction", "split_seed",
+                                         "documents")]
         key = hashlib.sha256(repr((settings["path"], settings.get("hf_config"), prints, cut)).encode()).hexdigest()[:16]
         return Corpus(key, lambda: splits_of(ds, settings), {})
     splits = splits_of(ds, settings)  # no fingerprints (a plain mapping of tables): hash the text itself
