@@ -334,3 +334,16 @@ def test_streaming_needs_rows_and_documents_is_checked(tmp_path):
         hub.corpus({"source": "hub", "path": "x/y", "streaming": True}, tmp_path)
     with pytest.raises(DataError, match="dataset.documents='pages' must be joined or rows"):
         hub.corpus({"source": "hub", "path": "x/y", "documents": "pages"}, tmp_path)
+
+
+def test_pieces_never_cut_a_blank_line(tmp_path, monkeypatch):
+    """A blank line's two newlines can be one BPE token (GPT-2's has one): a cut between them would change the
+    tokens. Paragraphs separated by blank lines tokenise in pieces exactly as whole."""
+    from attnlab.data import datamodule
+    from attnlab.data.tokenizers import build_tokenizer
+    monkeypatch.setattr(datamodule, "PIECE_CHARS", 50)
+    doc = "\n\n".join(f"Paragraph {i} says a few words here." for i in range(40)) + "\n"
+    tok = build_tokenizer("bpe", [doc] + ["words\n\n"] * 50, vocab_size=400)  # texts ending in a blank line
+    assert len(tok.encode("a\n\n")) == 2  # it learned "\n\n" as one token (at the end of a text)
+    n, _ = datamodule.write_tokens(tok, [doc], tmp_path / "t.bin", np.uint16)
+    assert np.fromfile(tmp_path / "t.bin", dtype=np.uint16).tolist() == [*tok.encode(doc), tok.eos_id]

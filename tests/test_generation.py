@@ -206,3 +206,19 @@ def test_sampling_is_seeded():
     a = m.generate(prompt, 10, generator=torch.Generator().manual_seed(3))
     b = m.generate(prompt, 10, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("attention", [{"name": "full"},  # the no-mask fast path
+                                       {"name": "sparse", "pattern_kind": "strided", "stride": 64},
+                                       {"name": "bigbird", "window": 64, "global_tokens": 1, "block_size": 16}])
+def test_a_pattern_that_looks_full_at_first_is_not_taken_for_full_attention(attention):
+    """Strided sparse or BigBird with 64-wide parts see every key among the first 64 positions: the cache must
+    still mask their later tokens (a probe of the first 64 positions once took them for full attention)."""
+    from attnlab.model import GPT, GPTConfig
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=40, context=160, n_layer=2, n_head=2, d_model=32), attention).eval()
+    idx = torch.randint(0, 40, (1, 150))
+    whole = m(idx)  # (1, 150, V)
+    cache = m.new_cache()
+    steps = [m(idx[:, :10], cache)] + [m(idx[:, t:t + 1], cache) for t in range(10, 150)]
+    torch.testing.assert_close(torch.cat(steps, 1), whole, rtol=1e-4, atol=1e-4)

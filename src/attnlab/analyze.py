@@ -152,5 +152,9 @@ def analyze(cfg: DictConfig) -> dict:
     log.info("written to %s: analysis.json, %s", out, ", ".join(p.name for p in pictures))
     if loaded.wandb_id and cfg.wandb:
         from attnlab import wandb_run
-        wandb_run.log_analysis(loaded, result, pictures)
+        try:
+            wandb_run.log_analysis(loaded, result, pictures)
+        except Exception as e:  # the analysis is written; W&B failing does not undo it
+            log.warning("could not log the analysis to W&B run %s (%s: %s); the files are in %s", loaded.wandb_id,
+                        type(e).__name__, e, out)
     return result

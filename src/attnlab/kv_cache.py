@@ -29,10 +29,8 @@ class LayerCache:
         # does the type ever drop keys? (asked far into the future, where only its structure matters)
         far = attention.keys_still_visible(torch.zeros(1, dtype=torch.long), 1 << 40, layer)
         self.drops_keys = far is not None
-        # full attention's pattern (every earlier key): one new token then needs no mask at all (the fast path)
-        probe = min(context, 64)
-        self.sees_every_earlier_key = not self.drops_keys and bool(torch.equal(
-            self.pattern.dense(probe, probe, 1)[0], torch.ones(probe, probe, dtype=torch.bool).tril()))
+        # full attention's pattern (exactly "every earlier key", by construction): one new token then needs no mask
+        self.sees_every_earlier_key = not self.drops_keys and self.pattern.fused_as == "causal"
         self.k: torch.Tensor | None = None  # (B, H, S, D)
         self.v: torch.Tensor | None = None  # (B, H, S, D)
         self.pos: torch.Tensor | None = None  # (S,) long

@@ -218,8 +218,9 @@ class GPT(nn.Module):
         training moves them apart). Adds to ``state`` in place; returns the names it filled."""
         filled = []
         for name in self.state_dict():
-            if ".attn.qkv_global." in name and name not in state:
-                state[name] = state[name.replace(".attn.qkv_global.", ".attn.qkv.")].clone()
+            shared = name.replace(".attn.qkv_global.", ".attn.qkv.")
+            if ".attn.qkv_global." in name and name not in state and shared in state:  # (else: load reports it)
+                state[name] = state[shared].clone()
                 filled.append(name)
         return filled
 

@@ -84,7 +84,8 @@ def merge_settings(model_cfg: dict, pretrained: dict, explicit: dict, source: st
     clash = [f"model.{k}={explicit[k]!r} (the checkpoint has {pretrained[k]!r})" for k in (*SHAPE_KEYS, "positions")
              if k in explicit and explicit[k] != pretrained[k]]
     if clash:
-        raise ConfigError(f"init_from={source}: {', '.join(clash)}; drop these settings (the checkpoint decides them)")
+        raise ConfigError(f"init_from={source}: {', '.join(clash)}; drop these settings (the checkpoint decides "
+                          f"them; they come from the command line or the experiment preset)")
     context = explicit.get("context", pretrained["context"])
     if context < pretrained["context"]:
         log.info("init_from=%s: model.context=%d uses the first %d of its %d positions", source, context, context,

@@ -89,8 +89,7 @@ def given_settings(cfg: DictConfig, group: str) -> dict:
     choice = hc.runtime.choices.get(group)
     own = Path(__file__).resolve().parents[2] / "conf" / group / f"{choice}.yaml"  # the project's own file
     if choice and own.is_file():
-        import yaml
-        defaults = yaml.safe_load(own.read_text()) or {}
+        defaults = OmegaConf.load(own)  # read as Hydra reads it (1e-5 is a number there, a string to PyYAML)
         keys |= {k for k in cfg[group] if k in defaults and cfg[group][k] != defaults[k]}
     return {k: cfg[group][k] for k in keys if k in cfg[group]}
 
@@ -330,11 +329,12 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
         loop = trainer.validate_loop
         inference_mode, loop.inference_mode = loop.inference_mode, False
         try:
-            scores = trainer.validate(model, datamodule=datamodule, verbose=False)[0]
+            scores = (trainer.validate(model, datamodule=datamodule, verbose=False) or [{}])[0]
         finally:
             loop.inference_mode = inference_mode
         start = {f"start/{k.replace('/', '_')}": float(v) for k, v in scores.items()}
-        log.info("before training: val/ppl %.3f (val/loss %.4f)", scores["val/ppl"], scores["val/loss"])
+        if "val/ppl" in scores:  # (nothing when validation is off: trainer.limit_val_batches=0)
+            log.info("before training: val/ppl %.3f (val/loss %.4f)", scores["val/ppl"], scores["val/loss"])
         import torchmetrics  # the validation's sums start again from zero for the first real validation
         for metric in model.modules():
             if isinstance(metric, torchmetrics.Metric):

@@ -29,12 +29,13 @@ ENCODE_BATCH = 1024  # at most this many pieces at once
 
 
 def pieces(doc: str):
-    """A document in pieces of about PIECE_CHARS characters, each cut right after a newline that a non-space
-    character follows, so the pieces tokenise exactly as the whole (no word or whitespace run is split)."""
+    """A document in pieces of about PIECE_CHARS characters, each cut right after a newline with a non-space
+    character on both sides, so the pieces tokenise exactly as the whole (no word or whitespace run is split:
+    a blank line's two newlines can be one token)."""
     start = 0
     while len(doc) - start > PIECE_CHARS:
         cut = doc.find("\n", start + PIECE_CHARS)
-        while cut != -1 and cut + 1 < len(doc) and doc[cut + 1].isspace():
+        while cut != -1 and cut + 1 < len(doc) and (doc[cut + 1].isspace() or doc[cut - 1].isspace()):
             cut = doc.find("\n", cut + 1)
         if cut == -1 or cut + 1 >= len(doc):
             break
@@ -234,7 +235,7 @@ class TextDataModule(L.LightningDataModule):
             if not (Path(self.tokenizer_from) / "tokenizer.json").is_file():
                 raise DataError(f"tokenizer_from={self.tokenizer_from}: no tokenizer.json there")
             fixed = load_tokenizer(self.tokenizer_from)
-        settings = {"corpus": corpus_key, "tokenizer": tok_cfg.get("name"),
+        settings = {"corpus": corpus_key, "tokenizer": tok_cfg.get("name"), "encoding": 2,  # 2: cuts fixed
                     "vocab_size": tok_cfg.get("vocab_size"), "eos_between_documents": True}
         if tok_cfg.get("train_bytes") is not None:
             settings["train_bytes"] = tok_cfg["train_bytes"]

@@ -48,7 +48,11 @@ class RowDocuments:
         table = self.table if self.rows is None else self.table.select(self.rows)
         n = 0
         for batch in table.iter(batch_size=1024):
+            if self.field not in batch:
+                raise DataError(f"dataset.text_field={self.field!r} is not a column of the stream (its columns: "
+                                f"{sorted(batch)})")
             for text in batch[self.field]:
+                text = text or ""  # a missing text is an empty document
                 if n >= self.skip:
                     if self.take is not None and n >= self.skip + self.take:
                         return
@@ -128,16 +132,19 @@ def corpus(settings: dict, cache_dir: Path) -> Corpus:
     if settings.get("streaming"):
         if documents != "rows":
             raise DataError("dataset.streaming=true reads rows as they come: it needs dataset.documents=rows")
-        ds = load(settings["path"], settings.get("hf_config"), str(cache_dir / "hf"), streaming=True,
-                  revision=settings.get("revision"))
+        def read():  # the stream is opened only to build the token cache: a cached corpus needs no network
+            ds = load(settings["path"], settings.get("hf_config"), str(cache_dir / "hf"), streaming=True,
+                      revision=settings.get("revision"))
+            return stream_splits(ds, settings)
         cut = [settings.get(k) for k in ("revision", "split_names", "text_field", "val_rows", "test_rows")]
         key = hashlib.sha256(repr(("stream", settings["path"], settings.get("hf_config"), cut)).encode()).hexdigest()[:16]
-        return Corpus(key, lambda: stream_splits(ds, settings), {})
+        return Corpus(key, read, {})
     ds = load(settings["path"], settings.get("hf_config"), str(cache_dir / "hf"))
     prints = {name: getattr(ds[name], "_fingerprint", None) for name in sorted(ds.keys())}
     if all(prints.values()):
-        cut = [settings.get(k) for k in ("split_names", "text_field", "val_fraction", "test_fraction", "split_seed",
-                                         "documents")]
+        cut = [settings.get(k) for k in ("split_names", "text_field", "val_fraction", "test_fraction", "split_seed")]
+        if documents != "joined":  # (the default keeps the keys of caches built before the setting existed)
+            cut.append(documents)
         key = hashlib.sha256(repr((settings["path"], settings.get("hf_config"), prints, cut)).encode()).hexdigest()[:16]
         return Corpus(key, lambda: splits_of(ds, settings), {})
     splits = splits_of(ds, settings)  # no fingerprints (a plain mapping of tables): hash the text itself
