@@ -34,6 +34,7 @@ class LayerCache:
         self.k: torch.Tensor | None = None  # (B, H, S, D)
         self.v: torch.Tensor | None = None  # (B, H, S, D)
         self.pos: torch.Tensor | None = None  # (S,) long
+        self.filled = 0  # for a type that never drops keys: they fill slots 0..filled-1, in order
         # Longformer's global projections: (k, v, positions) of every token so far, while a global query may come
         self.global_kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
@@ -44,6 +45,8 @@ class LayerCache:
     @property
     def kept(self) -> int:
         """Keys held now (the memory that matters; slots may be a few more)."""
+        if not self.drops_keys:
+            return self.filled
         return 0 if self.pos is None else int((self.pos >= 0).sum())
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
@@ -54,22 +57,40 @@ class LayerCache:
             self._store(k, v, positions)
         else:
             self._store(k, v, positions)
-            if q.shape[2] == 1 and self.sees_every_earlier_key:  # nothing is ever freed: the keys fill a prefix
-                n = self.kept
-                return F.scaled_dot_product_attention(q, self.k[:, :, :n], self.v[:, :, :n])  # (B, H, 1, D), no mask
+            if not self.drops_keys:  # nothing is ever freed: the keys fill a prefix of the slots
+                n = self.filled
+                k_all, v_all, pos = self.k[:, :, :n], self.v[:, :, :n], self.pos[:n]  # (B, H, n, D), (n,)
+                if q.shape[2] == 1 and self.sees_every_earlier_key:
+                    return F.scaled_dot_product_attention(q, k_all, v_all)  # (B, H, 1, D): every key, no mask
+            else:
+                k_all, v_all, pos = self.k, self.v, self.pos
             H = q.shape[1]
             heads = torch.arange(H, device=q.device).view(H, 1, 1)  # (H, 1, 1)
             zero = torch.zeros((), dtype=torch.long, device=q.device)
-            mask = self.pattern(zero, heads, positions.view(1, -1, 1), self.pos.view(1, 1, -1))  # (H|1, T, S)
-            mask = mask & (self.pos >= 0).view(1, 1, -1)  # free slots hold nothing
-            y = F.scaled_dot_product_attention(q, self.k, self.v, attn_mask=mask)  # (B, H, T, D)
-        self._evict(int(positions[-1]) + 1)
+            mask = self.pattern(zero, heads, positions.view(1, -1, 1), pos.view(1, 1, -1))  # (H|1, T, S)
+            if self.drops_keys:
+                mask = mask & (pos >= 0).view(1, 1, -1)  # free slots hold nothing
+            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # (B, H, T, D)
+        if self.drops_keys:
+            self._evict(int(positions[-1]) + 1)
         return y
 
     def _store(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
         T = k.shape[2]
         if self.pos is None:
             self.k, self.v, self.pos = k.clone(), v.clone(), positions.clone()
+            self.filled = T
+            return
+        if not self.drops_keys:  # append after the filled prefix, doubling the slots when they run out
+            n = self.filled
+            if n + T > self.slots:
+                grow = max(n + T - self.slots, self.slots)
+                B, H, _, D = self.k.shape
+                self.k = torch.cat([self.k, self.k.new_zeros(B, H, grow, D)], dim=2)  # (B, H, S + grow, D)
+                self.v = torch.cat([self.v, self.v.new_zeros(B, H, grow, D)], dim=2)  # (B, H, S + grow, D)
+                self.pos = torch.cat([self.pos, self.pos.new_full((grow,), -1)])  # (S + grow,)
+            self.k[:, :, n:n + T], self.v[:, :, n:n + T], self.pos[n:n + T] = k, v, positions
+            self.filled = n + T
             return
         free = (self.pos < 0).nonzero().flatten()  # (F,)
         if free.numel() < T:  # grow: exactly what is missing when slots get freed, else by doubling
