@@ -347,3 +347,14 @@ def test_pieces_never_cut_a_blank_line(tmp_path, monkeypatch):
     assert len(tok.encode("a\n\n")) == 2  # it learned "\n\n" as one token (at the end of a text)
     n, _ = datamodule.write_tokens(tok, [doc], tmp_path / "t.bin", np.uint16)
     assert np.fromfile(tmp_path / "t.bin", dtype=np.uint16).tolist() == [*tok.encode(doc), tok.eos_id]
+
+
+def test_bpe_learns_the_same_merges_from_pieces_as_from_whole_documents(monkeypatch):
+    """The trainer is fed documents in pieces (its memory grows with its longest input): the cuts do not change
+    what it learns."""
+    from attnlab.data import datamodule
+    from attnlab.data.tokenizers import HFTokenizer, build_tokenizer
+    monkeypatch.setattr(datamodule, "PIECE_CHARS", 200)
+    docs = ["def f(x):\n    return x + 1\n\nclass A:\n    pass\n" * 60, "Plain words, and more words.\n" * 80]
+    assert len(list(datamodule.pieces(docs[0]))) > 10
+    assert build_tokenizer("bpe", docs, 400).tok.to_str() == HFTokenizer.train_bpe(iter(docs), 400).tok.to_str()

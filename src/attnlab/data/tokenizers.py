@@ -143,7 +143,10 @@ def build_tokenizer(kind: str, train_texts: list[str], vocab_size: int = 4096, t
     if kind == "char":
         return CharTokenizer.train(train_texts)
     if kind == "bpe":
-        return HFTokenizer.train_bpe(bounded(train_texts, train_bytes), vocab_size)
+        from attnlab.data.datamodule import pieces  # cut where the tokens do not change: the same merges
+        # the trainer's memory grows with its longest input (30 MB as one text: +2.6 GB; in pieces: nothing)
+        return HFTokenizer.train_bpe((p for text in bounded(train_texts, train_bytes) for p in pieces(text)),
+                                     vocab_size)
     if kind == "gpt2":
         return HFTokenizer.gpt2()
     raise ValueError(f"unknown tokenizer {kind!r}; valid: {list(TOKENIZERS)}")
