@@ -167,6 +167,10 @@ RULES: dict[str, Number | Choice] = {
     "dataset.val_plays": COUNT,
     "dataset.test_plays": COUNT,
     "dataset.train_plays": Number(int, low=1, nullable=True, meaning="null: every play not held out"),
+    "dataset.seed": SEED,
+    "dataset.pairs": COUNT,
+    "dataset.*_examples": COUNT,
+    "dataset.*_rows": COUNT,
     "tokenizer.vocab_size": Number(int, low=258, nullable=True,
                                    meaning="byte-level BPE needs its 256 bytes, an end token and one merge"),
     "tokenizer.train_bytes": Number(int, low=1, nullable=True, meaning="null: the whole training split"),
@@ -199,6 +203,7 @@ RULES: dict[str, Number | Choice] = {
     "callbacks.*.num_prompts": COUNT,
     "callbacks.*.windows": COUNT,
     "callbacks.*.new_tokens": COUNT,
+    "callbacks.*.examples": COUNT,
 }
 TYPED_BY_DATACLASS = ("model.", "attention.")  # their dataclasses hold the types (check_fields)
 
