@@ -38,7 +38,7 @@ def test_copied_from_the_shared_projections_they_change_nothing(positions):
 
 def reference_layer(attn, x):
     """One attention layer written out densely: local rows from qkv under the pattern, global rows from
-    qkv_global over every earlier key."""
+    qkv_global over every key (every earlier one when causal)."""
     B, T, C = x.shape
     H, D = attn.n_head, attn.head_dim
     pos = torch.arange(T)
@@ -49,15 +49,16 @@ def reference_layer(attn, x):
     q, k, v = (heads(t) for t in attn.qkv(x).split(C, 2))
     qg, kg, vg = (heads(t) for t in attn.qkv_global(x).split(C, 2))
     local = torch.softmax((q @ k.transpose(-2, -1) / math.sqrt(D)).masked_fill(~allowed, -math.inf), -1) @ v
-    causal = pos.view(-1, 1) >= pos.view(1, -1)
+    causal = pos.view(-1, 1) >= pos.view(1, -1) if attn.attention.causal else torch.ones(T, T, dtype=torch.bool)
     glob = torch.softmax((qg @ kg.transpose(-2, -1) / math.sqrt(D)).masked_fill(~causal, -math.inf), -1) @ vg
     is_global = torch.isin(pos, torch.tensor(GLOBAL)).view(1, 1, T, 1)
     y = torch.where(is_global, glob, local)  # (B, H, T, D)
     return attn.proj(y.transpose(1, 2).reshape(B, T, C))
 
 
-def test_global_rows_use_their_own_projections_and_the_rest_the_shared_ones():
-    m = shared_to_global(model(False))
+@pytest.mark.parametrize("causal", [True, False])
+def test_global_rows_use_their_own_projections_and_the_rest_the_shared_ones(causal):
+    m = shared_to_global(model(False, causal=causal), causal=causal)
     with torch.no_grad():
         for block in m.blocks:  # move the global projections away from the shared ones
             block.attn.qkv_global.weight.add_(torch.randn_like(block.attn.qkv_global.weight) * 0.5)

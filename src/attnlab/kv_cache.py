@@ -93,9 +93,8 @@ class LayerCache:
             self.filled = n + T
             return
         free = (self.pos < 0).nonzero().flatten()  # (F,)
-        if free.numel() < T:  # grow: exactly what is missing when slots get freed, else by doubling
-            missing = T - free.numel()
-            grow = missing if self.drops_keys else max(missing, self.slots)
+        if free.numel() < T:  # grow by exactly what is missing: slots get freed again as keys fall out of reach
+            grow = T - free.numel()
             B, H, _, D = self.k.shape
             self.k = torch.cat([self.k, self.k.new_zeros(B, H, grow, D)], dim=2)  # (B, H, S + grow, D)
             self.v = torch.cat([self.v, self.v.new_zeros(B, H, grow, D)], dim=2)  # (B, H, S + grow, D)

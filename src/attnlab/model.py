@@ -145,10 +145,8 @@ class SelfAttention(nn.Module):
         rows = is_global.nonzero().flatten()  # (R,)
         if rows.numel() == 0:
             return y
-        heads = torch.arange(self.n_head, device=x.device).view(-1, 1, 1)  # (H, 1, 1)
-        zero = torch.zeros((), dtype=torch.long, device=x.device)
-        mask = self.attention.pattern(int(key_pos.max()) + 1, self.layer)(
-            zero, heads, positions[rows].view(1, -1, 1), key_pos.view(1, 1, -1))  # (H|1, R, S)
+        # a global query sees every key (every earlier one when causal): the type's own definition
+        mask = key_pos.view(1, -1) <= positions[rows].view(-1, 1) if self.attention.causal else None  # (R, S)
         yg = F.scaled_dot_product_attention(qg[:, :, rows], kg, vg, attn_mask=mask)  # (B, H, R, D)
         return y.index_copy(2, rows, yg.to(y.dtype))  # (B, H, T, D)
 

@@ -335,10 +335,6 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
         start = {f"start/{k.replace('/', '_')}": float(v) for k, v in scores.items()}
         if "val/ppl" in scores:  # (nothing when validation is off: trainer.limit_val_batches=0)
             log.info("before training: val/ppl %.3f (val/loss %.4f)", scores["val/ppl"], scores["val/loss"])
-        import torchmetrics  # the validation's sums start again from zero for the first real validation
-        for metric in model.modules():
-            if isinstance(metric, torchmetrics.Metric):
-                metric.reset()
     with warnings.catch_warnings():
         # Lightning cannot see that TextDataModule restores the data position itself (its state_dict, with
         # ResumableSampler skipping the batches already trained on), so it warns that a mid-epoch resume is unsafe

@@ -67,13 +67,10 @@ class LongformerAttention(AttentionType):
         return g - 1 if isinstance(g, int) else max(g, default=-1)
 
     def keys_still_visible(self, key_pos: torch.Tensor, next_query: int, layer: int = 0) -> torch.Tensor | None:
-        g = self.global_tokens
-        first_globals = isinstance(g, int)
-        if not self.causal or next_query <= (g - 1 if first_globals else max(g, default=-1)):
+        if not self.causal or next_query <= self.last_global_query():
             return None  # a global query still to come sees every earlier key
-        is_global = key_pos < g if first_globals else torch.isin(key_pos, torch.tensor(g, dtype=torch.long, device=key_pos.device))
         # a query q >= next_query sees j when q - j < w * d: only j > next_query - w * d can still be in reach
-        return is_global | (key_pos > next_query - self.window_at(layer) * self.dilation)
+        return self.is_global(key_pos) | (key_pos > next_query - self.window_at(layer) * self.dilation)
 
     def validate(self, context: int, n_head: int) -> None:
         for w in (self.windows or [self.window]):
