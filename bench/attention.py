@@ -168,6 +168,18 @@ def worker(args) -> None:
 
 # --- the driver ------------------------------------------------------------------------------------------
 
+def write_results(out: str | Path, stem: str, result: dict, lines: list[str]) -> Path:
+    """``<out>/<stem>.json`` (the numbers) and ``<out>/<stem>.md`` (the table a person reads); prints the table."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / stem
+    path.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    print(f"written: {path}.md, {path}.json")
+    return path
+
+
 def machine() -> dict:
     import torch
     info = {"date": dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "python": platform.python_version(),

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import statistics
 import sys
 import time
@@ -99,7 +98,7 @@ def main(argv=None) -> None:
         rows.append({"model": f"attnlab {name}", "prefill_ms": prefill * 1e3, "ms_per_token": token * 1e3,
                      "speed_vs_hf": hf_token / token, "prefill_vs_hf": hf_prefill / prefill})
         print(rows[-1], flush=True)
-    from attention import machine  # bench/attention.py
+    from attention import machine, write_results  # bench/attention.py
     now = dt.datetime.now()
     result = {"date": now.isoformat(timespec="minutes"), "machine": machine(), "args": vars(args), "rows": rows,
               "transformers": transformers.__version__, "torch": torch.__version__}
@@ -111,13 +110,7 @@ def main(argv=None) -> None:
     for r in rows:
         lines.append(f"| {r['model']} | {r['prefill_ms']:.1f} | {r['ms_per_token']:.2f} | "
                      f"{r.get('speed_vs_hf', 1.0):.2f}x | {r.get('prefill_vs_hf', 1.0):.2f}x |")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"decode-vs-hf-cpu-{now:%Y%m%d-%H%M}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"written: {stem}.md, {stem}.json")
+    write_results(args.out, f"decode-vs-hf-cpu-{now:%Y%m%d-%H%M}", result, lines)
 
 
 if __name__ == "__main__":

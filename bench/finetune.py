@@ -84,7 +84,7 @@ def main(argv=None) -> None:
                      "seconds": round(time.perf_counter() - t, 1), "tokens_per_s": m.get("throughput/tokens_per_s")})
         print(rows[-1], flush=True)
 
-    from attention import machine  # bench/attention.py
+    from attention import machine, write_results  # bench/attention.py
     now = dt.datetime.now()
     result = {"date": now.isoformat(timespec="minutes"), "machine": machine(), "pretrained": pretrained,
               "pretrain_seconds": pretrain_seconds, "pretrained_context": context, "context": 4 * context,
@@ -101,13 +101,7 @@ def main(argv=None) -> None:
     lines += [f"| {r['attention']} | {fmt(r['before'])} | {fmt(r['after_swap'])} | {fmt(r['after_finetune'])} | "
               f"{fmt(r['best'])} | {r['seconds']:.0f} s |" for r in rows]
     lines += ["", "Commands:", "", *[f"    {c}" for c in commands]]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"finetune-cpu-{now:%Y%m%d-%H%M}"
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=1))
-    stem.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"written: {stem}.md, {stem}.json")
+    write_results(args.out, f"finetune-cpu-{now:%Y%m%d-%H%M}", result, lines)
 
 
 if __name__ == "__main__":
