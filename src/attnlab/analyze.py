@@ -21,6 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from attnlab import analysis, runs, schema
+from attnlab.attention.pictures import _pyplot  # matplotlib without a display
 from attnlab.schema import Choice, ConfigError, Flag, Number, Text, check_rules
 
 log = logging.getLogger(__name__)
@@ -32,13 +33,6 @@ RULES = {
     "prompt": Text(nullable=True, meaning="null: the start of the split"),
     "wandb": Flag(),
 }
-
-
-def _pyplot():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
 
 
 def draw_layer(probs: torch.Tensor, allowed: torch.Tensor, layer: int, title: str, path: Path) -> Path:
