@@ -32,7 +32,7 @@ def build(name: str, n: int, args):
     attention = build_attention({"name": name, **ATTENTION_TYPES[name].example(n)})
     cfg = GPTConfig(vocab_size=args.vocab, context=n, n_layer=args.layers, n_head=args.heads, d_model=args.width,
                     positions="rope")  # rotary: the cached path never has to fall back to cropping
-    return GPT(cfg, attention).eval()
+    return GPT(cfg, attention).eval().decode_layout()  # as GPT.generate decodes
 
 
 def timed_decode(model, prompt, new: int, use_cache: bool) -> tuple[float, list[float]]:
