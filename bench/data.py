@@ -46,18 +46,27 @@ def make_corpus(folder: Path, megabytes: int, files: int) -> int:
 
 
 BUILD = """
-import resource, sys, time, logging
+import os, resource, sys, threading, time, logging
 logging.basicConfig(level=logging.WARNING)
 from attnlab.data import datamodule
 from attnlab.data.datamodule import TextDataModule
 spent = {"train_tokenizer": 0.0, "encode": 0.0}
+peak = {"train_tokenizer": 0, "encode": 0, "now": 0}
+def sample_rss():  # the resident set every 20 ms: each phase's own peak
+    page = os.sysconf("SC_PAGE_SIZE")
+    while True:
+        with open("/proc/self/statm") as f:
+            peak["now"] = max(peak["now"], int(f.read().split()[1]) * page)
+        time.sleep(0.02)
+threading.Thread(target=sample_rss, daemon=True).start()
 def timed(fn, key):
     def wrapper(*a, **k):
-        t = time.perf_counter()
+        t, peak["now"] = time.perf_counter(), 0
         try:
             return fn(*a, **k)
         finally:
             spent[key] += time.perf_counter() - t
+            peak[key] = max(peak[key], peak["now"])
     return wrapper
 datamodule.build_tokenizer = timed(datamodule.build_tokenizer, "train_tokenizer")
 datamodule.write_tokens = timed(datamodule.write_tokens, "encode")
@@ -66,7 +75,7 @@ t = time.perf_counter()
 dm = TextDataModule({"name": "bench", "source": "text_files", "path": sys.argv[1]}, tok, 256, 8, sys.argv[2])
 dm.prepare_data()
 print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, len(dm.tokens["train"]),
-      spent["train_tokenizer"], spent["encode"])
+      spent["train_tokenizer"], spent["encode"], peak["train_tokenizer"], peak["encode"])
 """
 
 LIMIT = """
@@ -105,10 +114,13 @@ def main() -> None:
         rows = []
         for name in args.tokenizers:
             cache = Path(tmp) / f"cache-{name}"
-            build_s, peak, tokens, train_s, encode_s = run(BUILD, str(corpus / "*.txt"), str(cache), name)
+            build_s, peak, tokens, train_s, encode_s, train_peak, encode_peak = run(
+                BUILD, str(corpus / "*.txt"), str(cache), name)
             hit_s, hit_peak, *_ = run(BUILD, str(corpus / "*.txt"), str(cache), name)
             row = {"tokenizer": name, "corpus_MB": round(size / 1e6), "build_s": round(build_s, 1),
                    "build_MB_per_s": round(size / 1e6 / build_s, 2), "peak_rss_GB": round(peak / 2 ** 30, 2),
+                   "peak_rss_training_GB": round(train_peak / 2 ** 30, 2),
+                   "peak_rss_encoding_GB": round(encode_peak / 2 ** 30, 2),
                    "train_tokens": int(tokens), "tokenizer_training_s": round(train_s, 1),
                    "encoding_s": round(encode_s, 1), "cache_hit_s": round(hit_s, 2)}
             if name == "bpe" and not args.skip_limit:

@@ -358,3 +358,51 @@ def test_bpe_learns_the_same_merges_from_pieces_as_from_whole_documents(monkeypa
     docs = ["def f(x):\n    return x + 1\n\nclass A:\n    pass\n" * 60, "Plain words, and more words.\n" * 80]
     assert len(list(datamodule.pieces(docs[0]))) > 10
     assert build_tokenizer("bpe", docs, 400).tok.to_str() == HFTokenizer.train_bpe(iter(docs), 400).tok.to_str()
+
+
+@pytest.mark.parametrize("kind", ["char", "bpe"])
+def test_text_files_are_read_in_parts_with_the_tokens_of_the_whole_files(tmp_path, monkeypatch, kind):
+    """A text file is read SEGMENT_CHARS characters at a time, cut where the tokens do not change: the token
+    array, the byte count and the trained tokenizer are those of the whole files, and no file is read whole."""
+    from attnlab.data import corpus, datamodule
+    from attnlab.data.tokenizers import build_tokenizer
+    texts = ["Première ligne, déjà.\n  indented\n\nNEXT: words, words.\n" * 30,  # non-ASCII: bytes != chars
+             "one long line without a newline " * 20, "", "last\n" * 40]
+    files = []
+    for i, text in enumerate(texts):
+        files.append(tmp_path / f"f{i}.txt")
+        files[-1].write_text(text, encoding="utf-8")
+    whole_tok = build_tokenizer(kind, texts, vocab_size=300)
+    monkeypatch.setattr(corpus, "SEGMENT_CHARS", 64)
+    monkeypatch.setattr(corpus.FileDocuments, "__iter__", lambda self: pytest.fail("a whole file was read"))
+    docs = corpus.FileDocuments([str(f) for f in files])
+    assert sum(1 for _ in docs.segments()) > 20
+    tok = build_tokenizer(kind, docs, vocab_size=300)
+    assert (tok.itos if kind == "char" else tok.tok.to_str()) == \
+        (whole_tok.itos if kind == "char" else whole_tok.tok.to_str())
+    n, n_bytes = datamodule.write_tokens(tok, docs, tmp_path / "t.bin", np.uint16)
+    want = [i for t in texts for i in (*tok.encode(t), tok.eos_id)]
+    assert np.fromfile(tmp_path / "t.bin", dtype=np.uint16).tolist() == want and n == len(want)
+    assert n_bytes == sum(len(t.encode("utf-8")) + 1 for t in texts)
+
+
+def test_tokenising_shows_a_bar_on_a_terminal_and_log_lines_elsewhere(tmp_path, monkeypatch, caplog, capsys):
+    import logging
+
+    import rich.console
+    from attnlab.data import datamodule
+    from attnlab.data.tokenizers import build_tokenizer
+    monkeypatch.setattr(datamodule, "ENCODE_BATCH", 2)
+    docs = ["some words\n" * 50] * 6
+    tok = build_tokenizer("char", docs)
+    ticks = iter(range(0, 10_000, 6))  # each look at the clock: 6 s later
+    with caplog.at_level(logging.INFO, logger="attnlab.data.datamodule"):
+        monkeypatch.setattr(datamodule.TokenisingProgress, "clock", staticmethod(lambda: next(ticks)))
+        datamodule.write_tokens(tok, docs, tmp_path / "a.bin", np.uint16, "train")  # not a terminal: log lines
+        lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("tokenising train:")]
+        assert all("MB/s" in m for m in lines) and any("of 0 MB" in m and "s left" in m for m in lines), lines
+        caplog.clear()
+        monkeypatch.setattr(rich.console.Console, "is_terminal", property(lambda self: True))
+        datamodule.write_tokens(tok, docs, tmp_path / "b.bin", np.uint16, "train")  # a terminal: the bar
+        assert not [r for r in caplog.records if r.getMessage().startswith("tokenising train:")]
+    assert "tokenising train" in capsys.readouterr().err

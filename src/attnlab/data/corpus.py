@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 SPLITS = ("train", "val", "test")
+SEGMENT_CHARS = 1 << 20  # text files are read this many characters at a time: no file sits in memory whole
 
 
 class DataError(ValueError):
@@ -120,6 +121,28 @@ def shakespeare_splits(val_plays: int = 3, test_plays: int = 3, split_seed: int 
     return {s: [markdown_to_play(files[n].read_text(encoding="utf-8")) for n in chosen[s]] for s in SPLITS}, chosen
 
 
+# --- documents in parts -----------------------------------------------------------------------------
+
+def last_cut(text: str) -> int:
+    """Where ``text`` can be cut without changing its tokens: after its last newline with a non-space
+    character on both sides (no word or whitespace run is split). 0 if there is none."""
+    cut = text.rfind("\n")
+    while cut > 0 and (cut + 1 >= len(text) or text[cut + 1].isspace() or text[cut - 1].isspace()):
+        cut = text.rfind("\n", 0, cut)
+    return cut + 1 if cut > 0 else 0
+
+
+def segments(docs):
+    """``docs`` as (text, ends_its_document) pairs: the documents of a source that can read them in parts
+    (text files) come in parts cut at ``last_cut``; any other document comes whole."""
+    in_parts = getattr(docs, "segments", None)
+    if in_parts is not None:
+        yield from in_parts()
+    else:
+        for doc in docs:
+            yield doc, True
+
+
 # --- local text files ------------------------------------------------------------------------------
 
 class FileDocuments:
@@ -137,6 +160,23 @@ class FileDocuments:
         for f in self.files:
             try:
                 yield Path(f).read_text(encoding="utf-8")
+            except UnicodeDecodeError as e:
+                raise DataError(f"{f} is not UTF-8 text ({e})") from e
+
+    def segments(self):
+        """Each file in parts of about SEGMENT_CHARS characters, (text, is_its_last_part): a 1 GB file costs a
+        few MB of memory, and its tokens are those of the whole text."""
+        for f in self.files:
+            try:
+                with open(f, encoding="utf-8") as stream:
+                    carry = ""
+                    while chunk := stream.read(SEGMENT_CHARS):
+                        text = carry + chunk
+                        cut = last_cut(text)
+                        if cut:
+                            yield text[:cut], False
+                        carry = text[cut:]
+                    yield carry, True
             except UnicodeDecodeError as e:
                 raise DataError(f"{f} is not UTF-8 text ({e})") from e
 
