@@ -124,7 +124,7 @@ def test_text_files_split(tmp_path):
     assert sum(len(v) for v in s.values()) == 5 and all(s.values())
     one = tmp_path / "doc0.txt"
     s = text_file_splits(str(one), 0.1, 0.1)
-    assert "".join(s["train"] + s["val"] + s["test"]) == one.read_text()
+    assert "".join([*s["train"], *s["val"], *s["test"]]) == one.read_text()
     with pytest.raises(DataError, match=r"dataset.path='/nonexistent/\*.txt' matches no .txt file"):
         text_file_splits("/nonexistent/*.txt")
 
@@ -406,3 +406,22 @@ def test_tokenising_shows_a_bar_on_a_terminal_and_log_lines_elsewhere(tmp_path, 
         datamodule.write_tokens(tok, docs, tmp_path / "b.bin", np.uint16, "train")  # a terminal: the bar
         assert not [r for r in caplog.records if r.getMessage().startswith("tokenising train:")]
     assert "tokenising train" in capsys.readouterr().err
+
+
+def test_one_file_is_split_by_lines_without_being_read_whole(tmp_path, monkeypatch):
+    """Fewer than 3 files: each is cut at the first newline past 90% and 95% of its characters (train, val,
+    test), found and read in parts."""
+    from attnlab.data import corpus
+    text = "".join(f"ligne {i} é" * (i % 5 + 1) + "\n" for i in range(300))  # non-ASCII: characters != bytes
+    one = tmp_path / "one.txt"
+    one.write_text(text, encoding="utf-8")
+
+    def line_cut(fraction):
+        j = text.find("\n", int(len(text) * fraction))
+        return len(text) if j < 0 else j + 1
+    a, b = line_cut(0.8), line_cut(0.9)
+    monkeypatch.setattr(corpus, "SEGMENT_CHARS", 50)
+    monkeypatch.setattr(Path, "read_text", lambda *a, **k: pytest.fail("a whole file was read"))
+    s = text_file_splits(str(one), 0.1, 0.1)
+    assert [list(s[k]) for k in ("train", "val", "test")] == [[text[:a]], [text[a:b]], [text[b:]]]
+    assert s["train"].chars_hint == a

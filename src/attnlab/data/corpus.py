@@ -145,55 +145,74 @@ def segments(docs):
 
 # --- local text files ------------------------------------------------------------------------------
 
-class FileDocuments:
-    """Text files as documents, read one at a time whenever they are iterated (a split of a large corpus never
-    sits in memory whole); ``chars_hint`` is their size in bytes, for progress."""
+def matching_files(path, suffix: str) -> list[str]:
+    """The files ``path`` names: one file, a folder (searched for ``*<suffix>``) or a glob."""
+    p = os.path.expanduser(str(path))
+    if os.path.isdir(p):
+        return sorted(glob.glob(os.path.join(p, "**", f"*{suffix}"), recursive=True))
+    if any(c in p for c in "*?["):
+        return sorted(glob.glob(p, recursive=True))
+    return [p] if os.path.isfile(p) else []
 
-    def __init__(self, files: list[str]):
+
+def read_chars(path: str, start: int = 0, end: int | None = None):
+    """The characters [start, end) of a UTF-8 text file (end None: to its end), in chunks of SEGMENT_CHARS."""
+    pos = 0
+    try:
+        with open(path, encoding="utf-8") as stream:
+            while (end is None or pos < end) and (chunk := stream.read(SEGMENT_CHARS)):
+                lo, hi = max(start - pos, 0), len(chunk) if end is None else min(end - pos, len(chunk))
+                pos += len(chunk)
+                if hi > lo:
+                    yield chunk[lo:hi]
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text ({e})") from e
+
+
+class FileDocuments:
+    """Text files as documents, read in parts whenever they are iterated: neither a split of a large corpus
+    nor one file ever sits in memory whole. ``spans``: the (start, end) characters of each file that belong
+    here (end None: to the end), how a split of fewer than 3 files takes its part of each. ``chars_hint``:
+    about how many characters, for progress."""
+
+    def __init__(self, files: list[str], spans: list[tuple[int, int | None]] | None = None):
         self.files = list(files)
-        self.chars_hint = sum(os.path.getsize(f) for f in self.files)
+        self.spans = list(spans) if spans is not None else [(0, None)] * len(self.files)
+        self.chars_hint = sum(os.path.getsize(f) if end is None else end - start
+                              for f, (start, end) in zip(self.files, self.spans))
 
     def __len__(self) -> int:
         return len(self.files)
 
     def __iter__(self):
-        for f in self.files:
-            try:
-                yield Path(f).read_text(encoding="utf-8")
-            except UnicodeDecodeError as e:
-                raise DataError(f"{f} is not UTF-8 text ({e})") from e
+        parts: list[str] = []
+        for text, last in self.segments():
+            parts.append(text)
+            if last:
+                yield "".join(parts)
+                parts.clear()
 
     def segments(self):
-        """Each file in parts of about SEGMENT_CHARS characters, (text, is_its_last_part): a 1 GB file costs a
-        few MB of memory, and its tokens are those of the whole text."""
-        for f in self.files:
-            try:
-                with open(f, encoding="utf-8") as stream:
-                    carry = ""
-                    while chunk := stream.read(SEGMENT_CHARS):
-                        text = carry + chunk
-                        cut = last_cut(text)
-                        if cut:
-                            yield text[:cut], False
-                        carry = text[cut:]
-                    yield carry, True
-            except UnicodeDecodeError as e:
-                raise DataError(f"{f} is not UTF-8 text ({e})") from e
+        """Each document in parts of about SEGMENT_CHARS characters, (text, is_its_last_part), cut where the
+        tokens do not change (``last_cut``): a 1 GB file costs a few MB, and its tokens are the whole text's."""
+        for f, (start, end) in zip(self.files, self.spans):
+            carry = ""
+            for chunk in read_chars(f, start, end):
+                text = carry + chunk
+                cut = last_cut(text)
+                if cut:
+                    yield text[:cut], False
+                carry = text[cut:]
+            yield carry, True
 
 
 def text_file_splits(path: str, val_fraction: float = 0.05, test_fraction: float = 0.05,
-                     split_seed: int = 1234) -> dict[str, list[str]]:
+                     split_seed: int = 1234) -> dict[str, FileDocuments]:
     """A .txt file, a folder of .txt files, or a glob. With >= 3 files the split is by file (seeded);
     with fewer, each file is cut by characters at line boundaries: first train, then val, then test."""
     if not path:
         raise DataError("dataset=text_files needs dataset.path=<file, folder or glob of .txt files>")
-    p = os.path.expanduser(str(path))
-    if os.path.isdir(p):
-        files = sorted(glob.glob(os.path.join(p, "**", "*.txt"), recursive=True))
-    elif any(c in p for c in "*?["):
-        files = sorted(glob.glob(p, recursive=True))
-    else:
-        files = [p] if os.path.isfile(p) else []
+    files = matching_files(path, ".txt")
     if not files:
         raise DataError(f"dataset.path={path!r} matches no .txt file")
     if sum(os.path.getsize(f) for f in files) == 0:
@@ -205,19 +224,28 @@ def text_file_splits(path: str, val_fraction: float = 0.05, test_fraction: float
         n_test = max(1, round(test_fraction * len(files)))
         pick = lambda chosen: FileDocuments([files[i] for i in chosen])  # noqa: E731
         return {"val": pick(idx[:n_val]), "test": pick(idx[n_val:n_val + n_test]), "train": pick(idx[n_val + n_test:])}
-    texts = list(FileDocuments(files))
-    out = {s: [] for s in SPLITS}
-    for t in texts:
-        a = _line_cut(t, 1 - val_fraction - test_fraction)
-        b = _line_cut(t, 1 - test_fraction)
-        out["train"].append(t[:a]), out["val"].append(t[a:b]), out["test"].append(t[b:])
-    return out
+    spans: dict[str, list] = {s: [] for s in SPLITS}
+    for f in files:
+        a, b, n = _line_cuts(f, (1 - val_fraction - test_fraction, 1 - test_fraction))
+        spans["train"].append((0, a)), spans["val"].append((a, b)), spans["test"].append((b, n))
+    return {s: FileDocuments(files, spans[s]) for s in SPLITS}
 
 
-def _line_cut(text: str, frac: float) -> int:
-    i = int(len(text) * frac)
-    j = text.find("\n", i)
-    return len(text) if j < 0 else j + 1
+def _line_cuts(path: str, fractions: tuple[float, ...]) -> tuple[int, ...]:
+    """For each fraction of the file's characters, the offset just after the first newline at or past it (the
+    end if none); then the file's length. Two passes in SEGMENT_CHARS parts, never the whole text."""
+    n = sum(len(chunk) for chunk in read_chars(path))
+    targets, cuts, pos = [int(n * f) for f in fractions], [], 0
+    for chunk in read_chars(path):
+        while len(cuts) < len(targets) and targets[len(cuts)] < pos + len(chunk):
+            j = chunk.find("\n", max(targets[len(cuts)] - pos, 0))
+            if j < 0:
+                break  # the newline is in a later chunk: search on from its start
+            cuts.append(pos + j + 1)
+        pos += len(chunk)
+        if len(cuts) == len(targets):
+            break
+    return (*cuts, *[n] * (len(targets) - len(cuts)), n)
 
 
 def fingerprint(splits: dict[str, list[str]]) -> str:

@@ -4,23 +4,12 @@ The text is identified without reading it, by each file's path, size and modific
 settings), so a cache hit reads nothing; the text is read only when the token cache is built."""
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 from pathlib import Path
 
-from attnlab.data.corpus import DataError, text_file_splits
+from attnlab.data.corpus import DataError, matching_files, text_file_splits
 from attnlab.data.sources import Corpus
-
-
-def matching_files(path, suffix: str) -> list[str]:
-    """The files ``path`` names: one file, a folder (searched for ``*<suffix>``) or a glob."""
-    p = os.path.expanduser(str(path))
-    if os.path.isdir(p):
-        return sorted(glob.glob(os.path.join(p, "**", f"*{suffix}"), recursive=True))
-    if any(c in p for c in "*?["):
-        return sorted(glob.glob(p, recursive=True))
-    return [p] if os.path.isfile(p) else []
 
 
 def stat_key(files: list[str], settings: dict, *keys: str) -> str:
