@@ -225,29 +225,28 @@ def test_jsonl_dataset_trains_end_to_end(make_cfg, tmp_path):
     assert metrics["val/loss"] < 4.0
 
 
-class _FakeTable:
-    def __init__(self, rows):
-        self.rows, self.column_names = rows, ["content"]
-
-    def __getitem__(self, key):
-        return [r["content"] for r in self.rows]
-
-
 def test_hub_split_names_text_column_and_a_missing_test_split(tmp_path, monkeypatch):
+    """documents=joined (the default): a split's rows are the lines of one document, read in parts (never the
+    split whole); a split the dataset lacks is cut from the training rows."""
+    import datasets
+    from attnlab.data import corpus
     from attnlab.data.sources import hub
-    ds = {"train": _FakeTable([{"content": f"row {i}"} for i in range(100)]),
-          "dev": _FakeTable([{"content": "held out"}])}
+    rows = [f"row {i}" for i in range(100)]
+    ds = {"train": datasets.Dataset.from_dict({"content": rows}), "dev": datasets.Dataset.from_dict({"content": ["held out"]})}
     monkeypatch.setattr(hub, "load", lambda *a: ds)
+    monkeypatch.setattr(corpus, "SEGMENT_CHARS", 40)
     settings = {"source": "hub", "path": "someone/corpus", "text_field": "content",
                 "split_names": {"val": "dev", "test": "test"}}
     splits = hub.corpus(settings, tmp_path).read()  # no test split: 5 rows of train become it
-    assert splits["val"] == ["held out"] and splits["test"][0].count("row") == 5
-    assert splits["train"][0].count("row") == 95 and not set(splits["test"][0].split("\n")) & set(splits["train"][0].split("\n"))
+    assert sum(1 for _ in splits["train"].segments()) > 10
+    [val], [test], [train] = (list(splits[s]) for s in ("val", "test", "train"))
+    assert val == "held out" and test.count("row") == 5 and train.count("row") == 95
+    assert sorted(test.split("\n") + train.split("\n")) == sorted(rows)  # each row once, as a line
+    assert train == "\n".join(r for r in rows if r not in test.split("\n"))  # in their order
     with pytest.raises(DataError, match=r"dataset.text_field='text' is not a column of 'someone/corpus' \(its columns: \['content'\]\)"):
-        hub.corpus({**settings, "text_field": "text"}, tmp_path)
+        hub.corpus({**settings, "text_field": "text"}, tmp_path).read()
     with pytest.raises(DataError, match=r"dataset.split_names.train='training' is not a split of 'someone/corpus'; it has \['dev', 'train'\]"):
-        hub.corpus({**settings, "split_names": {"train": "training"}}, tmp_path)
-
+        hub.corpus({**settings, "split_names": {"train": "training"}}, tmp_path).read()
 
 
 def test_a_cache_hit_reads_no_text_and_hashes_no_token_array(tmp_path, monkeypatch):

@@ -132,6 +132,19 @@ def last_cut(text: str) -> int:
     return cut + 1 if cut > 0 else 0
 
 
+def cut_segments(chunks):
+    """One document, given as chunks of text, as (part, is_its_last_part) pairs cut at ``last_cut``: the parts
+    tokenise as the whole does, and memory holds a chunk, not the document."""
+    carry = ""
+    for chunk in chunks:
+        text = carry + chunk
+        cut = last_cut(text)
+        if cut:
+            yield text[:cut], False
+        carry = text[cut:]
+    yield carry, True
+
+
 def segments(docs):
     """``docs`` as (text, ends_its_document) pairs: the documents of a source that can read them in parts
     (text files) come in parts cut at ``last_cut``; any other document comes whole."""
@@ -196,14 +209,7 @@ class FileDocuments:
         """Each document in parts of about SEGMENT_CHARS characters, (text, is_its_last_part), cut where the
         tokens do not change (``last_cut``): a 1 GB file costs a few MB, and its tokens are the whole text's."""
         for f, (start, end) in zip(self.files, self.spans):
-            carry = ""
-            for chunk in read_chars(f, start, end):
-                text = carry + chunk
-                cut = last_cut(text)
-                if cut:
-                    yield text[:cut], False
-                carry = text[cut:]
-            yield carry, True
+            yield from cut_segments(read_chars(f, start, end))
 
 
 def text_file_splits(path: str, val_fraction: float = 0.05, test_fraction: float = 0.05,
@@ -251,6 +257,12 @@ def _line_cuts(path: str, fractions: tuple[float, ...]) -> tuple[int, ...]:
 def fingerprint(splits: dict[str, list[str]]) -> str:
     h = hashlib.sha256()
     for s in SPLITS:
-        for doc in splits[s]:
-            h.update(s.encode()), h.update(doc.encode("utf-8")), h.update(b"\0")
+        starts = True
+        for text, last in segments(splits[s]):  # in parts: the same hash as of whole documents
+            if starts:
+                h.update(s.encode())
+            h.update(text.encode("utf-8"))
+            if last:
+                h.update(b"\0")
+            starts = last
     return h.hexdigest()[:16]

@@ -17,7 +17,8 @@ import logging
 import random
 from pathlib import Path
 
-from attnlab.data.corpus import SPLITS, DataError, fingerprint
+from attnlab.data import corpus as texts
+from attnlab.data.corpus import SPLITS, DataError, cut_segments, fingerprint
 from attnlab.data.sources import Corpus
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,33 @@ class RowDocuments:
                 n += 1
 
 
+class JoinedRows:
+    """A table's text column as one document whose lines are the rows (``documents: joined``, wikitext's form),
+    read a batch of rows at a time in parts of about SEGMENT_CHARS: never the whole split in memory."""
+
+    def __init__(self, table, field: str, rows: list[int] | None = None):
+        self.rows = RowDocuments(table, field, rows)
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self):
+        yield "".join(text for text, _ in self.segments())
+
+    def segments(self):
+        yield from cut_segments(self._chunks())
+
+    def _chunks(self):
+        lines, size = [], 0
+        for i, text in enumerate(self.rows):
+            lines.append(text if i == 0 else "\n" + text)
+            size += len(lines[-1])
+            if size >= texts.SEGMENT_CHARS:
+                yield "".join(lines)
+                lines, size = [], 0
+        yield "".join(lines)
+
+
 def stream_splits(ds, settings: dict) -> dict[str, RowDocuments]:
     names = {**DEFAULT_SPLIT_NAMES, **(settings.get("split_names") or {})}
     field = settings.get("text_field", "text")
@@ -73,54 +101,40 @@ def stream_splits(ds, settings: dict) -> dict[str, RowDocuments]:
             "train": RowDocuments(train, field, skip=n_val + n_test)}
 
 
-def splits_of(ds, settings: dict) -> dict[str, list[str]]:
+def splits_of(ds, settings: dict) -> dict[str, RowDocuments | JoinedRows]:
     names = {**DEFAULT_SPLIT_NAMES, **(settings.get("split_names") or {})}
     field = settings.get("text_field", "text")
     available = sorted(ds.keys())
     if names["train"] not in available:
         raise DataError(f"dataset.split_names.train={names['train']!r} is not a split of {settings.get('path')!r}; "
                         f"it has {available}")
-    rows = {}
+    tables = {}
     for s in SPLITS:
         if names[s] in available:
-            table = ds[names[s]]
-            if field not in table.column_names:
+            tables[s] = ds[names[s]]
+            if field not in tables[s].column_names:
                 raise DataError(f"dataset.text_field={field!r} is not a column of {settings.get('path')!r} "
-                                f"(its columns: {table.column_names})")
-            rows[s] = list(table[field]) if settings.get("documents", "joined") == "joined" else table
-    if settings.get("documents", "joined") == "rows":  # each row a document, read as it is encoded
-        train, order = rows["train"], list(range(len(rows["train"])))
-        random.Random(settings.get("split_seed", 1234)).shuffle(order)
-        out, taken = {}, 0
-        for s in ("val", "test"):
-            if s in rows:
-                out[s] = RowDocuments(rows[s], field)
-                continue
-            n = max(1, round(settings.get(f"{s}_fraction", 0.05) * len(train)))
-            out[s] = RowDocuments(train, field, rows=sorted(order[taken:taken + n]))
-            taken += n
-        out["train"] = RowDocuments(train, field, rows=sorted(order[taken:]) if taken else None)
-        return out
-    train = rows["train"]
+                                f"(its columns: {tables[s].column_names})")
+    # each row a document (an end token between them), or the rows as the lines of one document
+    documents = RowDocuments if settings.get("documents", "joined") == "rows" else JoinedRows
+    train = tables["train"]
     order = list(range(len(train)))
     random.Random(settings.get("split_seed", 1234)).shuffle(order)
-    taken = 0
-    for s in ("val", "test"):
-        if s in rows:
+    out, taken = {}, 0
+    for s in ("val", "test"):  # a split the dataset lacks is cut from its training rows (seeded)
+        if s in tables:
+            out[s] = documents(tables[s], field)
             continue
         n = max(1, round(settings.get(f"{s}_fraction", 0.05) * len(train)))
         if taken + n >= len(train):
             raise DataError(f"{settings.get('path')!r} has no {names[s]!r} split and its training split is too "
                             f"small to cut one from; name another split with dataset.split_names.{s}=...")
-        chosen = set(order[taken:taken + n])
+        out[s] = documents(train, field, rows=sorted(order[taken:taken + n]))
         taken += n
-        rows[s] = [train[i] for i in sorted(chosen)]
         log.info("%s has no %r split: %d rows of its training split are the %s split (dataset.%s_fraction)",
                  settings.get("path"), names[s], n, s, s)
-    if taken:
-        held = set(order[:taken])
-        rows["train"] = [r for i, r in enumerate(train) if i not in held]
-    return {s: ["\n".join(rows[s])] for s in SPLITS}
+    out["train"] = documents(train, field, rows=sorted(order[taken:]) if taken else None)
+    return out
 
 
 def corpus(settings: dict, cache_dir: Path) -> Corpus:
