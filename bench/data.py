@@ -72,7 +72,10 @@ datamodule.build_tokenizer = timed(datamodule.build_tokenizer, "train_tokenizer"
 datamodule.write_tokens = timed(datamodule.write_tokens, "encode")
 tok = {"name": sys.argv[3], "vocab_size": 4096, "train_bytes": 100_000_000}
 t = time.perf_counter()
-dm = TextDataModule({"name": "bench", "source": "text_files", "path": sys.argv[1]}, tok, 256, 8, sys.argv[2])
+dataset = {"name": "bench", "source": "text_files", "path": sys.argv[1]}
+if sys.argv[4] == "hub":  # the folder through datasets' own loader: a row per line, joined (wikitext's form)
+    dataset = {"name": "bench", "source": "hub", "path": sys.argv[1].rsplit("/", 1)[0], "documents": "joined"}
+dm = TextDataModule(dataset, tok, 256, 8, sys.argv[2])
 dm.prepare_data()
 print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, len(dm.tokens["train"]),
       spent["train_tokenizer"], spent["encode"], peak["train_tokenizer"], peak["encode"])
@@ -105,6 +108,8 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=12)
     ap.add_argument("--tokenizers", nargs="+", default=["char", "bpe"])
     ap.add_argument("--skip-limit", action="store_true", help="do not time encode_batch over the corpus (slow)")
+    ap.add_argument("--source", choices=["text_files", "hub"], default="text_files",
+                    help="hub: read the corpus folder through datasets.load_dataset (one row per line, joined)")
     args = ap.parse_args()
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
     with tempfile.TemporaryDirectory() as tmp:
@@ -115,15 +120,15 @@ def main() -> None:
         for name in args.tokenizers:
             cache = Path(tmp) / f"cache-{name}"
             build_s, peak, tokens, train_s, encode_s, train_peak, encode_peak = run(
-                BUILD, str(corpus / "*.txt"), str(cache), name)
-            hit_s, hit_peak, *_ = run(BUILD, str(corpus / "*.txt"), str(cache), name)
-            row = {"tokenizer": name, "corpus_MB": round(size / 1e6), "build_s": round(build_s, 1),
+                BUILD, str(corpus / "*.txt"), str(cache), name, args.source)
+            hit_s, hit_peak, *_ = run(BUILD, str(corpus / "*.txt"), str(cache), name, args.source)
+            row = {"tokenizer": name, "source": args.source, "corpus_MB": round(size / 1e6), "build_s": round(build_s, 1),
                    "build_MB_per_s": round(size / 1e6 / build_s, 2), "peak_rss_GB": round(peak / 2 ** 30, 2),
                    "peak_rss_training_GB": round(train_peak / 2 ** 30, 2),
                    "peak_rss_encoding_GB": round(encode_peak / 2 ** 30, 2),
                    "train_tokens": int(tokens), "tokenizer_training_s": round(train_s, 1),
                    "encoding_s": round(encode_s, 1), "cache_hit_s": round(hit_s, 2)}
-            if name == "bpe" and not args.skip_limit:
+            if name == "bpe" and not args.skip_limit and args.source == "text_files":
                 [entry] = [p for p in (cache / "tokens").iterdir() if p.is_dir()]
                 [limit_s] = run(LIMIT, str(entry), str(corpus / "*.txt"))
                 row["encode_batch_s"] = round(limit_s, 1)
