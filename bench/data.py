@@ -51,12 +51,13 @@ logging.basicConfig(level=logging.WARNING)
 from attnlab.data import datamodule
 from attnlab.data.datamodule import TextDataModule
 spent = {"train_tokenizer": 0.0, "encode": 0.0}
-peak = {"train_tokenizer": 0, "encode": 0, "now": 0}
-def sample_rss():  # the resident set every 20 ms: each phase's own peak
+peak = {"train_tokenizer": 0, "encode": 0, "now": 0, "anon": 0}
+def sample_rss():  # the resident set every 20 ms: each phase's own peak, and the anonymous part (not file pages)
     page = os.sysconf("SC_PAGE_SIZE")
     while True:
         with open("/proc/self/statm") as f:
-            peak["now"] = max(peak["now"], int(f.read().split()[1]) * page)
+            resident, shared = (int(x) * page for x in f.read().split()[1:3])
+        peak["now"], peak["anon"] = max(peak["now"], resident), max(peak["anon"], resident - shared)
         time.sleep(0.02)
 threading.Thread(target=sample_rss, daemon=True).start()
 def timed(fn, key):
@@ -78,7 +79,7 @@ if sys.argv[4] == "hub":  # the folder through datasets' own loader: a row per l
 dm = TextDataModule(dataset, tok, 256, 8, sys.argv[2])
 dm.prepare_data()
 print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, len(dm.tokens["train"]),
-      spent["train_tokenizer"], spent["encode"], peak["train_tokenizer"], peak["encode"])
+      spent["train_tokenizer"], spent["encode"], peak["train_tokenizer"], peak["encode"], peak["anon"])
 """
 
 LIMIT = """
@@ -119,13 +120,14 @@ def main() -> None:
         rows = []
         for name in args.tokenizers:
             cache = Path(tmp) / f"cache-{name}"
-            build_s, peak, tokens, train_s, encode_s, train_peak, encode_peak = run(
+            build_s, peak, tokens, train_s, encode_s, train_peak, encode_peak, anon_peak = run(
                 BUILD, str(corpus / "*.txt"), str(cache), name, args.source)
             hit_s, hit_peak, *_ = run(BUILD, str(corpus / "*.txt"), str(cache), name, args.source)
             row = {"tokenizer": name, "source": args.source, "corpus_MB": round(size / 1e6), "build_s": round(build_s, 1),
                    "build_MB_per_s": round(size / 1e6 / build_s, 2), "peak_rss_GB": round(peak / 2 ** 30, 2),
                    "peak_rss_training_GB": round(train_peak / 2 ** 30, 2),
                    "peak_rss_encoding_GB": round(encode_peak / 2 ** 30, 2),
+                   "peak_anon_GB": round(anon_peak / 2 ** 30, 2),  # RSS less file pages (a mapped Arrow table)
                    "train_tokens": int(tokens), "tokenizer_training_s": round(train_s, 1),
                    "encoding_s": round(encode_s, 1), "cache_hit_s": round(hit_s, 2)}
             if name == "bpe" and not args.skip_limit and args.source == "text_files":

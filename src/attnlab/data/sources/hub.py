@@ -15,7 +15,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import random
+from array import array
 from pathlib import Path
+
+import numpy as np
 
 from attnlab.data import corpus as texts
 from attnlab.data.corpus import SPLITS, DataError, cut_segments, fingerprint
@@ -39,10 +42,11 @@ def load(path: str, name: str | None, cache_dir: str, streaming: bool = False, r
 
 
 class RowDocuments:
-    """A table's text column as documents, read a batch of rows at a time whenever it is iterated; ``skip`` and
-    ``take`` cut a range of rows (a stream has no length: the rest after ``skip`` when ``take`` is None)."""
+    """A table's text column as documents, read a batch of rows at a time whenever it is iterated; ``rows``: the
+    row numbers to read (an array, in order; None: all); ``skip`` and ``take`` cut a range of rows (a stream has
+    no length: the rest after ``skip`` when ``take`` is None)."""
 
-    def __init__(self, table, field: str, rows: list[int] | None = None, skip: int = 0, take: int | None = None):
+    def __init__(self, table, field: str, rows=None, skip: int = 0, take: int | None = None):
         self.table, self.field, self.rows, self.skip, self.take = table, field, rows, skip, take
 
     def __iter__(self):
@@ -65,7 +69,7 @@ class JoinedRows:
     """A table's text column as one document whose lines are the rows (``documents: joined``, wikitext's form),
     read a batch of rows at a time in parts of about SEGMENT_CHARS: never the whole split in memory."""
 
-    def __init__(self, table, field: str, rows: list[int] | None = None):
+    def __init__(self, table, field: str, rows=None):
         self.rows = RowDocuments(table, field, rows)
 
     def __len__(self) -> int:
@@ -118,22 +122,23 @@ def splits_of(ds, settings: dict) -> dict[str, RowDocuments | JoinedRows]:
     # each row a document (an end token between them), or the rows as the lines of one document
     documents = RowDocuments if settings.get("documents", "joined") == "rows" else JoinedRows
     train = tables["train"]
-    order = list(range(len(train)))
-    random.Random(settings.get("split_seed", 1234)).shuffle(order)
-    out, taken = {}, 0
+    out, taken, order = {}, 0, None
     for s in ("val", "test"):  # a split the dataset lacks is cut from its training rows (seeded)
         if s in tables:
             out[s] = documents(tables[s], field)
             continue
+        if order is None:  # 8 bytes a row (a list would hold an int object each: ~1 GB for 29M rows)
+            order = array("q", range(len(train)))
+            random.Random(settings.get("split_seed", 1234)).shuffle(order)  # a list's permutation exactly
         n = max(1, round(settings.get(f"{s}_fraction", 0.05) * len(train)))
         if taken + n >= len(train):
             raise DataError(f"{settings.get('path')!r} has no {names[s]!r} split and its training split is too "
                             f"small to cut one from; name another split with dataset.split_names.{s}=...")
-        out[s] = documents(train, field, rows=sorted(order[taken:taken + n]))
+        out[s] = documents(train, field, rows=np.sort(np.frombuffer(order, dtype=np.int64)[taken:taken + n]))
         taken += n
         log.info("%s has no %r split: %d rows of its training split are the %s split (dataset.%s_fraction)",
                  settings.get("path"), names[s], n, s, s)
-    out["train"] = documents(train, field, rows=sorted(order[taken:]) if taken else None)
+    out["train"] = documents(train, field, rows=np.sort(np.frombuffer(order, dtype=np.int64)[taken:]) if taken else None)
     return out
 
 
