@@ -248,6 +248,10 @@ def test_decode_layout_changes_the_memory_layout_only():
     fresh = copy.deepcopy(plain)
     assert torch.equal(fresh.generate(idx, 6, top_k=1), greedy)
     assert all(p.is_contiguous() for p in fresh.parameters())  # generate switched it and switched it back
+    fresh.train()
+    with pytest.raises(ValueError, match="outside the model's vocabulary"):  # interrupted: still as found
+        fresh.generate(torch.full((1, 3), 99), 2)
+    assert fresh.training and all(p.is_contiguous() for p in fresh.parameters())
     for model in (m, fresh):  # one optimizer step from each: the same weights after it
         model.train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2)

@@ -302,7 +302,15 @@ class GPT(nn.Module):
             raise ValueError(f"temperature={temperature} must be > 0 (top_k=1 gives greedy decoding)")
         was_training, restore_layout = self.training, not self._decode_layout
         self.eval()
-        restore_layout = restore_layout and self.decode_layout()._decode_layout  # left as it was found
+        restore_layout = restore_layout and self.decode_layout()._decode_layout
+        try:
+            return self._sample(idx, max_new_tokens, temperature, top_k, use_cache, generator)
+        finally:  # the model as it was found, even when interrupted
+            if restore_layout:
+                self._set_layout(transposed=False)
+            self.train(was_training)
+
+    def _sample(self, idx, max_new_tokens, temperature, top_k, use_cache, generator) -> torch.Tensor:
         cache = self.new_cache() if use_cache else None
         fed = 0  # tokens of idx already in the cache
         for _ in range(max_new_tokens):
@@ -318,7 +326,4 @@ class GPT(nn.Module):
                 logits = logits.masked_fill(logits < kth, float("-inf"))
             nxt = torch.multinomial(torch.softmax(logits, -1), 1, generator=generator)  # (B, 1)
             idx = torch.cat([idx, nxt], dim=1)  # (B, T + 1)
-        if restore_layout:
-            self._set_layout(transposed=False)
-        self.train(was_training)
         return idx
