@@ -42,17 +42,19 @@ def load(path: str, name: str | None, cache_dir: str, streaming: bool = False, r
 
 
 class RowDocuments:
-    """A table's text column as documents, read a batch of rows at a time whenever it is iterated; ``rows``: the
-    row numbers to read (an array, in order; None: all); ``skip`` and ``take`` cut a range of rows (a stream has
-    no length: the rest after ``skip`` when ``take`` is None)."""
+    """A table's text column as documents, read a batch of rows at a time whenever it is iterated; ``keep``: a
+    bool per row of the table, the rows that belong here (None: all); ``skip`` and ``take`` cut a range of rows
+    (a stream has no length: the rest after ``skip`` when ``take`` is None)."""
 
-    def __init__(self, table, field: str, rows=None, skip: int = 0, take: int | None = None):
-        self.table, self.field, self.rows, self.skip, self.take = table, field, rows, skip, take
+    def __init__(self, table, field: str, keep: np.ndarray | None = None, skip: int = 0, take: int | None = None):
+        self.table, self.field, self.keep, self.skip, self.take = table, field, keep, skip, take
 
     def __iter__(self):
-        table = self.table if self.rows is None else self.table.select(self.rows)
+        if self.keep is not None:
+            yield from self._kept()
+            return
         n = 0
-        for batch in table.iter(batch_size=1024):
+        for batch in self.table.iter(batch_size=1024):
             if self.field not in batch:
                 raise DataError(f"dataset.text_field={self.field!r} is not a column of the stream (its columns: "
                                 f"{sorted(batch)})")
@@ -64,13 +66,24 @@ class RowDocuments:
                     yield text
                 n += 1
 
+    def _kept(self):
+        """The kept rows, in order: batches stay Arrow tables and only kept rows become Python strings (a
+        ``select`` would build, and datasets keep, an index table per pass)."""
+        import pyarrow as pa
+        start = 0
+        for batch in self.table.with_format("arrow").iter(batch_size=4096):
+            keep = self.keep[start:start + batch.num_rows]
+            start += batch.num_rows
+            if keep.any():
+                yield from (text or "" for text in batch.filter(pa.array(keep)).column(self.field).to_pylist())
+
 
 class JoinedRows:
     """A table's text column as one document whose lines are the rows (``documents: joined``, wikitext's form),
     read a batch of rows at a time in parts of about SEGMENT_CHARS: never the whole split in memory."""
 
-    def __init__(self, table, field: str, rows=None):
-        self.rows = RowDocuments(table, field, rows)
+    def __init__(self, table, field: str, keep: np.ndarray | None = None):
+        self.rows = RowDocuments(table, field, keep)
 
     def __len__(self) -> int:
         return 1
@@ -123,6 +136,11 @@ def splits_of(ds, settings: dict) -> dict[str, RowDocuments | JoinedRows]:
     documents = RowDocuments if settings.get("documents", "joined") == "rows" else JoinedRows
     train = tables["train"]
     out, taken, order = {}, 0, None
+
+    def kept(lo: int, hi: int) -> np.ndarray:  # the rows order[lo:hi] of the training split, as a bool per row
+        mask = np.zeros(len(train), dtype=bool)
+        mask[np.frombuffer(order, dtype=np.int64)[lo:hi]] = True
+        return mask
     for s in ("val", "test"):  # a split the dataset lacks is cut from its training rows (seeded)
         if s in tables:
             out[s] = documents(tables[s], field)
@@ -134,11 +152,11 @@ def splits_of(ds, settings: dict) -> dict[str, RowDocuments | JoinedRows]:
         if taken + n >= len(train):
             raise DataError(f"{settings.get('path')!r} has no {names[s]!r} split and its training split is too "
                             f"small to cut one from; name another split with dataset.split_names.{s}=...")
-        out[s] = documents(train, field, rows=np.sort(np.frombuffer(order, dtype=np.int64)[taken:taken + n]))
+        out[s] = documents(train, field, kept(taken, taken + n))
         taken += n
         log.info("%s has no %r split: %d rows of its training split are the %s split (dataset.%s_fraction)",
                  settings.get("path"), names[s], n, s, s)
-    out["train"] = documents(train, field, rows=np.sort(np.frombuffer(order, dtype=np.int64)[taken:]) if taken else None)
+    out["train"] = documents(train, field, kept(taken, len(train)) if taken else None)
     return out
 
 
