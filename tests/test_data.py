@@ -424,3 +424,36 @@ def test_one_file_is_split_by_lines_without_being_read_whole(tmp_path, monkeypat
     s = text_file_splits(str(one), 0.1, 0.1)
     assert [list(s[k]) for k in ("train", "val", "test")] == [[text[:a]], [text[a:b]], [text[b:]]]
     assert s["train"].chars_hint == a
+
+
+def test_parts_tokenise_as_the_whole_for_any_whitespace(tmp_path, monkeypatch):
+    """Random texts rich in whitespace runs (blank lines, spaces before newlines, CRLF, tabs, wikitext's
+    ' \\n \\n ' lines), cut into parts of a few characters: byte-level BPE gives the whole text's tokens."""
+    import random
+
+    from attnlab.data import corpus, datamodule
+    from attnlab.data.tokenizers import build_tokenizer
+    rng = random.Random(0)
+    alphabet = [" ", " ", "\n", "\n", "\r\n", "\t", " \n \n ", "\n\n", "a", "bc", "é", "1", ".", "'s", "'", "_", "(", "= "]
+    texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120))) for _ in range(300)]
+    tok = build_tokenizer("bpe", texts * 3, vocab_size=400)  # learns merges of whitespace runs too
+    assert any(len(tok.encode(w)) == 1 for w in ("\n\n", " \n", "  ", "\n \n"))
+    monkeypatch.setattr(datamodule, "PIECE_CHARS", 2)
+    monkeypatch.setattr(corpus, "SEGMENT_CHARS", 3)
+    for i, text in enumerate(texts):
+        (tmp_path / f"{i}.txt").write_bytes(text.encode("utf-8"))
+    docs = corpus.FileDocuments([str(tmp_path / f"{i}.txt") for i in range(len(texts))])
+    n, _ = datamodule.write_tokens(tok, docs, tmp_path / "t.bin", np.uint16)
+    read = [t.replace("\r\n", "\n") for t in texts]  # text files are read with universal newlines
+    want = [i for t in read for i in (*tok.encode(t), tok.eos_id)]
+    assert np.fromfile(tmp_path / "t.bin", dtype=np.uint16).tolist() == want
+
+
+def test_wikitext_shaped_text_is_read_in_parts():
+    """Lines that start with a space, blank lines holding a space: cuts exist (the old rule, a newline between
+    two non-spaces, found none and held the whole text), and finding them stays linear."""
+    from attnlab.data import corpus
+    text = " = Heading = \n \n" + " Some words of a sentence , and more . \n \n" * 20_000
+    parts = list(corpus.cut_segments(text[i:i + 4096] for i in range(0, len(text), 4096)))
+    assert "".join(p for p, _ in parts) == text and len(parts) > len(text) // 8192
+    assert max(len(p) for p, _ in parts) < 8192

@@ -227,19 +227,21 @@ class GPT(nn.Module):
         """Lays every Linear weight (the tied head too) out in memory as (in, out), keeping its (out, in) shape,
         so ``F.linear`` multiplies by a contiguous (in, out) matrix, as HF's Conv1D does. Decoding one token is a
         memory-bound matrix-vector product per weight, and on the CPU this layout streams faster (measured in
-        docs/results.md). Values, shapes and the state dict are unchanged; an embedding lookup then reads a
-        strided row. CPU models only. ``train()`` puts the usual layout back, so optimizers and DDP never see it.
-        ``generate`` uses it and leaves the layout as it found it; call this first to keep it between calls
-        (switching GPT-2 small takes ~0.4 s here)."""
+        docs/results.md). The weights, shapes and state dict are unchanged; the products may round differently
+        (a few 1e-7 relative in float32), as another BLAS path would. CPU models only. ``train()`` puts the usual
+        layout back, so optimizers and DDP never see it. ``generate`` uses it and leaves the layout as it found
+        it; on a model in eval mode, call this first to keep it between calls (switching GPT-2 small takes
+        ~0.4 s here)."""
         if not self._decode_layout and self.tok_emb.weight.device.type == "cpu":
             self._set_layout(transposed=True)
         return self
 
     def _set_layout(self, transposed: bool) -> None:
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                w = module.weight.data  # (out, in)
-                module.weight.data = w.t().contiguous().t() if transposed else w.contiguous()  # (out, in)
+        with torch.inference_mode(False):  # called under inference mode, the copies would be inference tensors
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    w = module.weight.data  # (out, in)
+                    module.weight.data = w.t().contiguous().t() if transposed else w.contiguous()  # (out, in)
         self._decode_layout = transposed
 
     def train(self, mode: bool = True) -> "GPT":

@@ -123,25 +123,38 @@ def shakespeare_splits(val_plays: int = 3, test_plays: int = 3, split_seed: int 
 
 # --- documents in parts -----------------------------------------------------------------------------
 
-def last_cut(text: str) -> int:
-    """Where ``text`` can be cut without changing its tokens: after its last newline with a non-space
-    character on both sides (no word or whitespace run is split). 0 if there is none."""
-    cut = text.rfind("\n")
-    while cut > 0 and (cut + 1 >= len(text) or text[cut + 1].isspace() or text[cut - 1].isspace()):
-        cut = text.rfind("\n", 0, cut)
-    return cut + 1 if cut > 0 else 0
+# Where a text can be cut without changing its tokens: just before a space or newline that a letter, digit or
+# ASCII punctuation mark follows (the last whitespace of its run). Byte-level BPE's pre-tokenizer (GPT-2's
+# pattern) ends a token there both in the whole text and in each part: the whitespace before it is one token at
+# the end of the left part as in the whole, and the right part starts where a token of the whole starts.
+CUT = re.compile(r"[ \n](?=[^\W_]|[!-/:-@\[-`{-~])")
+
+
+def last_cut(text: str, start: int = 0) -> int:
+    """The last place at or after ``start`` where ``text`` can be cut (``CUT``); 0 if there is none. Looks at a
+    growing window from the end, so a text with cuts everywhere costs a few kB of search."""
+    window = 1 << 12
+    while True:
+        lo = max(len(text) - window, start)
+        found = [m.start() for m in CUT.finditer(text, lo)]
+        if found and found[-1] > 0:
+            return found[-1]
+        if lo == start:
+            return 0
+        window *= 8
 
 
 def cut_segments(chunks):
     """One document, given as chunks of text, as (part, is_its_last_part) pairs cut at ``last_cut``: the parts
-    tokenise as the whole does, and memory holds a chunk, not the document."""
-    carry = ""
+    tokenise as the whole does, and memory holds a chunk, not the document (unless its text has no cut)."""
+    carry, searched = "", 0  # carry[:searched] is known to hold no cut
     for chunk in chunks:
         text = carry + chunk
-        cut = last_cut(text)
+        cut = last_cut(text, searched)
         if cut:
             yield text[:cut], False
         carry = text[cut:]
+        searched = max(len(carry) - 1, 0) if not cut else 0  # (the last character's cut needs the next one)
     yield carry, True
 
 
