@@ -457,3 +457,21 @@ def test_wikitext_shaped_text_is_read_in_parts():
     parts = list(corpus.cut_segments(text[i:i + 4096] for i in range(0, len(text), 4096)))
     assert "".join(p for p, _ in parts) == text and len(parts) > len(text) // 8192
     assert max(len(p) for p, _ in parts) < 8192
+
+
+def test_the_sampler_draws_each_epochs_permutation_once_and_skips_on_resume(monkeypatch):
+    """The order is torch.randperm's with the epoch's seed (as it always was); a second iterator of the same
+    epoch (Lightning opens one to check the loader) reuses the draw; a resumed epoch skips what was seen."""
+    import torch
+
+    from attnlab.data.datamodule import ResumableSampler
+    sampler = ResumableSampler(1000, seed=3)
+    want = [torch.randperm(1000, generator=torch.Generator().manual_seed(3 * 1_000_003 + e)).tolist() for e in (0, 1)]
+    draws = []
+    real = torch.randperm
+    monkeypatch.setattr(torch, "randperm", lambda *a, **k: draws.append(a) or real(*a, **k))
+    assert list(sampler) == want[0] and list(sampler) == want[0] and len(draws) == 1
+    sampler.set_epoch(1)
+    sampler.skip, sampler.skip_epoch = 300, 1
+    assert list(sampler) == want[1][300:] and len(draws) == 2
+    assert all(type(i) is int for i in sampler)  # plain ints for the DataLoader
