@@ -423,7 +423,7 @@ def test_one_file_is_split_by_lines_without_being_read_whole(tmp_path, monkeypat
     monkeypatch.setattr(Path, "read_text", lambda *a, **k: pytest.fail("a whole file was read"))
     s = text_file_splits(str(one), 0.1, 0.1)
     assert [list(s[k]) for k in ("train", "val", "test")] == [[text[:a]], [text[a:b]], [text[b:]]]
-    assert s["train"].chars_hint == a
+    assert s["train"].bytes_hint == a
 
 
 def test_parts_tokenise_as_the_whole_for_any_whitespace(tmp_path, monkeypatch):
@@ -475,3 +475,16 @@ def test_the_sampler_draws_each_epochs_permutation_once_and_skips_on_resume(monk
     sampler.skip, sampler.skip_epoch = 300, 1
     assert list(sampler) == want[1][300:] and len(draws) == 2
     assert all(type(i) is int for i in sampler)  # plain ints for the DataLoader
+
+
+def test_progress_ends_at_its_total_for_non_ascii_text(tmp_path, monkeypatch):
+    """Progress counts bytes of text, as its total (the files' sizes) does: a non-ASCII corpus ends at 100%."""
+    from attnlab.data import corpus, datamodule
+    from attnlab.data.tokenizers import build_tokenizer
+    for i in range(3):
+        (tmp_path / f"{i}.txt").write_text("déjà vu, ça — ok\n" * (50 + i), encoding="utf-8")
+    docs = corpus.FileDocuments(sorted(str(f) for f in tmp_path.glob("*.txt")))
+    ends = []
+    monkeypatch.setattr(datamodule.TokenisingProgress, "__exit__", lambda self, *exc: ends.append((self.done, self.total)))
+    datamodule.write_tokens(build_tokenizer("char", docs), docs, tmp_path / "t.bin", np.uint16)
+    assert ends == [(docs.bytes_hint, docs.bytes_hint)] and docs.bytes_hint > sum(len(d) for d in docs)

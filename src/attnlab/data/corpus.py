@@ -198,13 +198,13 @@ def read_chars(path: str, start: int = 0, end: int | None = None):
 class FileDocuments:
     """Text files as documents, read in parts whenever they are iterated: neither a split of a large corpus
     nor one file ever sits in memory whole. ``spans``: the (start, end) characters of each file that belong
-    here (end None: to the end), how a split of fewer than 3 files takes its part of each. ``chars_hint``:
-    about how many characters, for progress."""
+    here (end None: to the end), how a split of fewer than 3 files takes its part of each. ``bytes_hint``:
+    about how many bytes of text, for progress (a span's characters, near enough)."""
 
     def __init__(self, files: list[str], spans: list[tuple[int, int | None]] | None = None):
         self.files = list(files)
         self.spans = list(spans) if spans is not None else [(0, None)] * len(self.files)
-        self.chars_hint = sum(os.path.getsize(f) if end is None else end - start
+        self.bytes_hint = sum(os.path.getsize(f) if end is None else end - start
                               for f, (start, end) in zip(self.files, self.spans))
 
     def __len__(self) -> int:

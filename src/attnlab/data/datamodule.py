@@ -45,7 +45,7 @@ def pieces(doc: str):
 
 class TokenisingProgress:
     """Progress of a long tokenisation: a Rich bar (MB, MB/s, time left) on a terminal, else a log line every
-    10 s (a log file or CI has no use for a redrawn bar). ``total``: characters expected (0: unknown)."""
+    10 s (a log file or CI has no use for a redrawn bar). ``total``: bytes of text expected (0: unknown)."""
     clock = staticmethod(time.monotonic)
 
     def __init__(self, label: str, total: int):
@@ -93,7 +93,8 @@ def write_tokens(tokenizer, docs, path: Path, dtype, label: str = "") -> tuple[i
     written, UTF-8 bytes of the text, each document's end counted as one byte like a newline: what bits per
     byte divide by)."""
     n, n_bytes, eos = 0, 0, np.asarray([tokenizer.eos_id], dtype=dtype)
-    total = getattr(docs, "chars_hint", None) or (sum(len(d) for d in docs) if isinstance(docs, (list, tuple)) else 0)
+    total = getattr(docs, "bytes_hint", None) or \
+        (sum(len(d.encode("utf-8")) for d in docs) if isinstance(docs, (list, tuple)) else 0)
     started = time.monotonic()
     with open(path, "wb") as f, TokenisingProgress(label or path.stem, total) as progress:
         batch: list[tuple[str, bool]] = []  # (piece, whether it ends its document)
@@ -108,7 +109,6 @@ def write_tokens(tokenizer, docs, path: Path, dtype, label: str = "") -> tuple[i
                 if last:
                     eos.tofile(f)
                     n += 1
-            progress.advance(chars)
             batch.clear()
             chars = 0
 
@@ -119,13 +119,15 @@ def write_tokens(tokenizer, docs, path: Path, dtype, label: str = "") -> tuple[i
             if len(batch) >= ENCODE_BATCH or chars >= BATCH_CHARS:
                 flush()
         for text, ends in segments(docs):
-            n_bytes += (len(text) if text.isascii() else len(text.encode("utf-8"))) + ends
+            size = (len(text) if text.isascii() else len(text.encode("utf-8"))) + ends
+            n_bytes += size
             parts = pieces(text)
             held = next(parts)  # held back until we know whether it is the last piece
             for piece in parts:
                 add(held, False)
                 held = piece
             add(held, ends)
+            progress.advance(size - ends)  # bytes of text, as the total counts them
         flush()
     seconds = time.monotonic() - started
     log.info("tokenised %s: %.1f MB into %d tokens in %.1f s (%.1f MB/s)", label or path.stem, n_bytes / 1e6, n,
