@@ -286,13 +286,13 @@ def test_bpe_learns_from_a_bounded_sample_of_the_training_split():
 
 @pytest.mark.parametrize("kind", ["char", "bpe"])
 def test_streamed_tokens_equal_encoding_each_document_whole(tmp_path, monkeypatch, kind):
-    from attnlab.data import datamodule
+    from attnlab.data import corpus, datamodule
     from attnlab.data.tokenizers import build_tokenizer
-    monkeypatch.setattr(datamodule, "PIECE_CHARS", 300)  # long documents are cut into many pieces
+    monkeypatch.setattr(corpus, "PIECE_CHARS", 300)  # long documents are cut into many pieces
     monkeypatch.setattr(datamodule, "ENCODE_BATCH", 3)
     docs = ["Line one of a play.\n  indented line\n\nNEXT SPEAKER: words, words.\n" * 40, "short doc", "x\n" * 500]
     tok = build_tokenizer(kind, docs, vocab_size=300)
-    assert len(list(datamodule.pieces(docs[0]))) > 5
+    assert len(list(corpus.pieces(docs[0]))) > 5
     n, n_bytes = datamodule.write_tokens(tok, iter(docs), tmp_path / "t.bin", np.uint16)  # read as it goes
     want = [i for d in docs for i in (*tok.encode(d), tok.eos_id)]
     assert np.fromfile(tmp_path / "t.bin", dtype=np.uint16).tolist() == want and n == len(want)
@@ -338,9 +338,9 @@ def test_streaming_needs_rows_and_documents_is_checked(tmp_path):
 def test_pieces_never_cut_a_blank_line(tmp_path, monkeypatch):
     """A blank line's two newlines can be one BPE token (GPT-2's has one): a cut between them would change the
     tokens. Paragraphs separated by blank lines tokenise in pieces exactly as whole."""
-    from attnlab.data import datamodule
+    from attnlab.data import corpus, datamodule
     from attnlab.data.tokenizers import build_tokenizer
-    monkeypatch.setattr(datamodule, "PIECE_CHARS", 50)
+    monkeypatch.setattr(corpus, "PIECE_CHARS", 50)
     doc = "\n\n".join(f"Paragraph {i} says a few words here." for i in range(40)) + "\n"
     tok = build_tokenizer("bpe", [doc] + ["words\n\n"] * 50, vocab_size=400)  # texts ending in a blank line
     assert len(tok.encode("a\n\n")) == 2  # it learned "\n\n" as one token (at the end of a text)
@@ -351,11 +351,11 @@ def test_pieces_never_cut_a_blank_line(tmp_path, monkeypatch):
 def test_bpe_learns_the_same_merges_from_pieces_as_from_whole_documents(monkeypatch):
     """The trainer is fed documents in pieces (its memory grows with its longest input): the cuts do not change
     what it learns."""
-    from attnlab.data import datamodule
+    from attnlab.data import corpus
     from attnlab.data.tokenizers import HFTokenizer, build_tokenizer
-    monkeypatch.setattr(datamodule, "PIECE_CHARS", 200)
+    monkeypatch.setattr(corpus, "PIECE_CHARS", 200)
     docs = ["def f(x):\n    return x + 1\n\nclass A:\n    pass\n" * 60, "Plain words, and more words.\n" * 80]
-    assert len(list(datamodule.pieces(docs[0]))) > 10
+    assert len(list(corpus.pieces(docs[0]))) > 10
     assert build_tokenizer("bpe", docs, 400).tok.to_str() == HFTokenizer.train_bpe(iter(docs), 400).tok.to_str()
 
 
@@ -438,7 +438,7 @@ def test_parts_tokenise_as_the_whole_for_any_whitespace(tmp_path, monkeypatch):
     texts = ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120))) for _ in range(300)]
     tok = build_tokenizer("bpe", texts * 3, vocab_size=400)  # learns merges of whitespace runs too
     assert any(len(tok.encode(w)) == 1 for w in ("\n\n", " \n", "  ", "\n \n"))
-    monkeypatch.setattr(datamodule, "PIECE_CHARS", 2)
+    monkeypatch.setattr(corpus, "PIECE_CHARS", 2)
     monkeypatch.setattr(corpus, "SEGMENT_CHARS", 3)
     for i, text in enumerate(texts):
         (tmp_path / f"{i}.txt").write_bytes(text.encode("utf-8"))

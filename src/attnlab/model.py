@@ -227,8 +227,8 @@ class GPT(nn.Module):
         """Lays every Linear weight (the tied head too) out in memory as (in, out), keeping its (out, in) shape,
         so ``F.linear`` multiplies by a contiguous (in, out) matrix, as HF's Conv1D does. Decoding one token is a
         memory-bound matrix-vector product per weight, and on the CPU this layout streams faster (measured in
-        docs/results.md). The weights, shapes and state dict are unchanged; the products may round differently
-        (a few 1e-7 relative in float32), as another BLAS path would. CPU models only. ``train()`` puts the usual
+        docs/results.md). The weights, shapes and state dict are unchanged; the products may round differently in
+        float32, as another BLAS path would. CPU models only. ``train()`` puts the usual
         layout back, so optimizers and DDP never see it. ``generate`` uses it and leaves the layout as it found
         it; on a model in eval mode, call this first to keep it between calls (switching GPT-2 small takes
         ~0.4 s here)."""
@@ -302,13 +302,12 @@ class GPT(nn.Module):
             raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
         if temperature <= 0:
             raise ValueError(f"temperature={temperature} must be > 0 (top_k=1 gives greedy decoding)")
-        was_training, restore_layout = self.training, not self._decode_layout
-        self.eval()
-        restore_layout = restore_layout and self.decode_layout()._decode_layout
+        was_training, had_layout = self.training, self._decode_layout
+        self.eval().decode_layout()
         try:
             return self._sample(idx, max_new_tokens, temperature, top_k, use_cache, generator)
         finally:  # the model as it was found, even when interrupted
-            if restore_layout:
+            if self._decode_layout and not had_layout:
                 self._set_layout(transposed=False)
             self.train(was_training)
 

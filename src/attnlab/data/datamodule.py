@@ -16,31 +16,16 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from attnlab.data import cache
 from attnlab.data import sources
-from attnlab.data.corpus import CUT, SPLITS, DataError, segments
+from attnlab.data.corpus import SPLITS, DataError, pieces, segments
 from attnlab.data.tokenizers import build_tokenizer, load_tokenizer
 
 log = logging.getLogger(__name__)
 IGNORE = -100  # target id ignored by the loss (already-counted positions of the last eval window)
 
 
-PIECE_CHARS = 1 << 12  # documents are encoded in pieces of about this many characters (cut where corpus.CUT
-# allows): the batch encoder runs fastest on many short inputs (measured: 4k beat 16k and 256k)
 BATCH_CHARS = 1 << 24  # characters encoded at once: enough pieces for the batch encoder to keep every core busy
 ENCODE_BATCH = 256  # at most this many pieces at once: more keeps no more cores busy, only more memory
 # (measured on an 85 MB file: 1024 pieces +765 MB of RSS, 256 pieces +362 MB, the same speed)
-
-
-def pieces(doc: str):
-    """A document in pieces of about PIECE_CHARS characters, each cut where the tokens do not change
-    (``corpus.CUT``), so the pieces tokenise exactly as the whole."""
-    start = 0
-    while len(doc) - start > PIECE_CHARS:
-        cut = CUT.search(doc, start + PIECE_CHARS)
-        if cut is None:
-            break
-        yield doc[start:cut.start()]
-        start = cut.start()
-    yield doc[start:]
 
 
 class TokenisingProgress:
@@ -70,8 +55,8 @@ class TokenisingProgress:
         if self.bar is not None:
             self.bar.stop()
 
-    def advance(self, chars: int) -> None:
-        self.done += chars
+    def advance(self, size: int) -> None:
+        self.done += size
         if self.bar is not None:
             self.bar.update(self.task, completed=self.done)
             return
@@ -119,15 +104,15 @@ def write_tokens(tokenizer, docs, path: Path, dtype, label: str = "") -> tuple[i
             if len(batch) >= ENCODE_BATCH or chars >= BATCH_CHARS:
                 flush()
         for text, ends in segments(docs):
-            size = (len(text) if text.isascii() else len(text.encode("utf-8"))) + ends
-            n_bytes += size
+            size = len(text) if text.isascii() else len(text.encode("utf-8"))
+            n_bytes += size + ends  # a document's end counts as one byte
             parts = pieces(text)
             held = next(parts)  # held back until we know whether it is the last piece
             for piece in parts:
                 add(held, False)
                 held = piece
             add(held, ends)
-            progress.advance(size - ends)  # bytes of text, as the total counts them
+            progress.advance(size)  # bytes of text, as the total counts them
         flush()
     seconds = time.monotonic() - started
     log.info("tokenised %s: %.1f MB into %d tokens in %.1f s (%.1f MB/s)", label or path.stem, n_bytes / 1e6, n,

@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from attnlab.data.corpus import DataError, segments
+from attnlab.data.corpus import DataError, pieces, segments
 
 EOS = "<|eos|>"
 UNK = "<|unk|>"
@@ -145,8 +145,8 @@ def build_tokenizer(kind: str, train_texts: list[str], vocab_size: int = 4096, t
     if kind == "char":
         return CharTokenizer.train(train_texts)
     if kind == "bpe":
-        from attnlab.data.datamodule import pieces  # cut where the tokens do not change: the same merges
-        # the trainer's memory grows with its longest input (30 MB as one text: +2.6 GB; in pieces: nothing)
+        # in pieces cut where the tokens do not change (the same merges): the trainer's memory grows with its
+        # longest input (30 MB as one text: +2.6 GB; in pieces: nothing)
         texts = bounded((text for text, _ in segments(train_texts)), train_bytes)
         return HFTokenizer.train_bpe((p for text in texts for p in pieces(text)), vocab_size)
     if kind == "gpt2":

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from attnlab.data import corpus as texts
-from attnlab.data.corpus import SPLITS, DataError, cut_segments, fingerprint
+from attnlab.data.corpus import SPLITS, DataError, DocumentsInParts, cut_segments, fingerprint
 from attnlab.data.sources import Corpus
 
 log = logging.getLogger(__name__)
@@ -78,7 +78,7 @@ class RowDocuments:
                 yield from (text or "" for text in batch.filter(pa.array(keep)).column(self.field).to_pylist())
 
 
-class JoinedRows:
+class JoinedRows(DocumentsInParts):
     """A table's text column as one document whose lines are the rows (``documents: joined``, wikitext's form),
     read a batch of rows at a time in parts of about SEGMENT_CHARS: never the whole split in memory."""
 
@@ -87,9 +87,6 @@ class JoinedRows:
 
     def __len__(self) -> int:
         return 1
-
-    def __iter__(self):
-        yield "".join(text for text, _ in self.segments())
 
     def segments(self):
         yield from cut_segments(self._chunks())
