@@ -466,22 +466,24 @@ class AttentionStats(L.Callback):
 class TaskAccuracy(L.Callback):
     """For the synthetic tasks (``dataset.source: synthetic``; nothing otherwise): at each validation, score
     ``examples`` fresh examples (their own seed, never trained on) and log the accuracy of the answers by the
-    distance the attention must reach (``task/acc`` and ``task/acc_d<lo>-<hi>``); at the end of training write
-    the last scores to ``task_accuracy.json`` in the run folder, which ``report.py`` plots per run."""
+    distance the attention must reach (``task/acc`` and ``task/acc_d<lo>-<hi>``), the share of examples with
+    every answer right (``task/exact``), and beside them the task's chance and trivial levels (``task/chance``,
+    ``task/trivial``: MQAR's 1/pairs, what copying any value of the example scores); at the end of training
+    write the last scores to ``task_accuracy.json`` in the run folder, which ``report.py`` plots per run.
+    ``task/acc`` is the mean over examples of each example's share of right answers (Zoology's accuracy)."""
 
     def __init__(self, dirpath: str, examples: int = 512, bins: int = 16):
         self.dirpath, self.examples, self.bins = Path(dirpath), examples, bins
         self.last: dict | None = None
 
     def score(self, pl_module, settings: dict, tokenizer) -> dict:
-        from attnlab.data.sources.synthetic import SPLIT_SEEDS
-        from attnlab.data.tasks import CHANCE, examples
-        task, length = settings["task"], settings["length"] - 1
-        seed = settings["seed"] * 1000 + len(SPLIT_SEEDS)  # a seed no split uses
-        batch = examples(task, self.examples, length, seed, settings["pairs"])
+        from attnlab.data.sources.synthetic import split_seed, task_of
+        from attnlab.data.tasks import examples
+        task, length = task_of(settings), settings["length"] - 1
+        batch = examples(task, self.examples, length, split_seed(settings, "score"))  # a seed no split uses
         ids = tokenizer.encode_batch([e.text for e in batch])
         if any(len(i) != length for i in ids):
-            raise ValueError(f"dataset.task={task} needs one token per character (tokenizer=char), got "
+            raise ValueError(f"dataset.task={task.name} needs one token per character (tokenizer=char), got "
                              f"{len(ids[0])} tokens for {length} characters")
         idx = torch.tensor(ids)  # (N, L)
         model = getattr(pl_module.model, "_orig_mod", pl_module.model)
@@ -500,9 +502,12 @@ class TaskAccuracy(L.Callback):
         counts = torch.bincount(which, minlength=n_bins).tolist()
         hits = torch.bincount(which, weights=right.double(), minlength=n_bins).long().tolist()
         bins = [[b * width + 1, min((b + 1) * width, length - 1)] for b in range(n_bins)]
-        return {"task": task, "chance": CHANCE, "examples": self.examples, "distance_bins": bins, "count": counts,
+        per_example = torch.zeros(len(batch), dtype=torch.float64).index_add_(0, rows, right.double())  # (N,)
+        answers = torch.bincount(rows, minlength=len(batch)).double()  # (N,)
+        return {"task": task.name, "settings": {k: v for k, v in vars(task).items()}, "chance": task.chance,
+                "trivial": task.trivial, "examples": self.examples, "distance_bins": bins, "count": counts,
                 "accuracy": [h / c if c else None for h, c in zip(hits, counts)],
-                "overall": sum(hits) / max(1, sum(counts))}
+                "overall": float((per_example / answers).mean()), "exact": float((per_example == answers).double().mean())}
 
     def on_validation_epoch_end(self, trainer, pl_module) -> None:
         dm = getattr(trainer, "datamodule", None)
@@ -510,7 +515,8 @@ class TaskAccuracy(L.Callback):
         if trainer.sanity_checking or settings.get("source") != "synthetic" or getattr(dm, "tokenizer", None) is None:
             return
         self.last = self.score(pl_module, settings, dm.tokenizer)
-        metrics = {"task/acc": self.last["overall"]}
+        metrics = {"task/acc": self.last["overall"], "task/exact": self.last["exact"],
+                   "task/chance": self.last["chance"], "task/trivial": self.last["trivial"]}
         for (lo, hi), acc in zip(self.last["distance_bins"], self.last["accuracy"]):
             if acc is not None:
                 metrics[f"task/acc_d{lo}-{hi}"] = acc

@@ -72,6 +72,7 @@ class LitGPT(L.LightningModule):
         self.val_loss, self.test_loss = TokenLoss(), TokenLoss()
         self.val_ppl_best = torchmetrics.MinMetric()  # the best validation perplexity so far (a W&B summary)
         self.example_input_array = torch.zeros(1, self.cfg.context, dtype=torch.long)  # summary in/out shapes
+        self.answers_only = False  # data.loss_on=answers: the loss computes the logits of the counted targets only
 
     def configure_model(self) -> None:
         if self.compile and not isinstance(self.model, torch._dynamo.eval_frame.OptimizedModule):
@@ -83,9 +84,13 @@ class LitGPT(L.LightningModule):
     def loss(self, batch) -> tuple[torch.Tensor, torch.Tensor]:
         """Mean next-token loss over the batch's counted targets, and how many there were."""
         x, y = batch  # (B, T), (B, T)
-        logits = self(x)  # (B, T, V)
-        n = (y != IGNORE).sum()  # a DDP padding batch may count none
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), ignore_index=IGNORE, reduction="sum")
+        counted = y != IGNORE  # (B, T)
+        n = counted.sum()  # a DDP padding batch may count none
+        if self.answers_only:  # a few answers per window: the output layer only where they are
+            logits, y = self.model(x, only=counted), y[counted]  # (N, V), (N,)
+        else:
+            logits, y = self(x).flatten(0, 1), y.flatten()  # (B*T, V), (B*T,)
+        loss = F.cross_entropy(logits.float(), y, ignore_index=IGNORE, reduction="sum")
         return loss / n.clamp(min=1), n
 
     # -- steps ---------------------------------------------------------------------------------------------

@@ -263,8 +263,10 @@ class GPT(nn.Module):
     def new_cache(self) -> KVCache:
         return KVCache(self.attention, self.cfg.n_layer, self.cfg.context)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
-        """idx: (B, T) token ids -> logits (B, T, V). With a cache, idx continues the tokens already in it."""
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, only: torch.Tensor | None = None) -> torch.Tensor:
+        """idx: (B, T) token ids -> logits (B, T, V). With a cache, idx continues the tokens already in it.
+        ``only`` (B, T) bool: the logits of those positions alone, (N, V) in row-major order: a loss that counts
+        a few targets (a task's answers) skips the output layer everywhere else."""
         if idx.dim() != 2:
             raise ValueError(f"expected token ids of shape (batch, time), got shape {tuple(idx.shape)}")
         B, T = idx.shape
@@ -288,7 +290,9 @@ class GPT(nn.Module):
             x = block(x, pos, cache.layers[i] if cache is not None else None)  # (B, T, C)
         if cache is not None:
             cache.length += T
-        return self.head(self.ln_f(x))  # (B, T, V)
+        if only is not None:
+            x = x[only]  # (N, C)
+        return self.head(self.ln_f(x))  # (B, T, V), or (N, V)
 
     @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,

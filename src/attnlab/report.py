@@ -1,4 +1,6 @@
-"""A sweep side by side, offline: one table row per run and plots, from what every run writes locally.
+"""A sweep side by side, offline: one table row per run, the runs that differ only in their seed grouped (mean,
+min–max, bootstrap 95% interval, and which differences the intervals support: ``compare.py``), and plots with
+every seed's point, from what every run writes locally.
 
 Each run folder holds ``.hydra/config.yaml`` (what it trained), ``status.json`` (how it ended), the CSV
 metrics (``csv/metrics.csv``, written next to W&B by default) and ``train.log``. A run that crashed or was
@@ -16,9 +18,10 @@ from pathlib import Path
 
 
 from attnlab import checkpoints, plain_yaml
+from attnlab.compare import Group, difference, group_runs
 from attnlab.schema import ConfigError
 
-COLUMNS = ["run", "attention", "backend", "model", "tokenizer", "params_M", "steps", "val_ppl_best", "val_ppl_final",
+COLUMNS = ["run", "seed", "attention", "backend", "model", "tokenizer", "params_M", "steps", "val_ppl_best", "val_ppl_final",
            "val_bpb_best", "train_ppl", "test_ppl", "task_acc", "attn_distance", "tokens_per_s", "peak_memory_MiB",
            "wall_s", "status"]
 
@@ -50,6 +53,10 @@ class Run:
     task_acc: float | None = None  # synthetic tasks: recall accuracy over every distance (task_accuracy.json)
     task_curve: list[tuple[float, float]] = field(default_factory=list)  # (mean distance of a bin, accuracy)
     task_chance: float | None = None
+    task_trivial: float | None = None  # what a model scores without the skill (MQAR: 1/pairs)
+    seed: int | None = None
+    group_key: str = ""  # the config without its seed and execution settings: runs that differ only in seed share it
+    group_label: str = ""  # the sweep overrides without seed=, or the attention type
 
     @property
     def short(self) -> str:
@@ -139,6 +146,12 @@ def read_run(folder: Path) -> Run:
     run = Run(folder=folder, label=label, attention=str(group("attention").get("name", "?")),
               backend=str(group("attention").get("backend", "?")), model=str(group("model").get("name", "?")),
               tokenizer=str(group("tokenizer").get("name", "?")))
+    seed = raw.get("seed")
+    run.seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
+    run.group_key = json.dumps({k: v for k, v in raw.items() if k not in NOT_THE_EXPERIMENT}, sort_keys=True,
+                               default=str)
+    without_seed = [str(o) for o in (ov or []) if not SEED_OVERRIDE.match(str(o))] if job is not None else []
+    run.group_label = " ".join(without_seed) or run.attention
     status = folder / "status.json"
     s = _read("status.json", folder, problems, lambda: json.loads(status.read_text())) if status.exists() else None
     if isinstance(s, dict) and isinstance(s.get("status"), str):
@@ -195,13 +208,18 @@ def read_run(folder: Path) -> Run:
     found = folder / "task_accuracy.json"  # written by callbacks.TaskAccuracy (dataset=copy|mqar)
     scored = _read("task_accuracy.json", folder, problems, lambda: _task_scores(found)) if found.exists() else None
     if scored:
-        run.task_acc, run.task_curve, run.task_chance = scored
+        run.task_acc, run.task_curve, run.task_chance, run.task_trivial = scored
     if problems:
         run.status += f" ({'; '.join(problems)})"
     return run
 
 
-def _task_scores(path: Path) -> tuple[float, list[tuple[float, float]], float]:
+# what does not make two runs different experiments: the seed, and how or where a run was computed and logged
+NOT_THE_EXPERIMENT = ("seed", "paths", "hydra", "ckpt_path", "threads", "tags", "logger", "callbacks", "compile")
+SEED_OVERRIDE = re.compile(r"^\+?seed=")
+
+
+def _task_scores(path: Path) -> tuple[float, list[tuple[float, float]], float, float | None]:
     d = json.loads(path.read_text())
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     bins, accuracy = d.get("distance_bins"), d.get("accuracy")
@@ -209,7 +227,8 @@ def _task_scores(path: Path) -> tuple[float, list[tuple[float, float]], float]:
             and number(d.get("overall")) and number(d.get("chance"))):
         raise ValueError("not the callback's scores")
     curve = [((lo + hi) / 2, float(a)) for (lo, hi), a in zip(bins, accuracy) if number(a) and number(lo) and number(hi)]
-    return float(d["overall"]), curve, float(d["chance"])
+    trivial = float(d["trivial"]) if number(d.get("trivial")) else None  # (files from before 2026-12-04 lack it)
+    return float(d["overall"]), curve, float(d["chance"]), trivial
 
 
 def _metric_rows(path: Path) -> list[dict]:
@@ -248,16 +267,70 @@ def _cell(v) -> str:
     return str(v).replace("|", "/")
 
 
+# the figures compared over seeds: (column, how it reads, higher is better)
+GROUP_METRICS = [("task_acc", "task accuracy", True), ("val_ppl_best", "best val ppl", False),
+                 ("val_bpb_best", "best val bits/byte", False), ("test_ppl", "test ppl", False),
+                 ("tokens_per_s", "tokens/s", True), ("peak_memory_MiB", "peak memory MiB", False)]
+
+
+def groups_of(runs: list[Run]) -> list[Group]:
+    """The runs that differ only in their seed, together (``compare.py``)."""
+    return group_runs(runs, lambda r: r.group_key or str(r.folder), lambda r: r.group_label or r.attention)
+
+
+def primary_metric(runs: list[Run]) -> tuple[str, str, bool]:
+    """What a comparison ranks by: the task's accuracy where the runs score a task, else validation perplexity."""
+    return GROUP_METRICS[0] if any(r.task_acc is not None for r in runs) else GROUP_METRICS[1]
+
+
+def _seed_lines(groups: list[Group], runs: list[Run]) -> list[str]:
+    """The over-seeds table and the differences the intervals support, as markdown."""
+    shown = [(m, name, hb) for m, name, hb in GROUP_METRICS if any(g.spread(m) for g in groups)]
+    lines = ["", "## Over seeds", "",
+             "Runs that differ only in their seed, together: mean [min–max] over the seeds, and the bootstrap 95% "
+             "interval of the mean. One seed ranks nothing.", "",
+             "| group | seeds | " + " | ".join(f"{name} | 95% interval" for _, name, _ in shown) + " |",
+             "|---|---|" + "---|---|" * len(shown)]
+    for g in groups:
+        cells = [g.label, ",".join("–" if s is None else str(s) for s in g.seeds)]
+        for m, _, _ in shown:
+            sp = g.spread(m)
+            fmt = "{:.1%}" if m == "task_acc" else "{:,.4g}"
+            cells += [sp.text(fmt), f"{fmt.format(sp.interval[0])} … {fmt.format(sp.interval[1])}"] if sp else ["–", "–"]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    metric, name, higher = primary_metric(runs)
+    pairs = [(a, b) for i, a in enumerate(groups) for b in groups[i + 1:] if a.values(metric) and b.values(metric)]
+    if pairs:
+        lines += ["", f"### Differences in {name}", "",
+                  "Called a difference only when the 95% interval of the difference excludes 0 (paired over seeds when "
+                  "both groups ran the same seeds).", ""]
+        lines += ["- " + difference(a.label, a.values(metric), b.label, b.values(metric), name, higher).text()
+                  for a, b in pairs[:28]]
+    return lines
+
+
 def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
-    """report.md, report.csv and the plots in ``out``; returns their paths."""
+    """report.md, report.csv (a row per run), groups.csv (a row per group of seeds) and the plots in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
-    files = {"markdown": out / "report.md", "csv": out / "report.csv"}
+    files = {"markdown": out / "report.md", "csv": out / "report.csv", "groups": out / "groups.csv"}
     with open(files["csv"], "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=COLUMNS)
         w.writeheader()
         w.writerows(r.row() for r in runs)
+    groups = groups_of(runs)
+    with open(files["groups"], "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["group", "n", "seeds"] + [f"{m}_{x}" for m, _, _ in GROUP_METRICS
+                                              for x in ("mean", "min", "max", "ci_low", "ci_high")])
+        for g in groups:
+            row = [g.label, len(g.members), " ".join("" if s is None else str(s) for s in g.seeds)]
+            for m, _, _ in GROUP_METRICS:
+                sp = g.spread(m)
+                row += [sp.mean, sp.low, sp.high, *sp.interval] if sp else [""] * 5
+            w.writerow(row)
     lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     lines += ["| " + " | ".join(_cell(r.row()[c]) for c in COLUMNS) + " |" for r in runs]
+    lines += _seed_lines(groups, runs)
     with_samples = [r for r in runs if r.sample]
     if with_samples:
         lines += ["", "## Samples", "", "The last validation's first sample of each run: a prompt from the validation "
@@ -266,7 +339,7 @@ def write_report(runs: list[Run], out: Path) -> dict[str, Path]:
             lines += [f"**{r.label}** (step {r.sample['step']})", "", "```", r.sample["prompt"] + " ⟶ " +
                       r.sample["continuation"], "```", ""]
     files["markdown"].write_text("\n".join(lines) + "\n")
-    files.update(_plots(runs, out))
+    files.update(_plots(runs, groups, out))
     return files
 
 
@@ -278,7 +351,8 @@ def _plain_log_ticks(ax) -> None:
     ax.yaxis.set_minor_formatter(plain)
 
 
-def _plots(runs: list[Run], out: Path) -> dict[str, Path]:
+def _plots(runs: list[Run], groups: list[Group], out: Path) -> dict[str, Path]:
+    """Every plot colours a group (the runs that differ only in seed) alike and shows each seed's run."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -289,70 +363,122 @@ def _plots(runs: list[Run], out: Path) -> dict[str, Path]:
         plt.close(fig)
         return path
 
+    colour = {id(r): f"C{i % 10}" for i, g in enumerate(groups) for r in g.members}
+    first = {id(g.members[0]): g for g in groups}  # the run that carries its group's legend entry
+
+    def legend(r: Run, suffix: str = "") -> str | None:
+        g = first.get(id(r))
+        return None if g is None else f"{g.label} ({len(g.members)} seed{'s' * (len(g.members) > 1)}){suffix}"
+
     files = {}
     curves = [r for r in runs if r.val_curve]
     if curves:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
         for r in curves:
-            axes[0].plot([s for s, _, _ in r.val_curve], [p for _, _, p in r.val_curve], marker="o", label=r.short)
+            axes[0].plot([s for s, _, _ in r.val_curve], [p for _, _, p in r.val_curve], marker="o", markersize=3,
+                         color=colour[id(r)], alpha=0.8, label=legend(r))
             timed = [(t, p) for _, t, p in r.val_curve if t is not None]
             if timed:
-                axes[1].plot(*zip(*timed), marker="o", label=r.short)
+                axes[1].plot(*zip(*timed), marker="o", markersize=3, color=colour[id(r)], alpha=0.8)
         for ax, xlabel in zip(axes, ["step", "training time (s)"]):
             ax.set_xlabel(xlabel), ax.set_ylabel("validation perplexity"), ax.set_yscale("log"), ax.grid(alpha=0.3)
             _plain_log_ticks(ax)
         axes[0].legend(fontsize=7)
-        fig.suptitle("validation perplexity per run")
+        fig.suptitle("validation perplexity, one line per run (a colour per group of seeds)")
         files["val_ppl"] = save(fig, out / "val_ppl.png")
     trained = [r for r in runs if r.train_curve and r.val_curve]
     if trained:
         fig, ax = plt.subplots(figsize=(7, 4.5))
-        for i, r in enumerate(trained):
-            ax.plot(*zip(*r.train_curve), "--", color=f"C{i}", label=f"{r.short}: train")
-            ax.plot([s for s, _, _ in r.val_curve], [p for _, _, p in r.val_curve], "-", color=f"C{i}",
-                    label=f"{r.short}: validation")
+        for r in trained:
+            ax.plot(*zip(*r.train_curve), "--", color=colour[id(r)], alpha=0.8, label=legend(r, ": train"))
+            ax.plot([s for s, _, _ in r.val_curve], [p for _, _, p in r.val_curve], "-", color=colour[id(r)],
+                    alpha=0.8, label=legend(r, ": validation"))
         ax.set(xlabel="step", ylabel="perplexity", yscale="log", title="training (per epoch) and validation perplexity")
         _plain_log_ticks(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         files["train_val"] = save(fig, out / "train_val.png")
-    bars = [r for r in runs if r.tokens_per_s or r.peak_memory_MiB]
-    if bars:
+    costed = [g for g in groups if g.values("tokens_per_s") or g.values("peak_memory_MiB")]
+    if costed:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-        names = [f"{r.attention}\n({_job_number(r.folder) if _job_number(r.folder) is not None else r.folder.name})"
-                 for r in bars]
-        axes[0].bar(names, [r.tokens_per_s or 0 for r in bars], color="tab:blue")
-        axes[0].set_ylabel("training tokens/s (median)")
-        axes[1].bar(names, [r.peak_memory_MiB or 0 for r in bars], color="tab:orange")
-        axes[1].set_ylabel("peak memory of training (MiB)\nCPU: above the process before training")
-        for ax in axes:
+        names = [g.label.replace(" ", "\n") for g in costed]
+        for ax, metric, what in [(axes[0], "tokens_per_s", "training tokens/s (median of each run)"),
+                                 (axes[1], "peak_memory_MiB", "peak memory of training (MiB)\nCPU: above the process "
+                                                              "before training")]:
+            _bars_with_seeds(ax, costed, names, metric)
+            ax.set_ylabel(what)
             ax.tick_params(axis="x", labelsize=8), ax.grid(axis="y", alpha=0.3)
-        fig.suptitle("cost per attention type (job number in brackets)")
+        fig.suptitle("cost per group: bar = mean, dots = seeds, line = min–max")
         files["cost"] = save(fig, out / "cost.png")
     curves = [r for r in runs if r.loss_by_position]
     if curves:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for r in curves:
-            ax.plot(range(len(r.loss_by_position)), r.loss_by_position, label=r.short)
+            ax.plot(range(len(r.loss_by_position)), r.loss_by_position, color=colour[id(r)], label=legend(r))
         ax.set(xlabel="position in the context window", ylabel="mean next-token loss (nats)",
                title="loss by position (analyze.py), every run")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         files["loss_by_position"] = save(fig, out / "loss_by_position.png")
-    scored = [r for r in runs if r.task_curve]
+    scored = [g for g in groups if any(r.task_curve for r in g.members)]
     if scored:
-        fig, ax = plt.subplots(figsize=(7, 4.5))
-        for r in scored:
-            ax.plot(*zip(*r.task_curve), marker="o", markersize=3, label=f"{r.short}: {r.task_acc:.0%} overall")
-        ax.axhline(scored[0].task_chance, color="grey", linestyle="--", label="chance")
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for i, g in enumerate(scored):
+            members = [r for r in g.members if r.task_curve]
+            c = colour[id(members[0])]
+            xs = [x for x, _ in members[0].task_curve]
+            same_bins = all([x for x, _ in r.task_curve] == xs for r in members)
+            for r in members:  # every seed's points
+                ax.scatter(*zip(*r.task_curve), s=9, color=c, alpha=0.5)
+            sp = g.spread("task_acc")
+            label = f"{g.label}: {sp.text('{:.0%}')} overall" if sp else g.label
+            if same_bins:
+                ys = [[y for _, y in r.task_curve] for r in members]
+                mean = [sum(col) / len(col) for col in zip(*ys)]
+                ax.plot(xs, mean, color=c, label=label + (f", {len(members)} seeds" if len(members) > 1 else ""))
+                if len(members) > 1:
+                    ax.fill_between(xs, [min(col) for col in zip(*ys)], [max(col) for col in zip(*ys)], color=c,
+                                    alpha=0.15)
+            else:
+                for r in members:
+                    ax.plot(*zip(*r.task_curve), color=c, alpha=0.6, label=label if r is members[0] else None)
+        any_run = next(r for g in scored for r in g.members if r.task_curve)
+        ax.axhline(any_run.task_chance, color="grey", linestyle="--", label=f"chance ({any_run.task_chance:.2g})")
+        if any_run.task_trivial is not None and any_run.task_trivial > any_run.task_chance * 1.01:
+            ax.axhline(any_run.task_trivial, color="black", linestyle=":",
+                       label=f"trivial: copy any value ({any_run.task_trivial:.2g})")
         ax.set(xlabel="distance the attention must reach (tokens)", ylabel="recall accuracy",
-               title="synthetic task: accuracy by distance, every run", xscale="log", ylim=(-0.02, 1.02))
+               title="synthetic task: accuracy by distance (line: mean over seeds, band: min–max, dots: seeds)",
+               xscale="log", ylim=(-0.02, 1.02))
+        ax.title.set_fontsize(9)
         from matplotlib.ticker import FuncFormatter
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         files["task_accuracy"] = save(fig, out / "task_accuracy.png")
+    metric, name, _ = primary_metric(runs)
+    ranked = [g for g in groups if g.values(metric)]
+    if ranked:
+        fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(ranked) + 2), 4.5))
+        _bars_with_seeds(ax, ranked, [g.label.replace(" ", "\n") for g in ranked], metric, interval=True)
+        ax.set_ylabel(name)
+        ax.tick_params(axis="x", labelsize=8), ax.grid(axis="y", alpha=0.3)
+        ax.set_title(f"{name} per group: bar = mean, dots = seeds, black = bootstrap 95% interval", fontsize=9)
+        files["seeds"] = save(fig, out / "seeds.png")
     return files
+
+
+def _bars_with_seeds(ax, groups: list[Group], names: list[str], metric: str, interval: bool = False) -> None:
+    """A bar per group at its mean, each seed's value as a dot, and the min–max (or the 95% interval) as a line."""
+    for i, g in enumerate(groups):
+        sp = g.spread(metric)
+        if sp is None:
+            continue
+        ax.bar(i, sp.mean, color=f"C{i % 10}", alpha=0.5)
+        ax.scatter([i] * sp.n, sp.values, color=f"C{i % 10}", edgecolor="black", zorder=3, s=18)
+        lo, hi = sp.interval if interval else (sp.low, sp.high)
+        ax.plot([i, i], [lo, hi], color="black", linewidth=1.5, zorder=4)
+    ax.set_xticks(range(len(groups)), names)
 
 
 def report(paths: list[str], out: str | None = None) -> tuple[list[Run], dict[str, Path]]:

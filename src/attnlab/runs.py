@@ -18,7 +18,7 @@ from attnlab.attention import build_attention
 from attnlab.lit import LitGPT
 from attnlab.model import GPTConfig
 from attnlab.data.tokenizers import load_tokenizer
-from attnlab.schema import ConfigError, Number, check_fields, rule_for
+from attnlab.schema import Choice, ConfigError, Number, check_fields, rule_for
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +115,8 @@ def _plain(cfg: dict, key: str, folder: Path):
 
 
 RUN_DATA_RULES = {"data.batch_size": Number(int, low=1), "data.eval_batch_size": Number(int, low=1, nullable=True),
-                  "data.num_workers": Number(int, low=0), "seed": Number(int)}
+                  "data.num_workers": Number(int, low=0), "seed": Number(int),
+                  "data.loss_on": Choice(("auto", "all", "answers"), nullable=True)}
 
 
 @dataclass
@@ -140,7 +141,8 @@ class Run:
         dm = TextDataModule(dataset=dict(dataset) if dataset is not None else s["dataset"], tokenizer=s["tokenizer"],
                             context=self.model.cfg.context, batch_size=s["batch_size"],
                             eval_batch_size=eval_batch_size or s["eval_batch_size"], num_workers=s["num_workers"],
-                            seed=s["seed"], cache_dir=cache_dir, tokenizer_from=str(self.tokenizer_dir or self.folder))
+                            seed=s["seed"], cache_dir=cache_dir, tokenizer_from=str(self.tokenizer_dir or self.folder),
+                            loss_on=s.get("loss_on") or "auto")
         dm.prepare_data()
         unk = getattr(dm.tokenizer, "unk_id", None)
         for split, tokens in dm.tokens.items():

@@ -89,12 +89,13 @@ class Number:
 class Choice:
     """One of a fixed set of values (compared as text: precision 32 and '32' are the same)."""
     values: tuple
+    nullable: bool = False
 
     def allowed(self) -> str:
-        return f"one of {sorted(self.values)}"
+        return f"one of {sorted(self.values)}" + (", or null" if self.nullable else "")
 
     def problem(self, value: Any) -> bool:
-        return str(value) not in self.values
+        return not (value is None and self.nullable) and str(value) not in self.values
 
     def bad_examples(self) -> list:
         return ["two", 12]
@@ -160,6 +161,10 @@ RULES: dict[str, Number | Choice] = {
     "data.num_workers": Number(int, low=0),
     "data.overfit_batches": Number(int, low=0, meaning="0: off"),
     "data.verify": Flag(),
+    "data.loss_on": Choice(("auto", "all", "answers")),
+    "dataset.vocab_size": Number(int, low=4, high=20992),
+    "dataset.power_a": Number(float, low=0, high=1, low_open=True),
+    "dataset.random_fillers": Flag(),
     "data.seed": SEED,
     "dataset.split_seed": SEED,
     "dataset.val_fraction": Number(float, low=0, high=1, low_open=True, high_open=True),

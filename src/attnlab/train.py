@@ -318,6 +318,7 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
         callbacks.append(hydra.utils.instantiate(c))
     loggers = build_loggers(cfg, resume_id)
     model.wandb_run_id = wandb_run.run_id(loggers)
+    model.answers_only = datamodule.loss_on == "answers"
     trainer: L.Trainer = build_trainer(
         cfg.trainer, callbacks=callbacks, logger=loggers or False, **({"enable_model_summary": False} if later_job else {}),
         plugins=[checkpoints.CheckpointIO(preloaded=(resume.path, resume.state) if resume else None)])
@@ -352,7 +353,8 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
     return metrics
 
 
-DATA_KEYS = ("context", "batch_size", "eval_batch_size", "num_workers", "seed", "cache_dir", "overfit_batches", "verify")
+DATA_KEYS = ("context", "batch_size", "eval_batch_size", "num_workers", "seed", "cache_dir", "overfit_batches", "verify",
+             "loss_on")
 
 
 def build_datamodule(cfg: DictConfig, **overrides):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import socket
 import sys
 from pathlib import Path
@@ -72,6 +73,21 @@ def job_info() -> dict:
             "overrides": hc.job.override_dirname, "job_num": hc.job.get("num") if multirun else None}
 
 
+def seed_group(job: dict, attention: str) -> str:
+    """The W&B group: the runs that differ only in their seed, so W&B shows a type's seeds as one group (mean and
+    spread). In a sweep: ``sweep-<folder>/<its overrides without seed=>``; a single run: its attention type."""
+    if not job["multirun"]:
+        return attention
+    rest = ",".join(o for o in split_overrides(job["overrides"]) if not o.lstrip("+").startswith("seed="))
+    return f"sweep-{job['sweep']}/{rest or attention}"
+
+
+def split_overrides(dirname: str) -> list[str]:
+    """Hydra's override_dirname ('a=1,b=x,y' with item_sep ',') back into its overrides: a comma starts a new
+    override only where a key= follows."""
+    return [o for o in re.split(r",(?=[+~]?[\w.@/]+=)", dirname) if o]
+
+
 def build_logger(cfg: DictConfig, lg_cfg: dict, resume_id: str | None):
     """A WandbLogger for this job: a new run (or the resumed one), never the previous job's."""
     os.environ.setdefault("WANDB_SILENT", "true")  # W&B's own banner lines; the folder to sync is logged below
@@ -90,7 +106,7 @@ def build_logger(cfg: DictConfig, lg_cfg: dict, resume_id: str | None):
     job = job_info()
     lg_cfg["offline"] = offline
     lg_cfg["name"] = lg_cfg.get("name") or (cfg.run_name + (f"[{job['overrides']}]" if job["overrides"] else ""))
-    lg_cfg["group"] = lg_cfg.get("group") or (f"sweep-{job['sweep']}" if job["multirun"] else cfg.attention.name)
+    lg_cfg["group"] = lg_cfg.get("group") or seed_group(job, cfg.attention.name)
     lg_cfg["job_type"] = cfg.attention.name
     lg_cfg["tags"] = sorted(set(lg_cfg.get("tags") or []) | {cfg.attention.name, cfg.model.name, cfg.dataset.name,
                                                            cfg.get("mode_name", "run")})

@@ -120,13 +120,25 @@ def write_tokens(tokenizer, docs, path: Path, dtype, label: str = "") -> tuple[i
     return n, n_bytes
 
 
-class TrainWindows(Dataset):
-    """Non-overlapping windows: one epoch = one pass over the training tokens."""
+LOSS_ON = ("auto", "all", "answers")  # data.loss_on: which targets the loss counts (auto: answers where marked)
 
-    def __init__(self, tokens: np.ndarray, context: int):
+
+def counted_targets(targets: torch.Tensor, counted: np.ndarray | None, first: int) -> torch.Tensor:
+    """``targets`` (T,) are the tokens at ``first`` .. ``first`` + T - 1 of a split; with ``counted`` (a bool per
+    token of the split: an answer), every other target becomes IGNORE."""
+    if counted is None:
+        return targets
+    keep = torch.from_numpy(counted[first:first + len(targets)])  # (T,)
+    return torch.where(keep, targets, torch.full_like(targets, IGNORE))
+
+
+class TrainWindows(Dataset):
+    """Non-overlapping windows: one epoch = one pass over the training tokens. ``counted``: see counted_targets."""
+
+    def __init__(self, tokens: np.ndarray, context: int, counted: np.ndarray | None = None):
         if len(tokens) < context + 1:
             raise DataError(f"the training split has {len(tokens)} tokens, fewer than context+1 = {context + 1}")
-        self.tokens, self.context = tokens, context
+        self.tokens, self.context, self.counted = tokens, context, counted
         self.n = (len(tokens) - 1) // context
 
     def __len__(self) -> int:
@@ -135,17 +147,17 @@ class TrainWindows(Dataset):
     def __getitem__(self, i: int):
         s = i * self.context
         chunk = torch.from_numpy(np.asarray(self.tokens[s:s + self.context + 1], dtype=np.int64))  # (T+1,)
-        return chunk[:-1], chunk[1:]  # input (T,), target (T,)
+        return chunk[:-1], counted_targets(chunk[1:], self.counted, s + 1)  # input (T,), target (T,)
 
 
 class EvalWindows(Dataset):
     """Windows covering every target of the split exactly once: the last window is aligned to the end and
     its targets already covered by the previous window are set to IGNORE."""
 
-    def __init__(self, tokens: np.ndarray, context: int):
+    def __init__(self, tokens: np.ndarray, context: int, counted: np.ndarray | None = None):
         if len(tokens) < 2:
             raise DataError(f"an evaluation split has {len(tokens)} tokens; it needs at least 2")
-        self.tokens, self.context = tokens, min(context, len(tokens) - 1)
+        self.tokens, self.context, self.counted = tokens, min(context, len(tokens) - 1), counted
         n_targets = len(tokens) - 1
         self.n = -(-n_targets // self.context)
 
@@ -156,7 +168,7 @@ class EvalWindows(Dataset):
         c, n_targets = self.context, len(self.tokens) - 1
         start = min(i * c, n_targets - c)
         chunk = torch.from_numpy(np.asarray(self.tokens[start:start + c + 1], dtype=np.int64))
-        x, y = chunk[:-1], chunk[1:].clone()
+        x, y = chunk[:-1], counted_targets(chunk[1:].clone(), self.counted, start + 1)
         already = i * c - start  # targets the previous window covered
         if already > 0:
             y[:already] = IGNORE
@@ -231,10 +243,19 @@ class RankShard(Dataset):
 class TextDataModule(L.LightningDataModule):
     def __init__(self, dataset: dict, tokenizer: dict, context: int, batch_size: int, cache_dir: str,
                  eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
-                 overfit_batches: int = 0, tokenizer_from: str | None = None, verify: bool = False):
+                 overfit_batches: int = 0, tokenizer_from: str | None = None, verify: bool = False,
+                 loss_on: str | None = "auto"):
         """``tokenizer_from``: a folder with a ``tokenizer.json`` (a token cache entry, as in a run's log) whose
-        tokenizer encodes this dataset instead of one trained on it: evaluating a run on other text."""
+        tokenizer encodes this dataset instead of one trained on it: evaluating a run on other text.
+        ``loss_on``: which targets every loss counts: ``all``, ``answers`` (a task's answer positions only: the
+        rest of a synthetic example is noise no model can predict) or ``auto`` (answers where the dataset marks
+        them, else all)."""
         super().__init__()
+        if (loss_on or "auto") not in LOSS_ON:
+            raise DataError(f"data.loss_on={loss_on!r} must be one of {list(LOSS_ON)}")
+        self.loss_on_setting = loss_on or "auto"
+        self.loss_on = "all"  # what it means for this dataset: decided when the data is read
+        self.counted: dict[str, np.ndarray] = {}  # loss_on=answers: per split, a bool per token (an answer)
         self.tokenizer_from = tokenizer_from
         self.verify = verify  # re-hash the cached token arrays on load (sizes are always checked)
         self.dataset_cfg, self.tokenizer_cfg = dict(dataset), dict(tokenizer)
@@ -250,9 +271,9 @@ class TextDataModule(L.LightningDataModule):
         self.info: dict = {}
 
     # -- preparing the token arrays (once per corpus x tokenizer x settings, then cached) --------------
-    def _corpus(self) -> tuple[str, Callable[[], dict[str, list[str]]], dict]:
-        """(a key of the split text, a function that reads it, extra facts for the cache's meta.json), from the
-        dataset's source (``data/sources/``)."""
+    def _corpus(self) -> sources.Corpus:
+        """(a key of the split text, a function that reads it, extra facts for the cache's meta.json, where the
+        answers are), from the dataset's source (``data/sources/``)."""
         return sources.corpus(self.dataset_cfg, self.cache_dir)
 
     def prepare_data(self) -> None:
@@ -261,7 +282,7 @@ class TextDataModule(L.LightningDataModule):
     def _load_or_build(self) -> None:
         if self.tokens is not None:
             return
-        corpus_key, read_splits, extra = self._corpus()
+        corpus_key, read_splits, extra, answers = self._corpus()
         tok_cfg = self.tokenizer_cfg
         fixed = None
         if self.tokenizer_from:
@@ -301,10 +322,34 @@ class TextDataModule(L.LightningDataModule):
                 if tokens is None:
                     raise DataError(f"could not write the token cache at {entry}")
         self.tokens = tokens
+        self._mark_answers(answers)
         self.split_bytes = json.loads((entry / "meta.json").read_text()).get("bytes", {})
         self.tokenizer = load_tokenizer(entry)
         self.info = {"cache_entry": str(entry), **{f"{s}_tokens": int(len(tokens[s])) for s in SPLITS},
                      "vocab_size": self.tokenizer.vocab_size, **extra}
+
+    def _mark_answers(self, answers) -> None:
+        """data.loss_on: with answers, a bool per token of each split saying which targets the loss counts."""
+        setting = self.loss_on_setting
+        if setting == "all" or (setting == "auto" and answers is None):
+            self.loss_on, self.counted = "all", {}
+            return
+        name = self.dataset_cfg.get("name")
+        if answers is None:
+            raise DataError(f"data.loss_on=answers: dataset={name} marks no answers (only the synthetic tasks do); "
+                            f"use data.loss_on=all")
+        counted = {}
+        for split, (positions, expected) in answers().items():
+            n = len(self.tokens[split])
+            if n != expected:
+                raise DataError(f"dataset={name} (task {self.dataset_cfg.get('task')}) needs one token per character "
+                                f"(tokenizer=char): its {split} split is {expected} characters but {n} tokens with "
+                                f"tokenizer={self.tokenizer_cfg.get('name')}")
+            counted[split] = np.zeros(n, dtype=bool)
+            counted[split][positions] = True
+        self.loss_on, self.counted = "answers", counted
+        per = counted["train"].sum() / max(1, len(counted["train"]))
+        log.info("the loss counts the answers only (data.loss_on=answers): %.1f%% of the targets", 100 * per)
 
     def setup(self, stage: str | None = None) -> None:
         self._load_or_build()
@@ -321,7 +366,7 @@ class TextDataModule(L.LightningDataModule):
 
     # -- loaders -----------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
-        ds = TrainWindows(self.tokens["train"], self.context)
+        ds = TrainWindows(self.tokens["train"], self.context, self.counted.get("train"))
         if self.overfit_batches:
             ds = torch.utils.data.Subset(ds, list(range(min(len(ds), self.overfit_batches * self.batch_size))))
         rank, world = self._rank_and_world()
@@ -352,7 +397,7 @@ class TextDataModule(L.LightningDataModule):
         return int(self.trainer.global_rank), int(self.trainer.world_size)
 
     def _eval_loader(self, split: str) -> DataLoader:
-        windows = EvalWindows(self.tokens[split], self.context)
+        windows = EvalWindows(self.tokens[split], self.context, self.counted.get(split))
         rank, world = self._rank_and_world()
         if world > 1:
             windows = RankShard(windows, rank, world)
@@ -360,7 +405,7 @@ class TextDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         if self.overfit_batches:  # the overfit check evaluates on the batches it memorises
-            ds = torch.utils.data.Subset(TrainWindows(self.tokens["train"], self.context),
+            ds = torch.utils.data.Subset(TrainWindows(self.tokens["train"], self.context, self.counted.get("train")),
                                          list(range(self.overfit_batches * self.batch_size)))
             return DataLoader(ds, batch_size=self.batch_size)
         return self._eval_loader("val")

@@ -1,28 +1,39 @@
-"""Synthetic long-range tasks, where attention types visibly differ within minutes on a CPU.
+"""Synthetic recall tasks, where attention types visibly differ within minutes on a CPU.
 
-Each example is a line of characters whose answers sit at known positions, each with the *distance* the
-attention must reach back to find it (query position - position of the token to copy):
+Each example is a line of characters (one token each with ``tokenizer=char``) whose answers sit at known
+positions, each with the *distance* the attention must reach back to find it (the position that predicts the
+answer - the position of what it must copy). Training counts the loss on the answers only
+(``data.loss_on=answers``, as Zoology labels them): every other next token is noise no model can predict.
 
 * ``copy``: dots, one capital letter X somewhere, and later a ``?`` followed by X. The ``?`` must attend to X,
-  ``distance`` tokens back. One layer can do it (X is the only capital letter).
-* ``mqar``: multi-query associative recall (the Zoology study's MQAR): ``pairs`` key-value pairs first
-  (capital key, small-letter value), then each key once more among dots, followed by its value. The value
-  must be copied from right after the key's first occurrence (an induction head: two layers).
+  ``distance`` tokens back. One layer can do it (X is the only capital letter). Chance: 1/26.
+* ``mqar``: multi-query associative recall as Zoology (Arora et al. 2023, "Zoology: measuring and improving
+  recall in efficient language models") defines it: ``pairs`` key-value pairs first, keys and values drawn
+  without replacement from disjoint halves of a ``vocab_size`` vocabulary (key ids 1 .. V/2 - 1, value ids
+  V/2 .. V - 1; id 0 is the filler), then each key once more at a query slot, the slot's gap after the pairs
+  drawn from Zoology's power law p(g) ~ a g^(a-1) (a = ``power_a``; a = 0.01: most queries come right after
+  the pairs, 1.0: uniform). The answer is the key's value. Chance is 1/(V/2); a model that copies *some*
+  value of the example scores 1/pairs (the trivial level), so only accuracy above 1/pairs shows recall.
+  One difference from Zoology's tensors: this is a language-model stream, so the answer is also the next
+  input token (Zoology's input there is a filler); each key is asked once, so no later answer can use it.
+  Token ids are written as characters (id i is chr(0x4E00 + i), a CJK block of 20,992 code points; the
+  filler is '.'), so the char tokenizer, the token cache and every command handle the task unchanged.
 
-Answers are drawn uniformly from 26 letters, so chance is 1/26. A window of w keys (Longformer) sees back
-w - 1 positions: beyond that an answer is out of its reach, whatever it learns. Each generator is seeded
-and needs nothing else: the same seed gives the same examples everywhere.
+A window of w keys (Longformer) sees back w - 1 positions: beyond that an answer is out of its reach, whatever
+it learns. Each generator is seeded and needs nothing else: the same seed gives the same examples everywhere.
 """
 from __future__ import annotations
 
 import math
 import random
 import string
-from typing import Callable, NamedTuple
+from dataclasses import dataclass, fields
+from typing import ClassVar, NamedTuple
 
 FILLER, QUERY = ".", "?"
-KEYS, VALUES = string.ascii_uppercase, string.ascii_lowercase
-CHANCE = 1 / 26
+KEYS = string.ascii_uppercase
+TOKEN_BASE = 0x4E00  # mqar's token id i is the character chr(TOKEN_BASE + i) (id 0 is the filler instead)
+MAX_VOCAB = 0x9FFF - TOKEN_BASE + 1  # the CJK unified ideographs block: 20,992 ids
 
 
 class Example(NamedTuple):
@@ -30,48 +41,122 @@ class Example(NamedTuple):
     answers: list[tuple[int, int]]  # (position of an answer character, distance the attention must reach)
 
 
-def copy(rng: random.Random, length: int, pairs: int = 1) -> Example:
-    """``length`` characters: X at p, ``?`` at p + d, X again at p + d + 1; d log-uniform in [1, length - 2]
-    (every scale of distance gets its share: as many examples within 8 tokens as between 8 and 64)."""
-    if length < 3:
-        raise ValueError(f"a copy example needs at least 3 characters, got {length}")
-    d = min(length - 2, int(math.exp(rng.uniform(0, math.log(length - 1)))))
-    p = rng.randint(0, length - 2 - d)
-    text = [FILLER] * length
-    text[p] = text[p + d + 1] = rng.choice(KEYS)
-    text[p + d] = QUERY
-    return Example("".join(text), [(p + d + 1, d)])
+@dataclass(frozen=True)
+class Copy:
+    """Copy the one capital letter after a ``?``, from a log-uniform distance back."""
+    name: ClassVar[str] = "copy"
+
+    def check(self, length: int) -> None:
+        if length < 3:
+            raise ValueError(f"a copy example needs at least 3 characters, got {length}")
+
+    def example(self, rng: random.Random, length: int) -> Example:
+        """``length`` characters: X at p, ``?`` at p + d, X again at p + d + 1; d log-uniform in [1, length - 2]
+        (every scale of distance gets its share: as many examples within 8 tokens as between 8 and 64)."""
+        d = min(length - 2, int(math.exp(rng.uniform(0, math.log(length - 1)))))
+        p = rng.randint(0, length - 2 - d)
+        text = [FILLER] * length
+        text[p] = text[p + d + 1] = rng.choice(KEYS)
+        text[p + d] = QUERY
+        return Example("".join(text), [(p + d + 1, d)])
+
+    @property
+    def chance(self) -> float:
+        return 1 / len(KEYS)
+
+    @property
+    def trivial(self) -> float:
+        return 1 / len(KEYS)  # without reaching X, every capital letter is as likely
 
 
-def mqar(rng: random.Random, length: int, pairs: int = 8) -> Example:
-    """``pairs`` key-value pairs at the start, then every key once more (in random order, at random even
-    offsets among dots) followed by its value."""
-    slots = list(range(2 * pairs, length - 1, 2))  # where a query (key, value) may start
-    if pairs < 1 or len(slots) < pairs:
-        raise ValueError(f"mqar with {pairs} pairs needs at least {4 * pairs + 1} characters, got {length}")
-    keys = rng.sample(KEYS, pairs)
-    values = [rng.choice(VALUES) for _ in keys]
-    text = [FILLER] * length
-    for i, (k, v) in enumerate(zip(keys, values)):
-        text[2 * i], text[2 * i + 1] = k, v
-    answers = []
-    for i, q in zip(rng.sample(range(pairs), pairs), sorted(rng.sample(slots, pairs))):
-        text[q], text[q + 1] = keys[i], values[i]
-        answers.append((q + 1, q - (2 * i + 1)))  # the query key at q reaches back to the value at 2i + 1
-    return Example("".join(text), answers)
+@dataclass(frozen=True)
+class MQAR:
+    """Zoology's multi-query associative recall (see the module's docstring)."""
+    pairs: int = 4  # key-value pairs per example (Zoology's figure 2: 4 at length 64 ... 64 at 512)
+    vocab_size: int = 8192  # keys from the first half, values from the second (Zoology's figure 2: 8,192)
+    power_a: float = 0.01  # the query gaps' power law (Zoology's train_power_a and test_power_a)
+    random_fillers: bool = False  # fillers drawn from the whole vocabulary (Zoology's random_non_queries; its
+    #   figure 2 runs without them)
+    name: ClassVar[str] = "mqar"
+
+    def check(self, length: int) -> None:
+        if self.pairs < 1:
+            raise ValueError(f"mqar needs pairs >= 1, got {self.pairs}")
+        if not 2 * self.pairs + 2 <= self.vocab_size <= MAX_VOCAB or self.vocab_size % 2:
+            raise ValueError(f"mqar's vocab_size={self.vocab_size} must be even and in [{2 * self.pairs + 2}, "
+                             f"{MAX_VOCAB}] (keys and values each draw {self.pairs} distinct ids from half of it)")
+        if not 0 < self.power_a <= 1:
+            raise ValueError(f"mqar's power_a={self.power_a} must be in (0, 1] (1: uniform gaps)")
+        if self.slots(length) < self.pairs:
+            raise ValueError(f"mqar with {self.pairs} pairs needs at least {4 * self.pairs + 1} characters, got "
+                             f"{length}")
+
+    def slots(self, length: int) -> int:
+        """Query slots after the pairs: a key at 2 pairs + 2 g and its value right after, g in [0, slots)."""
+        return (length - 2 * self.pairs) // 2
+
+    def gap_weights(self, length: int) -> list[float]:
+        """Zoology's power law over the slots: p(g) proportional to a (g + 1)^(a - 1), normalised."""
+        a = self.power_a
+        w = [a * (g + 1) ** (a - 1) for g in range(self.slots(length))]
+        total = sum(w)
+        return [x / total for x in w]
+
+    def example(self, rng: random.Random, length: int) -> Example:
+        half, n = self.vocab_size // 2, self.pairs
+        keys = rng.sample(range(1, half), n)  # distinct keys (id 0 is the filler)
+        values = rng.sample(range(half, self.vocab_size), n)  # distinct values
+        gaps = _weighted_sample(rng, self.gap_weights(length), n)  # key i is asked at slot gaps[i]
+        ids = [rng.randrange(self.vocab_size) if self.random_fillers else 0 for _ in range(length)]
+        answers = []
+        for i, (k, v) in enumerate(zip(keys, values)):
+            ids[2 * i], ids[2 * i + 1] = k, v
+        for i, g in enumerate(gaps):
+            q = 2 * n + 2 * g
+            ids[q], ids[q + 1] = keys[i], values[i]
+            answers.append((q + 1, q - (2 * i + 1)))  # the query key at q reaches back to the value at 2i + 1
+        text = "".join(FILLER if t == 0 else chr(TOKEN_BASE + t) for t in ids)
+        return Example(text, sorted(answers))
+
+    @property
+    def chance(self) -> float:
+        return 1 / (self.vocab_size - self.vocab_size // 2)
+
+    @property
+    def trivial(self) -> float:
+        return 1 / self.pairs  # copying any value of the example
 
 
-TASKS: dict[str, Callable[..., Example]] = {"copy": copy, "mqar": mqar}
+def _weighted_sample(rng: random.Random, weights: list[float], k: int) -> list[int]:
+    """k distinct indices, drawn one after another with probability proportional to ``weights`` among those
+    left (what numpy's ``choice(replace=False, p=...)`` does, which Zoology uses)."""
+    left, chosen = list(range(len(weights))), []
+    for _ in range(k):
+        i = rng.choices(range(len(left)), weights=[weights[j] for j in left])[0]
+        chosen.append(left.pop(i))
+    return chosen
 
 
-def get_task(name: str) -> Callable[..., Example]:
+TASKS = {"copy": Copy, "mqar": MQAR}
+
+
+def get_task(name: str, **settings) -> Copy | MQAR:
+    """The task ``name`` with its settings (each task takes only its own: ``task_settings``)."""
     if name not in TASKS:
         raise ValueError(f"unknown dataset.task {name!r}; valid: {sorted(TASKS)}")
-    return TASKS[name]
+    try:
+        return TASKS[name](**settings)
+    except TypeError:
+        raise ValueError(f"dataset.task={name} takes the settings {task_settings(name) or 'none'}, got "
+                         f"{sorted(settings)}") from None
 
 
-def examples(task: str, n: int, length: int, seed: int, pairs: int = 8) -> list[Example]:
+def task_settings(name: str) -> list[str]:
+    return [f.name for f in fields(TASKS[name])] if name in TASKS else []
+
+
+def examples(task: Copy | MQAR, n: int, length: int, seed: int) -> list[Example]:
     """n examples of ``length`` characters, the same for the same arguments on any machine."""
-    rng = random.Random(f"{task}/{seed}")  # string seeds hash the same in every process (unlike hash())
-    make = get_task(task)
-    return [make(rng, length, pairs) for _ in range(n)]
+    task.check(length)
+    rng = random.Random(f"{task.name}/{seed}")  # string seeds hash the same in every process (unlike hash())
+    return [task.example(rng, length) for _ in range(n)]

@@ -29,6 +29,9 @@ class Corpus(NamedTuple):
     key: str  # identifies the split text (and how it was split): the token cache's key
     read: Callable[[], dict[str, list[str]]]  # the splits as lists of documents
     extra: dict  # facts for the cache entry's meta.json (e.g. which plays)
+    # tasks with answers (data/sources/synthetic.py): per split, the answers' token positions in the split's stream
+    # and the stream's expected length; ``data.loss_on=answers`` counts the loss there only
+    answers: Callable[[], dict[str, tuple]] | None = None
 
 
 def get_source(name: str) -> Callable[[dict, Path], Corpus]:

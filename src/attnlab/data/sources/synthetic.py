@@ -1,40 +1,76 @@
-"""Synthetic long-range tasks (``data/tasks.py``: copy, mqar), generated from a seed: no download, no files.
+"""Synthetic recall tasks (``data/tasks.py``: copy, mqar), generated from a seed: no download, no files.
 
 Every example is ``length - 1`` characters and the end token, so with ``length`` = the model's context each
 training window is exactly one example (the windows are cut at multiples of the context). The splits are drawn
-with different seeds; ``callbacks.TaskAccuracy`` scores fresh examples by distance during training."""
+with different seeds. The corpus also says where the answers are (``answers``): with ``data.loss_on=answers``
+(the default for these tasks) the loss counts those targets only; ``callbacks.TaskAccuracy`` scores fresh
+examples by distance during training."""
 from __future__ import annotations
 
 import hashlib
 from pathlib import Path
 
+import numpy as np
+
 from attnlab.data.corpus import DataError
 from attnlab.data.sources import Corpus
-from attnlab.data.tasks import TASKS, examples
+from attnlab.data.tasks import TASKS, examples, get_task, task_settings
 
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}  # added to dataset.seed: the splits never share an example
-SETTINGS = ("task", "length", "pairs", "seed", "train_examples", "val_examples", "test_examples")
+COUNTS = ("length", "seed", "train_examples", "val_examples", "test_examples")  # the source's own settings
+COMMON = ("name", "source", "task", *COUNTS)
+LEGACY = {"copy": ("pairs",)}  # copy.yaml carried an unused pairs: 1 until 2026-12-04; such run folders still read
+
+
+def task_of(settings: dict):
+    """The task object of a dataset config (its settings checked), or DataError in one line."""
+    name = settings.get("task")
+    if name not in TASKS:
+        raise DataError(f"dataset.task={name!r} must be one of {sorted(TASKS)}")
+    own = task_settings(name)
+    unknown = sorted(k for k in settings if k not in COMMON and k not in own
+                     and k not in LEGACY.get(name, ()))
+    if unknown:
+        raise DataError(f"dataset.task={name} has no setting {unknown[0]!r}; its settings: "
+                        f"{sorted(COUNTS) + own}")
+    try:
+        return get_task(name, **{k: settings[k] for k in own if k in settings})
+    except ValueError as e:
+        raise DataError(str(e)) from None
+
+
+def split_seed(settings: dict, split: str) -> int:
+    return settings["seed"] * 1000 + (SPLIT_SEEDS[split] if split in SPLIT_SEEDS else len(SPLIT_SEEDS))
 
 
 def corpus(settings: dict, cache_dir: Path) -> Corpus:
-    task = settings.get("task")
-    if task not in TASKS:
-        raise DataError(f"dataset.task={task!r} must be one of {sorted(TASKS)}")
-    for k in SETTINGS[1:]:
+    task = task_of(settings)
+    for k in COUNTS:
         if not isinstance(settings.get(k), int) or isinstance(settings.get(k), bool) or settings[k] < 0:
             raise DataError(f"dataset.{k}={settings.get(k)!r} must be a whole number >= 0")
-    length, pairs = settings["length"], settings["pairs"]
+    length = settings["length"]
     try:
-        examples(task, 1, length - 1, 0, pairs)  # too short for its pairs: one line, before any work
+        task.check(length - 1)  # too short for its pairs: one line, before any work
     except ValueError as e:
-        raise DataError(f"dataset={settings.get('name')}: {e} (dataset.length={length}, dataset.pairs={pairs})") from None
+        raise DataError(f"dataset={settings.get('name')}: {e} (dataset.length={length})") from None
+
+    def split(name: str):
+        return examples(task, settings[f"{name}_examples"], length - 1, split_seed(settings, name))
 
     def read() -> dict[str, list[str]]:
-        return {split: [e.text for e in examples(task, settings[f"{split}_examples"], length - 1,
-                                                 settings["seed"] * 1000 + offset, pairs)]
-                for split, offset in SPLIT_SEEDS.items()}
-    key = hashlib.sha256(repr([settings.get(k) for k in SETTINGS]).encode()).hexdigest()[:16]
-    return Corpus(key, read, {"task": task})
+        return {name: [e.text for e in split(name)] for name in SPLIT_SEEDS}
+
+    def answers() -> dict[str, tuple[np.ndarray, int]]:
+        """Per split: the token positions of the answers in the split's stream, and the stream's length (one
+        token per character, each example followed by the end token)."""
+        out = {}
+        for name in SPLIT_SEEDS:
+            batch = split(name)
+            pos = [n * length + p for n, e in enumerate(batch) for p, _ in e.answers]
+            out[name] = (np.asarray(pos, dtype=np.int64), len(batch) * length)
+        return out
+    key = hashlib.sha256(repr([task, *(settings.get(k) for k in COUNTS)]).encode()).hexdigest()[:16]
+    return Corpus(key, read, {"task": task.name}, answers)
 
 
 SOURCE = corpus
