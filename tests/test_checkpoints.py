@@ -2,6 +2,7 @@
 finds this run's checkpoint and no other, refuses other settings, falls back from a damaged file, and loads
 checkpoints as data (a crafted pickle runs no code)."""
 import csv
+import json
 import logging
 import os
 import re
@@ -177,3 +178,35 @@ def test_init_from_starts_from_weights_and_refuses_misfits(make_cfg, tmp_path):
     wider = make_cfg(["mode=debug", "model.d_model=96", f"init_from={last}"], "wider")
     with pytest.raises(ConfigError, match=r"init_from=.*last.ckpt: its weights do not fit this model"):
         train(wider)
+
+
+def test_execution_settings_are_not_the_run_so_ckpt_path_last_finds_it_with_threads_1(make_cfg, tmp_path):
+    """threads, loader workers, the progress bar and recording callbacks change how a run is computed or shown,
+    not what it trains: the checkpoints of a run started with 2 threads resume with threads=1 (what the busy
+    machine warning tells a user to do). A run of before 2026-12-04 (its key counted them) still resumes."""
+    ran = make_cfg(["threads=2", "ckpt_path=last"], "ran")
+    ckdir = _fake_run(tmp_path, "run", checkpoints.run_key(ran), checkpoints.settings_of(ran), time.time())
+    for change in (["threads=1"], ["data.num_workers=2"], ["callbacks.rich_progress=null"],
+                   ["trainer.log_every_n_steps=7"], ["data.eval_batch_size=3"]):
+        again = make_cfg([*change, "ckpt_path=last"], "again-" + change[0].split("=")[0])
+        assert checkpoints.run_key(again) == checkpoints.run_key(ran), change
+        assert Path(checkpoints.resolve(again).path) == ckdir / "last.ckpt"
+    assert checkpoints.run_key(make_cfg(["optimizer.lr=0.01"], "lr")) != checkpoints.run_key(ran)
+    old = make_cfg(["threads=3", "ckpt_path=last"], "old")
+    legacy = _fake_run(tmp_path, "legacy", checkpoints.run_key(old, legacy=True), checkpoints.settings_of(old),
+                       time.time() + 10)
+    assert Path(checkpoints.resolve(old).path) == legacy / "last.ckpt"
+
+
+def test_a_refused_resume_leaves_a_folder_that_report_does_not_list(make_cfg, tmp_path):
+    from attnlab.report import find_runs
+    from attnlab.schema import ConfigError
+    cfg = make_cfg(["mode=debug", "ckpt_path=last", "seed=77"], "nothing-to-resume")
+    with pytest.raises(ConfigError, match="no checkpoint of this run"):
+        train(cfg)
+    status = json.loads((Path(cfg.paths.output_dir) / "status.json").read_text())
+    assert status["status"] == "refused"
+    with pytest.raises(ConfigError, match="no run folders"):
+        from attnlab.report import report
+        report([str(tmp_path)])
+    assert find_runs([str(tmp_path)]) == []

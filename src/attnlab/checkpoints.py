@@ -37,6 +37,11 @@ FORMAT = 2  # checkpoint["attnlab"]["format"]; from 2 on every checkpoint carrie
 # config keys that say where a run writes or how it was started, not what it trains
 NOT_IN_RUN_KEY = ("ckpt_path", "init_from", "paths", "hydra", "logger", "test_after_fit", "validate_first",
                   "tags", "optimized_metric")
+# ... and settings that change how a run is computed or shown, not what it trains: resuming with threads=1 (or
+# another number of loader workers, the progress bar off, callbacks that only record) is the same run
+EXECUTION = {"": ("threads", "callbacks"), "data": ("num_workers", "verify", "cache_dir", "eval_batch_size"),
+             "trainer": ("log_every_n_steps", "enable_model_summary", "enable_progress_bar", "default_root_dir",
+                         "benchmark")}
 
 
 class CheckpointError(ValueError):
@@ -151,17 +156,28 @@ class CheckpointIO(TorchCheckpointIO):
 
 # --- which run a checkpoint belongs to ------------------------------------------------------------------
 
-def run_key(cfg: DictConfig) -> str:
+def run_key(cfg: DictConfig, legacy: bool = False) -> str:
     """A hash of everything that defines what the run trains: its config resolved with every path replaced by
     its name (a run's folder differs each time it starts; callbacks and the trainer point into it), without
-    the resume options and loggers."""
+    the resume options, loggers and execution settings (``EXECUTION``). ``legacy``: the key as runs before
+    2026-12-04 computed it (execution settings included), so that their checkpoints still resume."""
     raw = OmegaConf.to_container(cfg, resolve=False)
     raw.pop("hydra", None)
     raw["paths"] = {k: f"<paths.{k}>" for k in raw.get("paths", {})}
     placeholder = OmegaConf.create(raw)
     resolved = {k: OmegaConf.to_container(placeholder[k], resolve=True) if OmegaConf.is_config(placeholder[k])
                 else placeholder[k] for k in placeholder if k not in NOT_IN_RUN_KEY}
+    if not legacy:
+        for section, keys in EXECUTION.items():
+            node = resolved.get(section) if section else resolved
+            for k in keys if isinstance(node, dict) else ():
+                node.pop(k, None)
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_keys(cfg: DictConfig) -> tuple[str, str]:
+    """This run's key and the key the same command gave before 2026-12-04 (either identifies its checkpoints)."""
+    return run_key(cfg), run_key(cfg, legacy=True)
 
 
 def write_run_file(output_dir: str | Path, key: str, **facts) -> None:
@@ -200,12 +216,13 @@ def checkpoints_in(folder: str | Path) -> list[Path]:
     return sorted(ckpts, key=lambda p: (step_of(p), p.name == "last.ckpt", p.stat().st_mtime), reverse=True)
 
 
-def runs_for(key: str, outputs_root: str | Path) -> list[Path]:
-    """Run folders with this run key that hold a checkpoint, newest checkpoint first."""
+def runs_for(key: str | tuple[str, ...], outputs_root: str | Path) -> list[Path]:
+    """Run folders with this run key (or any of these keys) that hold a checkpoint, newest checkpoint first."""
+    keys = (key,) if isinstance(key, str) else tuple(key)
     found = []
     for run_file in Path(outputs_root).glob(f"**/{RUN_FILE}"):
         folder = run_file.parent
-        if read_run_file(folder).get("run_key") == key and (ckpts := checkpoints_in(folder)):
+        if read_run_file(folder).get("run_key") in keys and (ckpts := checkpoints_in(folder)):
             found.append((ckpts[0].stat().st_mtime, folder))
     return [f for _, f in sorted(found, reverse=True)]
 
@@ -242,10 +259,10 @@ def resolve(cfg: DictConfig) -> Resume | None:
     ckpt = cfg.get("ckpt_path")
     if not ckpt:
         return None
-    key = run_key(cfg)
+    key, legacy_key = run_keys(cfg)
     folder: Path | None = None
     if ckpt == "last":
-        folders = runs_for(key, cfg.paths.outputs_root)
+        folders = runs_for((key, legacy_key), cfg.paths.outputs_root)
         if not folders:
             raise CheckpointError(f"ckpt_path=last: no checkpoint of this run (run key {key}) under "
                                   f"{cfg.paths.outputs_root}/; the same command and overrides as the run to "
@@ -281,7 +298,7 @@ def resolve(cfg: DictConfig) -> Resume | None:
         try:
             state = safe_load(path)
             saved_key = state.get("attnlab", {}).get("run_key")
-            if ckpt == "last" and saved_key not in (None, key):
+            if ckpt == "last" and saved_key not in (None, key, legacy_key):
                 raise CheckpointError(f"checkpoint {path} belongs to another run (run key {saved_key}, this run's "
                                       f"is {key})")
             break

@@ -78,7 +78,8 @@ def find_runs(paths: list[str]) -> list[Path]:
         for m in matches:
             if not m.exists():
                 raise ConfigError(f"{pattern}: no such folder")
-            folders |= {c.parent.parent for c in m.glob("**/.hydra/config.yaml") if not _continued(c.parent.parent)}
+            folders |= {c.parent.parent for c in m.glob("**/.hydra/config.yaml") if not _continued(c.parent.parent)
+                        and not _refused(c.parent.parent)}
     return sorted(folders, key=lambda p: (p.parent, _job_number(p) or 0, p.name))
 
 
@@ -86,6 +87,15 @@ def _continued(folder: Path) -> bool:
     """A folder made by a command that resumed a run elsewhere (its status.json says where): not a run itself."""
     try:
         return bool(json.loads((folder / "status.json").read_text()).get("continued_in"))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def _refused(folder: Path) -> bool:
+    """A command refused before it trained anything (a bad setting, ``ckpt_path=last`` with no checkpoint): its
+    folder holds no result. (A sweep's summary still counts it.)"""
+    try:
+        return json.loads((folder / "status.json").read_text()).get("status") == "refused"
     except (OSError, ValueError, AttributeError):
         return False
 

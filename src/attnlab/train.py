@@ -163,7 +163,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     finally:
         trainer = progress.get("trainer")
         step = trainer.global_step if trainer is not None else 0
-        status = "interrupted" if interrupted else "failed" if error else "finished"
+        # refused: bad input found before anything trained (the folder holds no result; report.py skips it)
+        refused = isinstance(error, ConfigError) and trainer is None
+        status = "interrupted" if interrupted else "refused" if refused else "failed" if error else "finished"
         reason = (f"stopped by an interrupt (Ctrl-C or SIGTERM) at step {step}; ckpt_path=last resumes it"
                   if interrupted else sweep.one_line(error) if error else "")
         if rank_zero_only.rank == 0:  # under DDP every rank runs train(); one of them records the outcome
