@@ -241,3 +241,35 @@ def test_a_run_says_its_threads_and_warns_when_the_machine_is_busy(make_cfg, mon
         assert "busy" not in caplog.text
     finally:
         torch.set_num_threads(before)
+
+
+QUIET = ["mode=debug", "trainer.max_epochs=-1", "test_after_fit=false", "callbacks.model_summary=null",
+         "callbacks.attention_picture=null", "callbacks.sample_texts=null"]
+
+
+def test_the_final_weights_are_validated_when_the_last_scheduled_validation_came_earlier(make_cfg):
+    """max_steps 10, a validation every 4 steps: validations after steps 4, 8 and 10, and the final perplexity
+    in the metrics (the summary's "final val perplexity") is the one of step 10."""
+    cfg = make_cfg([*QUIET, "trainer.max_steps=10", "trainer.val_check_interval=4"])
+    metrics = train(cfg)
+    rows = metrics_of(Path(cfg.paths.output_dir))
+    validated = [int(r["step"]) + 1 for r in rows if r.get("val/ppl")]  # logged at the step before global_step
+    assert validated == [4, 8, 10]
+    assert metrics["val/ppl"] == pytest.approx(column(rows, "val/ppl")[-1])
+    again = make_cfg([*QUIET, "trainer.max_steps=8", "trainer.val_check_interval=4"], "aligned")
+    train(again)
+    assert [int(r["step"]) + 1 for r in metrics_of(Path(again.paths.output_dir)) if r.get("val/ppl")] == [4, 8]
+
+
+def test_a_resumed_runs_wall_time_is_the_whole_runs(make_cfg):
+    import json
+    cfg = make_cfg([*QUIET, "trainer.max_steps=4"], "2026-01-01_00-00-00")
+    train(cfg)
+    status = Path(cfg.paths.output_dir) / "status.json"
+    first = json.loads(status.read_text())
+    status.write_text(json.dumps({**first, "wall_seconds": 1000.0}))  # as if the first part had run 1,000 s
+    resumed = make_cfg([*QUIET, "trainer.max_steps=8", f"ckpt_path={cfg.paths.output_dir}"], "2026-01-01_01-00-00")
+    train(resumed)
+    after = json.loads(status.read_text())  # the run's own folder, where the resume writes
+    assert after["step"] == 8 and 1000 < after["wall_seconds"] < 1000 + 600
+    assert after["this_command_seconds"] == pytest.approx(after["wall_seconds"] - 1000, abs=0.2)

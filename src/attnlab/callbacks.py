@@ -105,6 +105,23 @@ class BestCheckpoint(ModelCheckpoint):
         super().load_state_dict(state)
 
 
+class ValidateAtEnd(L.Callback):
+    """Validates after the last training step when the schedule's last validation came earlier (max_steps 2,500
+    with a validation every 1,000 steps), so the run's "final val perplexity" is of its final weights, and the
+    best checkpoint and the test see them. It asks Lightning to stop at the last batch, which makes Lightning's
+    training loop validate there (its rule for a requested stop); a batch that validates anyway validates once."""
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.sanity_checking or not trainer.enable_validation:
+            return
+        loop = trainer.fit_loop
+        last_step = 0 < trainer.max_steps <= trainer.global_step
+        last_epoch = (loop.max_epochs is not None and loop.max_epochs >= 0 and trainer.current_epoch + 1 >= loop.max_epochs
+                      and loop.epoch_loop.batch_progress.is_last_batch)
+        if last_step or last_epoch:
+            trainer.should_stop = True
+
+
 class InitLossCheck(L.Callback):
     """The course's tip: is the loss at initialisation what it should be? Before the first step of a new run
     (not a resumed one), log it next to ln(vocab_size) and warn when they differ."""

@@ -92,21 +92,32 @@ def one_line(error: BaseException) -> str:
 
 
 def write_status(output_dir: str | Path, status: str, step: int, started: float, reason: str = "",
-                 metrics: dict | None = None, continued_in: str | None = None) -> None:
+                 metrics: dict | None = None, continued_in: str | None = None, earlier_seconds: float = 0.0) -> None:
     """How the run ended; ``started`` is its ``time.time()`` at start (the start and end times show which jobs of
-    a parallel sweep ran at once); ``metrics``: the run's final numbers (val/ppl_best, test/ppl, ...)."""
+    a parallel sweep ran at once); ``metrics``: the run's final numbers (val/ppl_best, test/ppl, ...).
+    ``wall_seconds`` is the whole run's: ``earlier_seconds`` (the commands before a resume) plus this one's."""
     path = Path(output_dir) / STATUS_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     ended = time.time()
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"status": status, "reason": reason, "step": step,
-                               "wall_seconds": round(ended - started, 1),
+                               "wall_seconds": round(earlier_seconds + ended - started, 1),
+                               **({"this_command_seconds": round(ended - started, 1)} if earlier_seconds else {}),
                                "started": datetime.fromtimestamp(started).isoformat(timespec="milliseconds"),
                                "ended": datetime.fromtimestamp(ended).isoformat(timespec="milliseconds"),
                                **({"metrics": metrics} if metrics else {}),
                                **({"continued_in": continued_in} if continued_in else {})},
                               indent=1))
     tmp.replace(path)
+
+
+def earlier_wall_seconds(output_dir: str | Path) -> float:
+    """The wall time a run folder's earlier commands recorded (0 when none or unreadable): a resume adds to it."""
+    try:
+        value = json.loads((Path(output_dir) / STATUS_FILE).read_text()).get("wall_seconds")
+    except (OSError, ValueError, AttributeError):
+        return 0.0
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else 0.0
 
 
 def is_multirun() -> bool:

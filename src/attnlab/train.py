@@ -170,13 +170,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                   if interrupted else sweep.one_line(error) if error else "")
         if rank_zero_only.rank == 0:  # under DDP every rank runs train(); one of them records the outcome
             final = {k: round(v, 6) for k, v in (progress.get("metrics") or {}).items() if k in SUMMARY_METRICS}
-            sweep.write_status(cfg.paths.output_dir, status, step, started, reason, final)
+            earlier = progress.get("earlier_seconds", 0.0)
+            sweep.write_status(cfg.paths.output_dir, status, step, started, reason, final, earlier_seconds=earlier)
             if "started_in" in progress:  # the folder this command made says where the run went on (a sweep's
                 import os  # summary reads it); a relative path, so the tree can move
                 sweep.write_status(progress["started_in"], status, step, started, reason, final,
                                    continued_in=os.path.relpath(cfg.paths.output_dir, progress["started_in"]))
             if status == "finished":
-                log.info("%s", summary_table(cfg, final, step, time.time() - started))
+                log.info("%s", summary_table(cfg, final, step, earlier + time.time() - started,
+                                             time.time() - started if earlier else None))
             if error is not None and "model_parts" not in progress:
                 wandb_run.record_failed_job(cfg, reason)  # a sweep job with a bad config still gets its W&B run
         wandb_run.finish(failed=error is not None)
@@ -204,8 +206,9 @@ SUMMARY_METRICS = ("start/val_ppl", "val/ppl_best", "val/ppl", "val/bpb", "test/
                    "throughput/tokens_per_s")
 
 
-def summary_table(cfg: DictConfig, metrics: dict, step: int, seconds: float) -> str:
-    """The end of a run, in a few lines: what a person looks for first."""
+def summary_table(cfg: DictConfig, metrics: dict, step: int, seconds: float, this_command: float | None = None) -> str:
+    """The end of a run, in a few lines: what a person looks for first. ``seconds``: the whole run's wall time
+    (every command of a resumed run); ``this_command``: this command's share, when it resumed."""
     fmt = lambda k: f"{metrics[k]:,.3f}" if k in metrics else "–"  # noqa: E731
     rows = [("steps", f"{step:,}")] + ([("val perplexity at the start", fmt("start/val_ppl"))]
                                        if "start/val_ppl" in metrics else []) + [
@@ -213,7 +216,8 @@ def summary_table(cfg: DictConfig, metrics: dict, step: int, seconds: float) -> 
             ("final val perplexity", fmt("val/ppl")), ("val bits per byte", fmt("val/bpb")),
             ("test perplexity", fmt("test/ppl")), ("test bits per byte", fmt("test/bpb")),
             ("training tokens/s", f"{metrics['throughput/tokens_per_s']:,.0f}" if "throughput/tokens_per_s" in metrics
-             else "–"), ("wall time", f"{seconds:,.1f} s"),
+             else "–"), ("wall time", f"{seconds:,.1f} s" + (f" (this command {this_command:,.1f} s)"
+                                                             if this_command is not None else "")),
             ("checkpoints", str(Path(cfg.paths.output_dir) / checkpoints.CHECKPOINT_DIR))]
     width = max(len(k) for k, _ in rows)
     return "run finished:\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
@@ -286,6 +290,7 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
             continue_in(cfg, resume.folder)
         else:
             log.info("resuming from %s (step %s)", resume.path, resume.state.get("global_step"))
+        progress["earlier_seconds"] = sweep.earlier_wall_seconds(cfg.paths.output_dir)  # the run's folder by now
         resume_id = resume.state.get("attnlab", {}).get("wandb_run_id")
         if rank_zero_only.rank == 0:
             csv_log.trim(cfg.paths.output_dir, int(resume.state.get("global_step", 0)))  # steps after it run again
