@@ -210,3 +210,29 @@ def test_a_refused_resume_leaves_a_folder_that_report_does_not_list(make_cfg, tm
         from attnlab.report import report
         report([str(tmp_path)])
     assert find_runs([str(tmp_path)]) == []
+
+
+def test_run_last_takes_the_newest_finished_run_and_says_which(tmp_path, caplog):
+    from attnlab.runs import newest_run
+
+    def run(name: str, status: str | None, age: float) -> Path:
+        folder = tmp_path / name
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "config.yaml").write_text("{}\n")
+        (folder / "checkpoints").mkdir()
+        torch.save({"global_step": 3}, folder / "checkpoints" / "last.ckpt")
+        os.utime(folder / "checkpoints" / "last.ckpt", (time.time() - age, time.time() - age))
+        if status:
+            (folder / "status.json").write_text(json.dumps({"status": status, "step": 3}))
+        return folder
+
+    done = run("finished-earlier", "finished", 100)
+    training = run("still-training", None, 1)
+    with caplog.at_level(logging.INFO):
+        assert newest_run(tmp_path) == done  # not the newer run that is still training
+    assert "finished at step 3" in caplog.text and "1 newer run(s) not finished" in caplog.text
+    (done / "status.json").write_text(json.dumps({"status": "interrupted", "step": 3}))
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        assert newest_run(tmp_path) == training
+    assert "no finished run" in caplog.text and "running or killed" in caplog.text

@@ -242,6 +242,23 @@ def test_editing_the_training_text_changes_nothing_for_a_trained_run(make_cfg, t
         runs.load_run(str(tampered), str(tmp_path / "cache"))
 
 
+def test_resuming_on_edited_text_that_keeps_the_tokenizer_is_refused(make_cfg, tmp_path):
+    """An edit that adds no new character keeps the char tokenizer identical; the checkpoint records the training
+    tokens' identity, so the resume is still refused, naming it."""
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat on the mat.\n" * 400)
+    args = [*FAST, "dataset=text_files", f"dataset.path={text}", "data.batch_size=4"]
+    cfg = make_cfg(args, "run")
+    train(cfg)
+    folder = Path(cfg.paths.output_dir)
+    same = make_cfg([*args, f"ckpt_path={folder}", "trainer.limit_train_batches=7"], "same")
+    train(same)  # the same text: resumes
+    text.write_text("the mat sat on the cat.\n" * 400)  # the same characters, other tokens
+    again = make_cfg([*args, f"ckpt_path={folder}", "trainer.limit_train_batches=8"], "edited")
+    with pytest.raises(ConfigError, match=r"trained on other training tokens \(corpus [0-9a-f]{16}"):
+        train(again)
+
+
 # 12. an interrupt saves the work and says so -------------------------------------------------------------
 
 def test_an_interrupt_saves_last_ckpt_records_interrupted_and_resume_continues_in_the_same_folder(make_cfg,

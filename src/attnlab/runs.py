@@ -7,6 +7,7 @@ checkpoint). Used by ``evaluate.py`` and ``sample.py``: nothing of the training 
 """
 from __future__ import annotations
 
+import json
 import logging
 import re
 from dataclasses import dataclass
@@ -28,13 +29,36 @@ def checkpoints_of(folder: Path) -> list[Path]:
     return checkpoints.checkpoints_in(folder)
 
 
+def run_status(folder: Path) -> tuple[str, int | None]:
+    """(how the run ended, its step) from status.json: 'running or killed' when it has none."""
+    try:
+        s = json.loads((folder / "status.json").read_text())
+    except (OSError, ValueError):
+        return "running or killed (no status.json)", None
+    if not isinstance(s, dict) or not isinstance(s.get("status"), str):
+        return "unknown (status.json unreadable)", None
+    return s["status"][:40], s.get("step") if isinstance(s.get("step"), int) else None
+
+
 def newest_run(outputs_root: str | Path) -> Path:
+    """``run=last``: the newest finished run with a checkpoint; where none has finished, the newest run with a
+    checkpoint, saying plainly that it did not finish (it may still be training)."""
     root = Path(str(outputs_root)).expanduser()
     folders = [p.parents[1] for p in root.glob("**/.hydra/config.yaml")]
     with_ckpt = [(ckpts[0].stat().st_mtime, f) for f in folders if (ckpts := checkpoints_of(f))]
     if not with_ckpt:
         raise ConfigError(f"run=last: no run folder with a checkpoint under {root} (train one first)")
-    return max(with_ckpt)[1]
+    finished = [(t, f) for t, f in with_ckpt if run_status(f)[0] == "finished"]
+    folder = max(finished or with_ckpt)[1]
+    status, step = run_status(folder)
+    newer = [f for t, f in with_ckpt if t > max(finished)[0]] if finished else []
+    if status != "finished":
+        log.warning("run=last: no finished run under %s; taking the newest, %s, which is %s (step %s)", root, folder,
+                    status, step if step is not None else "?")
+    else:
+        log.info("run=last: %s (finished at step %s)%s", folder, step,
+                 f"; {len(newer)} newer run(s) not finished, e.g. {newer[0]}" if newer else "")
+    return folder
 
 
 def find_run(run: str, outputs_root: str | Path = "outputs") -> tuple[Path, Path]:

@@ -283,6 +283,12 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
                               f"tokenizer (fingerprint {saved}, this data gives {tokenizer.fingerprint}): the "
                               f"training text or tokenizer settings changed; resume with the same data, or start "
                               f"from its weights with init_from=")
+        saved_corpus = resume.state.get("attnlab", {}).get("corpus")
+        if saved_corpus and datamodule.corpus_id and saved_corpus != datamodule.corpus_id:
+            raise ConfigError(f"ckpt_path={cfg.ckpt_path}: checkpoint {resume.path} was trained on other training "
+                              f"tokens (corpus {saved_corpus}, this data gives {datamodule.corpus_id}): the training "
+                              f"text changed since; resume with the same text, or start from its weights with "
+                              f"init_from=")
         if resume.folder is not None and Path(resume.folder).resolve() != Path(cfg.paths.output_dir).resolve():
             log.info("resuming run %s from %s (step %s); its records continue in that folder (this one keeps only "
                      "this command's log)", resume.folder, Path(resume.path).name, resume.state.get("global_step"))
@@ -300,7 +306,7 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
                    optimizer=hydra.utils.instantiate(cfg.optimizer),
                    scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True), compile=cfg.compile,
                    run_info={"run_key": key, "settings": checkpoints.settings_of(cfg),
-                             "tokenizer": tokenizer.fingerprint})
+                             "tokenizer": tokenizer.fingerprint, "corpus": datamodule.corpus_id})
     if hf_folder is not None:
         pretrained.load_into(model.model, hf_folder, source)
         model.initialised_from = source

@@ -269,6 +269,7 @@ class TextDataModule(L.LightningDataModule):
         self.sampler: ResumableSampler | None = None
         self.resume_at: tuple[int, int] | None = None  # (epoch, batches already trained on), from a checkpoint
         self.info: dict = {}
+        self.corpus_id: str | None = None
 
     # -- preparing the token arrays (once per corpus x tokenizer x settings, then cached) --------------
     def _corpus(self) -> sources.Corpus:
@@ -323,7 +324,11 @@ class TextDataModule(L.LightningDataModule):
                     raise DataError(f"could not write the token cache at {entry}")
         self.tokens = tokens
         self._mark_answers(answers)
-        self.split_bytes = json.loads((entry / "meta.json").read_text()).get("bytes", {})
+        meta = json.loads((entry / "meta.json").read_text())
+        self.split_bytes = meta.get("bytes", {})
+        # the training tokens' identity (their SHA-256, hashed when the cache was built): a resume on other text,
+        # even text that keeps the tokenizer unchanged, is refused by comparing it
+        self.corpus_id = str((meta.get("splits", {}).get("train") or {}).get("sha256", ""))[:16] or None
         self.tokenizer = load_tokenizer(entry)
         self.info = {"cache_entry": str(entry), **{f"{s}_tokens": int(len(tokens[s])) for s in SPLITS},
                      "vocab_size": self.tokenizer.vocab_size, **extra}
