@@ -402,6 +402,17 @@ def test_a_crafted_dataset_setting_is_one_line(run_folder, tmp_path):
         runs.load_run(str(folder), str(tmp_path / "cache"))
 
 
+def test_a_received_folder_chooses_no_resources_and_its_numbers_keep_the_schemas_ranges(run_folder, tmp_path):
+    """data.num_workers: 64 in a folder someone sent starts no worker process (resources come from the command or
+    the machine); a seed of 2^128 is refused as a training command line would refuse it."""
+    folder = _crafted(run_folder, tmp_path, lambda c: c["data"].update(num_workers=64))
+    dm = runs.load_run(str(folder), str(tmp_path / "cache")).datamodule(str(tmp_path / "cache"))
+    assert dm.num_workers == 0 and dm.val_dataloader().num_workers == 0
+    huge = _crafted(run_folder, tmp_path / "huge", lambda c: c.update(seed=2 ** 128))
+    with pytest.raises(ConfigError, match=r"its config has seed=34028236692093846346337460743176821145\d+; it must be"):
+        runs.load_run(str(huge), str(tmp_path / "cache"))
+
+
 def test_the_checksum_covers_every_value_and_cannot_be_dropped(tmp_path):
     io, path = checkpoints.CheckpointIO(), tmp_path / "last.ckpt"
     state = {"state_dict": {"w": torch.ones(3)}, "global_step": 7, "attnlab": {"format": checkpoints.FORMAT},

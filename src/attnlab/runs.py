@@ -19,7 +19,7 @@ from attnlab.attention import build_attention
 from attnlab.lit import LitGPT
 from attnlab.model import GPTConfig
 from attnlab.data.tokenizers import load_tokenizer
-from attnlab.schema import Choice, ConfigError, Number, check_fields, rule_for
+from attnlab.schema import SEED, Choice, ConfigError, Number, check_fields, rule_for
 
 log = logging.getLogger(__name__)
 
@@ -138,8 +138,10 @@ def _plain(cfg: dict, key: str, folder: Path):
                           f"({one_line(e)})") from None
 
 
+# what a run folder's config may say about its data; settings that choose resources (data.num_workers: processes)
+# never come from a folder someone sent: they are the command's (its own settings) or the machine's
 RUN_DATA_RULES = {"data.batch_size": Number(int, low=1), "data.eval_batch_size": Number(int, low=1, nullable=True),
-                  "data.num_workers": Number(int, low=0), "seed": Number(int),
+                  "seed": SEED,
                   "data.loss_on": Choice(("auto", "all", "answers"), nullable=True)}
 
 
@@ -164,7 +166,7 @@ class Run:
                               f"text to evaluate on, e.g. dataset=text_files dataset.path=my.txt (or dataset=shakespeare)")
         dm = TextDataModule(dataset=dict(dataset) if dataset is not None else s["dataset"], tokenizer=s["tokenizer"],
                             context=self.model.cfg.context, batch_size=s["batch_size"],
-                            eval_batch_size=eval_batch_size or s["eval_batch_size"], num_workers=s["num_workers"],
+                            eval_batch_size=eval_batch_size or s["eval_batch_size"], num_workers=0,
                             seed=s["seed"], cache_dir=cache_dir, tokenizer_from=str(self.tokenizer_dir or self.folder),
                             loss_on=s.get("loss_on") or "auto")
         dm.prepare_data()
@@ -205,7 +207,7 @@ def load_pretrained(run: str, cache_dir: str) -> Run:
     pretrained.load_into(model.model, folder, run)
     weights = next(folder / w for w in pretrained.WEIGHT_FILES if (folder / w).is_file())
     settings = {"dataset": None, "tokenizer": {"name": "pretrained"}, "batch_size": 8, "eval_batch_size": None,
-                "num_workers": 0, "seed": 0}
+                "seed": 0}
     return Run(folder, weights, {}, model, tokenizer, settings, tokenizer_dir)
 
 
