@@ -432,6 +432,19 @@ def test_the_checksum_covers_every_value_and_cannot_be_dropped(tmp_path):
         checkpoints.safe_load(path)
 
 
+def test_a_checkpoint_without_a_digest_loads_with_a_warning_and_a_bad_format_is_one_line(tmp_path, caplog):
+    import logging
+    path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(3)}, "attnlab": {"format": 1}}, path)  # as before digests
+    with caplog.at_level(logging.WARNING):
+        checkpoints.safe_load(path)
+    assert "carries no checksum" in caplog.text
+    for fmt in ("2", 2.5, None, True):
+        torch.save({"state_dict": {"w": torch.ones(3)}, "attnlab": {"format": fmt}}, path)
+        with pytest.raises(checkpoints.CheckpointError, match=r"its format .* is not a whole number"):
+            checkpoints.safe_load(path)
+
+
 @pytest.mark.parametrize("edit,message", [
     (lambda s: s.update(attnlab=["x"]), r"'attnlab' record is not a mapping"),
     (lambda s: s.update(state_dict=[1, 2]), r"state_dict is not a mapping of names to tensors"),

@@ -84,8 +84,14 @@ def safe_load(path: str | Path) -> dict:
     if not isinstance(state.get("attnlab", {}), dict):
         raise CheckpointError(f"checkpoint {path} is damaged (its 'attnlab' record is not a mapping)")
     saved = state.pop(DIGEST_KEY, None)
-    if saved is None and (state.get("attnlab") or {}).get("format", 1) >= FORMAT:
+    fmt = (state.get("attnlab") or {}).get("format", 1)
+    if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
+        raise CheckpointError(f"checkpoint {path} is damaged (its format {fmt!r} is not a whole number >= 1)")
+    if saved is None and fmt >= FORMAT:
         raise CheckpointError(f"checkpoint {path} is damaged (its checksum is missing)")
+    if saved is None:  # written before checkpoints carried a digest, or by another program: nothing to check
+        log.warning("checkpoint %s carries no checksum (format %d, from before 2026-11-26 or not written by attnlab): "
+                    "bytes changed on disk would go unnoticed", path, fmt)
     if saved is not None and saved != tensor_digest(state):
         raise CheckpointError(f"checkpoint {path} is damaged (its contents do not match the checksum written with "
                               f"them: the file changed on disk); use another checkpoint of the run or start again")
