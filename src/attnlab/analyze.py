@@ -35,25 +35,54 @@ RULES = {
 }
 
 
-def draw_layer(probs: torch.Tensor, allowed: torch.Tensor, layer: int, title: str, path: Path) -> Path:
-    """probs (H, T, T) and the pattern's allowed pairs (H, T, T) -> one PNG, a panel per head."""
+MAX_TOKEN_LABELS = 48  # more labels than this per axis are unreadable at a panel's size: every k-th is shown
+
+
+def token_labels(tokens: list[str], every: int | None = None) -> tuple[list[int], list[str]]:
+    """Tick positions and readable labels for a map's axes: whitespace made visible (␣, ⏎, ⇥), long pieces cut;
+    every k-th token where there are more than MAX_TOKEN_LABELS, each label then prefixed by its position."""
+    T = len(tokens)
+    every = every or max(1, -(-T // MAX_TOKEN_LABELS))
+    shown = lambda s: (s.replace(" ", "␣").replace("\n", "⏎").replace("\t", "⇥") or "∅")[:6]  # noqa: E731
+    ticks = list(range(0, T, every))
+    return ticks, [shown(tokens[i]) if every == 1 else f"{i}:{shown(tokens[i])}" for i in ticks]
+
+
+def layer_figure(probs: torch.Tensor, allowed: torch.Tensor, layer: int, title: str, tokens: list[str] | None = None):
+    """probs (H, T, T) and the pattern's allowed pairs (H, T, T) -> a figure, a panel per head, the axes labelled
+    with the tokens (when given) and one colour bar for the probability scale."""
     plt = _pyplot()
+    from matplotlib.colors import PowerNorm  # square-root scale: the first rows' near-1 values do not wash out the rest
     H = probs.shape[0]
-    fig, axes = plt.subplots(1, H, figsize=(3.2 * H, 3.6), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(1, H, figsize=(3.2 * H + 0.8, 3.6 if tokens is None else 4.2), squeeze=False,
+                             layout="constrained")
+    norm = PowerNorm(0.5, vmin=0, vmax=float(probs.max()))
+    image = None
     for h in range(H):
         ax = axes[0][h]
         ax.imshow(allowed[h].numpy(), cmap="Greys", vmin=0, vmax=4, interpolation="nearest")  # the mask, faint
         shown = probs[h].clone()
         shown[~allowed[h]] = float("nan")  # keep the faint mask visible where nothing may be attended
-        from matplotlib.colors import PowerNorm  # square-root scale: the first rows' near-1 values do not wash out the rest
-        ax.imshow(shown.numpy(), cmap="viridis", norm=PowerNorm(0.5, vmin=0, vmax=float(probs.max())),
-                  interpolation="nearest", alpha=0.9)
+        image = ax.imshow(shown.numpy(), cmap="viridis", norm=norm, interpolation="nearest", alpha=0.9)
         ax.set_title(f"layer {layer}, head {h}", fontsize=8)
         ax.set_xlabel("key j", fontsize=7), ax.set_ylabel("query i", fontsize=7)
         ax.tick_params(labelsize=6)
+        if tokens is not None:
+            ticks, labels = token_labels(tokens)
+            size = 5 if len(ticks) > 24 else 6
+            ax.set_xticks(ticks, labels, rotation=90, fontsize=size)
+            ax.set_yticks(ticks, labels, fontsize=size)
+    fig.colorbar(image, ax=list(axes[0]), shrink=0.8, label="attention probability (square-root scale)")
     fig.suptitle(title, fontsize=9)
+    return fig
+
+
+def draw_layer(probs: torch.Tensor, allowed: torch.Tensor, layer: int, title: str, path: Path,
+               tokens: list[str] | None = None) -> Path:
+    """``layer_figure`` saved as one PNG."""
+    fig = layer_figure(probs, allowed, layer, title, tokens)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
@@ -110,6 +139,7 @@ def analyze(cfg: DictConfig) -> dict:
         raise ConfigError(f"run={cfg.run} has no text of its own: give prompt=... or dataset=...")
     out.mkdir(parents=True, exist_ok=True)
     idx = torch.tensor([ids])  # (1, T)
+    pieces = [loaded.tokenizer.decode([i]) for i in ids]  # the axes' labels
     seen = analysis.inspect(model, idx)
     result = {"run": str(loaded.folder), "checkpoint": loaded.checkpoint.name, "attention": attention.describe(),
               "text": text, "tokens": len(ids), "layers": []}
@@ -119,7 +149,7 @@ def analyze(cfg: DictConfig) -> dict:
         result["layers"].append({"layer": layer, **stats})
         allowed = attention.pattern(len(ids), layer).dense(len(ids), n_heads=probs.shape[1])  # (H, T, T)
         pictures.append(draw_layer(probs[0], allowed, layer, f"{attention.name} attention on {text}",
-                                   out / f"attention_layer{layer}.png"))
+                                   out / f"attention_layer{layer}.png", tokens=pieces))
     if dm is not None:
         curve = analysis.loss_by_position(model, dm.tokens[cfg.split], context, cfg.max_windows)
         result["loss_by_position"] = {"split": cfg.split, **curve}
