@@ -54,7 +54,8 @@ def layer_figure(probs: torch.Tensor, allowed: torch.Tensor, layer: int, title: 
     plt = _pyplot()
     from matplotlib.colors import PowerNorm  # square-root scale: the first rows' near-1 values do not wash out the rest
     H = probs.shape[0]
-    fig, axes = plt.subplots(1, H, figsize=(3.2 * H + 0.8, 3.6 if tokens is None else 4.2), squeeze=False,
+    panel = 3.2 if tokens is None else max(3.2, min(7.0, 0.14 * len(token_labels(tokens)[0])))  # labels need room
+    fig, axes = plt.subplots(1, H, figsize=(panel * H + 0.8, panel + (0.4 if tokens is None else 1.0)), squeeze=False,
                              layout="constrained")
     norm = PowerNorm(0.5, vmin=0, vmax=float(probs.max()))
     image = None
