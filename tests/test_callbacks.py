@@ -34,3 +34,21 @@ def test_progress_bar_of_a_step_bounded_run_names_its_steps_not_epoch_minus_two(
     assert bar._get_train_description(0).strip() == "Epoch 0 (2,000 steps)"
     bar._trainer = SimpleNamespace(max_epochs=10, max_steps=-1)
     assert bar._get_train_description(3).strip() == "Epoch 3/9"
+
+
+def test_the_peak_memory_restarts_for_each_job_of_a_process():
+    """A sweep's jobs in one process: each job's peak RSS starts again at its own start (VmHWM reset), not the
+    high-water mark of the jobs before it."""
+    import numpy as np
+    from attnlab.memory import peak_rss_bytes, reset_peak_rss
+    big = np.ones(300 * 2 ** 20 // 8)  # 300 MiB, touched
+    del big
+    before = peak_rss_bytes()
+    assert reset_peak_rss()
+    assert peak_rss_bytes() < before - 200 * 2 ** 20
+
+
+def test_a_runs_tokens_per_s_is_the_median_after_the_warm_up_window():
+    from attnlab.callbacks import run_tokens_per_s
+    assert run_tokens_per_s([10.0, 100.0, 300.0, 200.0]) == 200.0  # the first (warm-up) window left out
+    assert run_tokens_per_s([50.0]) == 50.0 and run_tokens_per_s([]) is None

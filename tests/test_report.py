@@ -51,6 +51,9 @@ def test_every_run_has_a_row_with_its_outcome(sweep):
     assert full.label == "0: attention=full" and full.params_M > 0
     for r in (full, longformer):
         assert r.status == "finished" and r.steps == 10
+        summary = json.loads((r.folder / "status.json").read_text())["metrics"]  # what the run's summary printed
+        assert summary["throughput/tokens_per_s"] == pytest.approx(r.tokens_per_s, rel=1e-4)  # one definition
+        assert r.load is not None and r.load >= 0
         assert r.val_ppl_best <= r.val_ppl_final and 1 < r.val_ppl_best < 200
         assert 0 < r.val_bpb_best < 8  # characters of mostly ASCII text: about log2(perplexity) bits a byte
         assert r.tokens_per_s > 0 and r.peak_memory_MiB > 0 and r.train_ppl > 1

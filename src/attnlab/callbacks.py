@@ -200,6 +200,8 @@ class MemoryMonitor(L.Callback):
                               if not n.startswith("(")} | {"memory_estimate/score_matrix": float(self.estimate.score_matrix)})
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
+        else:  # this job's own peak from here, not the high-water mark of the jobs this process ran before it
+            memory.reset_peak_rss()
         self.rss_start = rss_bytes()
         if pl_module.device.type != "cuda":  # torch, Lightning and the data before training: report.py subtracts it
             log_now(trainer, {"memory/rss_before_training": float(self.rss_start)})
@@ -228,11 +230,20 @@ class MemoryMonitor(L.Callback):
                      memory.fmt_bytes(m[key]), memory.fmt_bytes(m["memory/peak_reserved"]))
 
 
+def run_tokens_per_s(windows: list[float]) -> float | None:
+    """A run's training tokens/s, the one definition the summary, status.json and report.py use: the median of its
+    ``throughput/tokens_per_s`` windows, the first (warm-up) left out when there are others."""
+    kept = sorted(windows[1:] if len(windows) > 1 else windows)
+    return kept[len(kept) // 2] if kept else None
+
+
 class ThroughputMonitor(L.Callback):
-    """Training tokens per second over the last ``log_every_n_steps`` steps (validation time left out), and model
-    FLOPs utilisation on a GPU."""
+    """Training tokens per second over the last ``log_every_n_steps`` steps (validation time left out), the
+    machine's load average beside it (``system/load``: tokens/s of jobs that shared the cores are not comparable),
+    and model FLOPs utilisation on a GPU. ``run_tokens_per_s`` of the windows is the run's figure."""
 
     def __init__(self, log_every_n_steps: int = 10):
+        self.windows: list[float] = []  # this command's tokens/s windows
         self.every = log_every_n_steps
         self.t0: float | None = None
         self.tokens = 0
@@ -273,7 +284,10 @@ class ThroughputMonitor(L.Callback):
             torch.cuda.synchronize(pl_module.device)
         dt = time.perf_counter() - self.t0
         tps = self.tokens * trainer.world_size / dt
+        self.windows.append(tps)
         metrics = {"throughput/tokens_per_s": tps, "time/train_s": self.train_seconds()}
+        if hasattr(os, "getloadavg"):
+            metrics["system/load"] = os.getloadavg()[0]
         if pl_module.device.type == "cuda":
             peak = peak_flops(torch.cuda.get_device_name(pl_module.device))
             if peak:

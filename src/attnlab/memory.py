@@ -81,6 +81,17 @@ def rss_bytes() -> int:
         return 0
 
 
+def reset_peak_rss() -> bool:
+    """Start this process's peak resident set size (VmHWM) again from now (Linux: ``/proc/self/clear_refs``), so
+    the jobs of a sweep run in one process each measure their own peak; False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
 def peak_rss_bytes() -> int:
     """Peak resident set size of this process (VmHWM)."""
     try:

@@ -22,7 +22,7 @@ from attnlab.compare import Group, difference, group_runs
 from attnlab.schema import ConfigError
 
 COLUMNS = ["run", "seed", "attention", "backend", "model", "tokenizer", "params_M", "steps", "val_ppl_best", "val_ppl_final",
-           "val_bpb_best", "train_ppl", "test_ppl", "task_acc", "attn_distance", "tokens_per_s", "peak_memory_MiB",
+           "val_bpb_best", "train_ppl", "test_ppl", "task_acc", "attn_distance", "tokens_per_s", "load", "peak_memory_MiB",
            "wall_s", "status"]
 
 
@@ -41,7 +41,8 @@ class Run:
     val_bpb_best: float | None = None  # bits per byte: comparable across tokenizers
     train_ppl: float | None = None
     test_ppl: float | None = None
-    tokens_per_s: float | None = None
+    tokens_per_s: float | None = None  # callbacks.run_tokens_per_s: median of the windows after the first
+    load: float | None = None  # the machine's median load average while it trained (system/load)
     peak_memory_MiB: float | None = None
     wall_s: float | None = None
     status: str = "unknown"
@@ -195,8 +196,10 @@ def read_run(folder: Path) -> Run:
         run.train_curve = train
         test = _floats(rows, "test/ppl")
         run.test_ppl = test[-1][1] if test else None
-        tps = sorted(v for _, v in _floats(rows, "throughput/tokens_per_s"))
-        run.tokens_per_s = tps[len(tps) // 2] if tps else None  # the median: robust to the first, warm-up window
+        from attnlab.callbacks import run_tokens_per_s
+        run.tokens_per_s = run_tokens_per_s([v for _, v in _floats(rows, "throughput/tokens_per_s")])  # as the summary
+        loads = sorted(v for _, v in _floats(rows, "system/load"))
+        run.load = loads[len(loads) // 2] if loads else None
         peaks = [v for k in (rows[0].keys() if rows else []) if k.startswith("memory/peak") for _, v in _floats(rows, k)]
         base = _floats(rows, "memory/rss_before_training")  # CPU: what the process held before training
         run.peak_memory_MiB = (max(peaks) - (base[0][1] if base else 0)) / 2 ** 20 if peaks else None
@@ -411,14 +414,18 @@ def _plots(runs: list[Run], groups: list[Group], out: Path) -> dict[str, Path]:
     costed = [g for g in groups if g.values("tokens_per_s") or g.values("peak_memory_MiB")]
     if costed:
         fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-        names = [g.label.replace(" ", "\n") for g in costed]
+        def load_note(g: Group) -> str:
+            loads = [r.load for r in g.members if r.load is not None]
+            return f"\nload {min(loads):.1f}–{max(loads):.1f}" if loads else ""
+        names = [g.label.replace(" ", "\n") + load_note(g) for g in costed]
         for ax, metric, what in [(axes[0], "tokens_per_s", "training tokens/s (median of each run)"),
                                  (axes[1], "peak_memory_MiB", "peak memory of training (MiB)\nCPU: above the process "
                                                               "before training")]:
             _bars_with_seeds(ax, costed, names, metric)
             ax.set_ylabel(what)
             ax.tick_params(axis="x", labelsize=8), ax.grid(axis="y", alpha=0.3)
-        fig.suptitle("cost per group: bar = mean, dots = seeds, line = min–max")
+        fig.suptitle("cost per group: bar = mean, dots = seeds, line = min–max; the machine's load average while each "
+                     "trained is under its name (jobs that shared the cores are slower)", fontsize=9)
         files["cost"] = save(fig, out / "cost.png")
     curves = [r for r in runs if r.loss_by_position]
     if curves:

@@ -355,6 +355,10 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume.path if resume else None)
     metrics = {**start, **{k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}}
+    from attnlab.callbacks import ThroughputMonitor, run_tokens_per_s
+    windows = [w for c in callbacks if isinstance(c, ThroughputMonitor) for w in c.windows]
+    if run_tokens_per_s(windows) is not None:  # the run's tokens/s as report.py computes it, not the last window's
+        metrics["throughput/tokens_per_s"] = run_tokens_per_s(windows)
     if cfg.get("test_after_fit"):
         best = next((c.best_model_path for c in callbacks
                      if isinstance(c, L.pytorch.callbacks.ModelCheckpoint) and c.monitor and c.best_model_path), None)
