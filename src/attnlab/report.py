@@ -287,8 +287,24 @@ GROUP_METRICS = [("task_acc", "task accuracy", True), ("val_ppl_best", "best val
 
 
 def groups_of(runs: list[Run]) -> list[Group]:
-    """The runs that differ only in their seed, together (``compare.py``)."""
-    return group_runs(runs, lambda r: r.group_key or str(r.folder), lambda r: r.group_label or r.attention)
+    """The runs that differ only in their seed, together (``compare.py``), each labelled by the overrides that
+    set it apart (those every group shares, e.g. the experiment, are left out of the labels)."""
+    groups = group_runs(runs, lambda r: r.group_key or str(r.folder), lambda r: r.group_label or r.attention)
+    words = [g.label.split(" ") for g in groups]
+    shared = set.intersection(*map(set, words)) if len(groups) > 1 else set()
+    for g, w in zip(groups, words):
+        kept = [x for x in w if x not in shared]
+        if kept and not g.label.endswith(tuple(f" #{i}" for i in range(2, 100))):
+            g.label = " ".join(kept)
+    return groups
+
+
+def _fmt_metric(metric: str) -> str:
+    return "{:.1%}" if metric == "task_acc" else "{:,.4g}"
+
+
+def _fmt(metric: str, v: float) -> str:
+    return f"{v:,.0f}" if metric != "task_acc" and abs(v) >= 1000 else _fmt_metric(metric).format(v)
 
 
 def primary_metric(runs: list[Run]) -> tuple[str, str, bool]:
@@ -298,20 +314,23 @@ def primary_metric(runs: list[Run]) -> tuple[str, str, bool]:
 
 def _seed_lines(groups: list[Group], runs: list[Run]) -> list[str]:
     """The over-seeds table and the differences the intervals support, as markdown."""
-    shown = [(m, name, hb) for m, name, hb in GROUP_METRICS if any(g.spread(m) for g in groups)]
+    metric, name, higher = primary_metric(runs)
+    shown = [(m, n, hb) for m, n, hb in GROUP_METRICS if m != metric and any(g.spread(m) for g in groups)]
     lines = ["", "## Over seeds", "",
-             "Runs that differ only in their seed, together: mean [min–max] over the seeds, and the bootstrap 95% "
-             "interval of the mean. One seed ranks nothing.", "",
-             "| group | seeds | " + " | ".join(f"{name} | 95% interval" for _, name, _ in shown) + " |",
-             "|---|---|" + "---|---|" * len(shown)]
+             "Runs that differ only in their seed, together: mean [min–max] over the seeds, and for "
+             f"{name} the bootstrap 95% interval of the mean. One seed ranks nothing.", "",
+             f"| group | seeds | {name} | 95% interval | " + " | ".join(n for _, n, _ in shown) + " |",
+             "|---|---|---|---|" + "---|" * len(shown)]
     for g in groups:
         cells = [g.label, ",".join("–" if s is None else str(s) for s in g.seeds)]
+        sp = g.spread(metric)
+        cells += ([sp.text(_fmt_metric(metric)), f"{_fmt(metric, sp.interval[0])} … {_fmt(metric, sp.interval[1])}"]
+                  if sp else ["–", "–"])
         for m, _, _ in shown:
             sp = g.spread(m)
-            fmt = "{:.1%}" if m == "task_acc" else "{:,.4g}"
-            cells += [sp.text(fmt), f"{fmt.format(sp.interval[0])} … {fmt.format(sp.interval[1])}"] if sp else ["–", "–"]
+            cells.append(("" if sp is None else f"{_fmt(m, sp.mean)}" + ("" if sp.n == 1 else
+                          f" [{_fmt(m, sp.low)}–{_fmt(m, sp.high)}]")) or "–")
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
-    metric, name, higher = primary_metric(runs)
     pairs = [(a, b) for i, a in enumerate(groups) for b in groups[i + 1:] if a.values(metric) and b.values(metric)]
     if pairs:
         lines += ["", f"### Differences in {name}", "",

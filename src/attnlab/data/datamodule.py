@@ -360,7 +360,10 @@ class TextDataModule(L.LightningDataModule):
         self._load_or_build()
 
     def tokens_per_byte(self, split: str) -> float | None:
-        """Targets per UTF-8 byte of a split's text: loss (nats per token) x this / ln 2 = bits per byte."""
+        """Targets per UTF-8 byte of a split's text: loss (nats per token) x this / ln 2 = bits per byte. None when
+        the loss counts a task's answers only (bits per byte of the text would mean nothing)."""
+        if getattr(self, "loss_on", "all") == "answers":
+            return None
         n_bytes = (getattr(self, "split_bytes", None) or {}).get(split)
         return (len(self.tokens[split]) - 1) / n_bytes if n_bytes and self.tokens is not None else None
 
