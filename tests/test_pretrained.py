@@ -197,3 +197,33 @@ def test_a_presets_longer_context_counts_as_chosen(hf_folder, make_cfg):
     model_cfg, _ = build_model_parts(cfg)
     assert model_cfg["context"] == 512 and cfg.model.context == 512
     assert model_cfg["n_layer"] == 2  # the checkpoint's shape still decides the rest
+
+
+def test_a_char_run_exports_a_tokenizer_hugging_face_reads_and_export_refuses_cleanly(make_cfg, tmp_path):
+    """A char-tokenizer run's export holds a real tokenizers file (Hugging Face's AutoTokenizer gives the run's own
+    ids), importing it back gives the same ids; out= a file is one line; a leftover temporary folder of an
+    interrupted export leaks nothing into the next one."""
+    from attnlab import runs
+    from attnlab.data.tokenizers import load_tokenizer
+    from attnlab.export import export
+    from attnlab.train import train
+    from test_commands import command_cfg
+    cfg = make_cfg([*FAST_TRAIN, "model.bias=true", "model.activation=gelu_tanh", "trainer.limit_train_batches=2"])
+    train(cfg)
+    ours_tok = runs.load_run(cfg.paths.output_dir, str(tmp_path / "cache")).tokenizer
+    out = tmp_path / "hf-char"
+    leftover = tmp_path / ".hf-char.tmp"
+    leftover.mkdir()
+    (leftover / "stray.bin").write_text("from an interrupted export")
+    export(command_cfg("export", [f"run={cfg.paths.output_dir}", f"out={out}"], tmp_path / "o"))
+    assert not (out / "stray.bin").exists() and not leftover.exists()
+    text = "ROMEO: What light\nthrough yonder window breaks?"
+    theirs = transformers.AutoTokenizer.from_pretrained(out)
+    assert theirs(text)["input_ids"] == ours_tok.encode(text)
+    assert theirs.decode(theirs(text)["input_ids"]) == text
+    assert load_tokenizer(out).encode(text) == ours_tok.encode(text)  # init_from= / run= of the export
+    assert transformers.GPT2LMHeadModel.from_pretrained(out).config.eos_token_id == ours_tok.eos_id
+    a_file = tmp_path / "model.bin"
+    a_file.write_text("x")
+    with pytest.raises(ConfigError, match=r"out=.*model.bin is a file; give a new folder"):
+        export(command_cfg("export", [f"run={cfg.paths.output_dir}", f"out={a_file}"], tmp_path / "o2"))

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import torch
@@ -67,15 +68,28 @@ def export(cfg: DictConfig) -> Path:
     if problems:
         raise ConfigError(f"run={cfg.run} cannot be a Hugging Face GPT-2: {'; '.join(problems)}")
     out = Path(cfg.out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"out={cfg.out} is a file; give a new folder")
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"out={cfg.out} is not empty; give a new folder")
     config, state = to_hugging_face(model)
+    tokenizer = loaded.tokenizer
+    eos = tokenizer.eos_id
+    config.update(bos_token_id=eos, eos_token_id=eos)  # GPT-2's 50256 is outside a small vocabulary
     from safetensors.torch import save_file
     tmp = out.with_name(f".{out.name}.tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    if tmp.exists():  # left by an interrupted export: its files must not end up in this one
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
     (tmp / "config.json").write_text(json.dumps(config, indent=1))
     save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-    loaded.tokenizer.save(tmp)
+    text = tokenizer.as_tokenizers_json()  # a real tokenizers file, the char tokenizer's too
+    (tmp / "tokenizer.json").write_text(text)
+    from tokenizers import Tokenizer
+    eos_token = Tokenizer.from_str(text).id_to_token(eos)
+    (tmp / "tokenizer_config.json").write_text(json.dumps(  # read as it is, not re-made as GPT-2's byte-level BPE
+        {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": eos_token, "eos_token": eos_token,
+         **({"unk_token": "<|unk|>"} if tokenizer.kind == "char" else {})}, indent=1))
     if out.exists():
         out.rmdir()
     tmp.rename(out)  # the folder appears whole or not at all

@@ -53,6 +53,17 @@ class CharTokenizer:
     def fingerprint(self) -> str:
         return hashlib.sha256("\0".join(self.itos).encode()).hexdigest()[:12]
 
+    def as_tokenizers_json(self) -> str:
+        """The same ids as a ``tokenizers`` file (a word-level model whose words are the characters: every
+        character its own piece, unseen ones <unk>, decoded by concatenation), which Hugging Face's
+        ``PreTrainedTokenizerFast`` and ``tokenizers.Tokenizer`` read: what ``export.py`` writes for a char run."""
+        from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+        tok = Tokenizer(models.WordLevel(dict(self.stoi), unk_token=UNK))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")  # each character
+        tok.decoder = decoders.Fuse()
+        tok.add_special_tokens([EOS, UNK])
+        return tok.to_str()
+
 
 class HFTokenizer:
     """Wraps a ``tokenizers.Tokenizer`` (BPE trained here, or GPT-2's)."""
@@ -107,6 +118,9 @@ class HFTokenizer:
 
     def save(self, directory: str | Path) -> None:
         _atomic_write(Path(directory) / "tokenizer.json", self.tok.to_str())
+
+    def as_tokenizers_json(self) -> str:
+        return self.tok.to_str()
 
     @property
     def fingerprint(self) -> str:
