@@ -15,6 +15,12 @@ try:  # no GPU: run our Triton kernel in Triton's CPU interpreter (must be set b
 except ImportError:
     pass
 os.environ.setdefault("WANDB_SILENT", "true")
+try:  # the suite's threads as the commands choose theirs: the cores free at its start (a loaded machine: fewer)
+    import torch
+    from attnlab import threads as _threads
+    torch.set_num_threads(_threads.choose()[0])
+except ImportError:
+    pass
 
 
 # The test tiers. `integration`: trains through Lightning, runs a command in a subprocess, or shares a trained

@@ -12,7 +12,7 @@ import time
 import warnings
 from typing import Any, Callable
 
-from attnlab import sweep  # registers the resolvers the configs use (unique_dir, short_dirname)
+from attnlab import sweep, threads  # sweep registers the resolvers the configs use (unique_dir, short_dirname)
 from attnlab.checkpoints import CheckpointError
 from attnlab.data.corpus import DataError
 from attnlab.schema import ConfigError
@@ -30,6 +30,8 @@ def run_task(task: Callable[[Any], Any], cfg, records_status: bool = False) -> A
     written here for sweep jobs, so the sweep's summary lists every job."""
     started, multirun = time.time(), sweep.is_multirun()
     try:
+        if not records_status and sweep.parallel_jobs() == 1:  # (train sets its own; a parallel job is pinned)
+            threads.apply(checked_threads(cfg.get("threads")))
         result = task(cfg)
     except KeyboardInterrupt:
         log.error("interrupted")
@@ -57,9 +59,18 @@ def run_task(task: Callable[[Any], Any], cfg, records_status: bool = False) -> A
     return result
 
 
+def checked_threads(value) -> int | None:
+    """``threads=`` as given on a command line: null, or a whole number >= 1 (one line otherwise)."""
+    from attnlab.schema import RULES
+    if RULES["threads"].problem(value):
+        raise ConfigError(f"threads={value!r} must be {RULES['threads'].allowed()}")
+    return value
+
+
 def run_plain(name: str, task: Callable[[], Any]) -> Any:
     """A command without Hydra (report.py): the same one line and exit codes."""
     try:
+        threads.apply()
         return task()
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)

@@ -154,7 +154,7 @@ SEED = Number(int, low=0, high=2 ** 32 - 1)
 RULES: dict[str, Number | Choice] = {
     "seed": SEED,
     "validate_first": Flag(),
-    "threads": Number(int, low=1, nullable=True, meaning="null: torch's default, one per core"),
+    "threads": Number(int, low=1, nullable=True, meaning="null: the cores free when the command starts"),
     "data.batch_size": COUNT,
     "data.eval_batch_size": Number(int, low=1, nullable=True, meaning="null: data.batch_size"),
     "data.context": COUNT,

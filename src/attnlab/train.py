@@ -224,22 +224,17 @@ def summary_table(cfg: DictConfig, metrics: dict, step: int, seconds: float, thi
 
 
 def set_threads(cfg: DictConfig) -> None:
-    """Apply ``threads``, say how many CPU threads torch uses, and warn when the machine's load leaves fewer free
-    cores than that: every step then waits for the busiest thread (a 2-hour estimate instead of 12 minutes)."""
-    import os
+    """torch's threads for this run: ``threads`` when given, else the cores free at its start (``attnlab.threads``),
+    said in one line; a warning only when a given number exceeds the free cores."""
+    from attnlab import threads
     if sweep.parallel_jobs() > 1:  # cpu_share pinned this job and set its threads
         return
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    threads = torch.get_num_threads()
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-    log.info("torch uses %d CPU threads on %d cores (threads=N to change)", threads, cores)
-    free = cores - load
-    if run_device(cfg) == "cpu" and free < threads - 0.5:
-        log.warning("this machine is busy: a load of %.1f on %d cores leaves about %.1f free for torch's %d threads, "
-                    "so each step waits for the slowest; threads=%d matches what is free (or stop the other work)",
-                    load, cores, max(free, 0.0), threads, max(1, int(free + 0.5)))
+    n = threads.apply(cfg.get("threads"))
+    if cfg.get("threads") and run_device(cfg) == "cpu":
+        free, why = threads.choose(None)
+        if n > free:
+            log.warning("threads=%d, but only %s: each step waits for the slowest thread; threads=%d would match",
+                        n, why.split(" (")[0], free)
 
 
 def continue_in(cfg: DictConfig, folder: Path) -> None:
