@@ -22,7 +22,7 @@ from attnlab.compare import Group, difference, group_runs
 from attnlab.schema import ConfigError
 
 COLUMNS = ["run", "seed", "attention", "backend", "model", "tokenizer", "params_M", "steps", "val_ppl_best", "val_ppl_final",
-           "val_bpb_best", "train_ppl", "test_ppl", "task_acc", "attn_distance", "tokens_per_s", "load", "peak_memory_MiB",
+           "val_bpb_best", "train_ppl", "test_ppl", "task_acc", "task_learned_step", "attn_distance", "tokens_per_s", "load", "peak_memory_MiB",
            "wall_s", "status"]
 
 
@@ -55,6 +55,7 @@ class Run:
     task_curve: list[tuple[float, float]] = field(default_factory=list)  # (mean distance of a bin, accuracy)
     task_chance: float | None = None
     task_trivial: float | None = None  # what a model scores without the skill (MQAR: 1/pairs)
+    task_learned_step: int | None = None  # the first validation with 95% of the run's final task accuracy
     seed: int | None = None
     group_key: str = ""  # the config without its seed and execution settings: runs that differ only in seed share it
     group_label: str = ""  # the sweep overrides without seed=, or the attention type
@@ -181,6 +182,9 @@ def read_run(folder: Path) -> Run:
         m = re.search(r"model: ([\d.]+)M parameters, \w+ attention, backend (\w+)", log.read_text(errors="replace"))
         if m:
             run.params_M, run.backend = float(m.group(1)), m.group(2)
+    data, dataset = group("data"), group("dataset")
+    answers_only = data.get("loss_on") == "answers" or (data.get("loss_on") in ("auto", None)
+                                                          and dataset.get("source") == "synthetic")
     metrics = folder / "csv" / "metrics.csv"
     rows = _read("metrics.csv", folder, problems, lambda: _metric_rows(metrics)) if metrics.exists() else None
     if rows is not None:
@@ -190,10 +194,13 @@ def read_run(folder: Path) -> Run:
         if val:
             run.val_ppl_best, run.val_ppl_final = min(p for _, p in val), val[-1][1]
         bpb = _floats(rows, "val/bpb")
-        run.val_bpb_best = min(b for _, b in bpb) if bpb else None
+        run.val_bpb_best = min(b for _, b in bpb) if bpb and not answers_only else None  # (no text to count bytes of)
         train = _floats(rows, "train/ppl_epoch") or _floats(rows, "train/ppl")
         run.train_ppl = train[-1][1] if train else None
         run.train_curve = train
+        acc = _floats(rows, "task/acc")
+        if acc and acc[-1][1] > 0:  # where the transition happened: learning the skill is sudden, its step varies
+            run.task_learned_step = next(s + 1 for s, a in acc if a >= 0.95 * acc[-1][1])  # (logged at step - 1)
         test = _floats(rows, "test/ppl")
         run.test_ppl = test[-1][1] if test else None
         from attnlab.callbacks import run_tokens_per_s
@@ -281,7 +288,8 @@ def _cell(v) -> str:
 
 
 # the figures compared over seeds: (column, how it reads, higher is better)
-GROUP_METRICS = [("task_acc", "task accuracy", True), ("val_ppl_best", "best val ppl", False),
+GROUP_METRICS = [("task_acc", "task accuracy", True), ("task_learned_step", "step reaching 95% of it", False),
+                 ("val_ppl_best", "best val ppl", False),
                  ("val_bpb_best", "best val bits/byte", False), ("test_ppl", "test ppl", False),
                  ("tokens_per_s", "tokens/s", True), ("peak_memory_MiB", "peak memory MiB", False)]
 
