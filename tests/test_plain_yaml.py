@@ -50,3 +50,47 @@ def test_a_reference_cycle_is_refused():
     root = {"a": "${b}", "b": "${a}"}
     with pytest.raises(PlainYAMLError, match="nest too deep"):
         plain_yaml.resolve(root, root, "cfg")
+
+
+def test_references_that_multiply_are_refused_before_they_expand(tmp_path):
+    """10 plain references a level over 9 levels (1.6 kB) would be 10^9 values."""
+    import time
+    lines = ["l0: [x, x, x, x, x, x, x, x, x, x]"]
+    lines += [f"l{i}: [{', '.join([repr('${l' + str(i - 1) + '}')] * 10)}]" for i in range(1, 10)]
+    data = plain_yaml.load(write(tmp_path, "\n".join(lines) + "\n"))
+    started = time.time()
+    with pytest.raises(PlainYAMLError, match=r"expand to more than 100,000 values"):
+        plain_yaml.resolve(data["l9"], data, "l9")
+    assert time.time() - started < 5
+
+
+@pytest.mark.parametrize("text", ["a: " + "[" * 100_000 + "]" * 100_000 + "\n",  # 200 kB of brackets
+                                  "".join(f"{'  ' * i}k{i}:\n" for i in range(800)) + "  " * 800 + "v: 1\n",  # 800 block levels
+                                  "a: " + "{b: " * 80 + "1" + "}" * 80 + "\n"])
+def test_deep_nesting_is_refused_at_once(tmp_path, text):
+    import time
+    started = time.time()
+    with pytest.raises(PlainYAMLError, match=r"nests .*levels"):
+        plain_yaml.load(write(tmp_path, text))
+    assert time.time() - started < 5
+
+
+def test_a_saved_config_is_far_from_the_bounds(tmp_path):
+    from conftest import ROOT
+    from omegaconf import OmegaConf
+    cfg = OmegaConf.load(ROOT / "conf" / "config.yaml")
+    path = tmp_path / "c.yaml"
+    OmegaConf.save(cfg, path)
+    assert plain_yaml.nesting(path.read_text()) < plain_yaml.MAX_DEPTH // 4
+    assert plain_yaml.nesting("a: '[[[['\nb: 1  # {{{{\n") == plain_yaml.nesting("a: x\nb: 1\n")  # quotes, comments
+
+
+def test_an_oversized_tokenizer_file_is_refused_before_it_is_read(tmp_path):
+    import os
+    from attnlab.data.corpus import DataError
+    from attnlab.data.tokenizers import MAX_TOKENIZER_BYTES, load_tokenizer
+    with open(tmp_path / "tokenizer.json", "wb") as f:
+        f.truncate(MAX_TOKENIZER_BYTES + 1)  # sparse: no disk, no memory
+    with pytest.raises(DataError, match=r"more than a tokenizer holds"):
+        load_tokenizer(tmp_path)
+    assert os.path.getsize(tmp_path / "tokenizer.json") > MAX_TOKENIZER_BYTES

@@ -1,6 +1,9 @@
 """YAML from someone else's folder, read as plain values: no tags (safe_load), no anchors or aliases (a few
-hundred bytes of nested aliases expand to gigabytes), at most 1 MiB, and interpolations resolved here by plain
-reference only (``${a.b}``), never through a resolver (``${name:...}`` calls code)."""
+hundred bytes of nested aliases expand to gigabytes), at most 1 MiB, at most ``MAX_DEPTH`` levels of nesting
+(checked before the parser runs: deep brackets keep PyYAML's scanner busy for minutes and deep blocks exhaust
+its recursion), and interpolations resolved here by plain reference only (``${a.b}``), never through a resolver
+(``${name:...}`` calls code), producing at most ``MAX_VALUES`` values (references to references multiply: 10 a
+level over 9 levels would be 10^9)."""
 from __future__ import annotations
 
 import re
@@ -10,6 +13,8 @@ from typing import Any
 import yaml
 
 MAX_BYTES = 1 << 20
+MAX_DEPTH = 64  # a saved config nests 4 or 5 levels
+MAX_VALUES = 100_000  # values one resolve may produce (a whole saved config has a few hundred)
 REFERENCE = re.compile(r"^\$\{\s*([A-Za-z_][\w]*(?:\.[A-Za-z_][\w]*)*)\s*\}$")  # ${a.b}: a plain reference
 
 
@@ -23,6 +28,9 @@ def load(path: str | Path) -> Any:
     if size > MAX_BYTES:
         raise PlainYAMLError(f"{size:,} bytes, more than a config holds ({MAX_BYTES:,})")
     text = path.read_text(encoding="utf-8")
+    depth = nesting(text)
+    if depth > MAX_DEPTH:
+        raise PlainYAMLError(f"it nests {depth} levels deep, more than a config does ({MAX_DEPTH})")
     try:
         for token in yaml.scan(text, Loader=yaml.SafeLoader):
             if isinstance(token, (yaml.AnchorToken, yaml.AliasToken)):
@@ -30,6 +38,33 @@ def load(path: str | Path) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise PlainYAMLError(str(e).splitlines()[0]) from None
+    except RecursionError:
+        raise PlainYAMLError(f"it nests deeper than a config does ({MAX_DEPTH} levels)") from None
+
+
+def nesting(text: str) -> int:
+    """An upper bound of the text's nesting depth, in one pass without parsing: open flow brackets ([ and {,
+    outside quotes) plus indentation steps of block lines (two spaces each, tabs not allowed in YAML)."""
+    deepest, flow, quote = 0, 0, ""
+    for line in text.splitlines():
+        stripped = line.lstrip(" ")
+        if stripped and not stripped.startswith("#"):
+            block = (len(line) - len(stripped) + 1) // 2 + stripped.startswith("- ")
+            deepest = max(deepest, block + flow)
+        for c in line:
+            if quote:
+                quote = "" if c == quote else quote
+            elif c in "'\"":
+                quote = c
+            elif c in "[{":
+                flow += 1
+                deepest = max(deepest, flow)
+            elif c in "]}":
+                flow = max(0, flow - 1)
+            elif c == "#":
+                break
+        quote = ""  # quoted scalars in a saved config do not span lines
+    return deepest
 
 
 def lookup(root: dict, dotted: str) -> Any:
@@ -41,19 +76,25 @@ def lookup(root: dict, dotted: str) -> Any:
     return node
 
 
-def resolve(value: Any, root: dict, where: str, depth: int = 0) -> Any:
+def resolve(value: Any, root: dict, where: str, depth: int = 0, budget: list | None = None) -> Any:
     """``value`` with every plain reference ``${a.b}`` replaced by the value it names (recursively); any other
-    ``${`` (a resolver call, a nested or partial interpolation) is refused."""
+    ``${`` (a resolver call, a nested or partial interpolation) is refused, and so is a value that would expand to
+    more than MAX_VALUES values."""
+    budget = [MAX_VALUES] if budget is None else budget
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise PlainYAMLError(f"{where}: its references expand to more than {MAX_VALUES:,} values, more than a "
+                             f"config holds")
     if depth > 20:
         raise PlainYAMLError(f"{where}: interpolations nest too deep (a cycle?)")
     if isinstance(value, dict):
-        return {k: resolve(v, root, f"{where}.{k}", depth) for k, v in value.items()}
+        return {k: resolve(v, root, f"{where}.{k}", depth, budget) for k, v in value.items()}
     if isinstance(value, list):
-        return [resolve(v, root, f"{where}[{i}]", depth) for i, v in enumerate(value)]
+        return [resolve(v, root, f"{where}[{i}]", depth, budget) for i, v in enumerate(value)]
     if isinstance(value, str) and "${" in value:
         m = REFERENCE.match(value.strip())
         if not m:
             raise PlainYAMLError(f"{where}={value!r} is an interpolation other than a plain reference ${{a.b}} "
                                  f"(a resolver call runs code)")
-        return resolve(lookup(root, m.group(1)), root, m.group(1), depth + 1)
+        return resolve(lookup(root, m.group(1)), root, m.group(1), depth + 1, budget)
     return value

@@ -127,8 +127,14 @@ class HFTokenizer:
         return hashlib.sha256(self.tok.to_str().encode()).hexdigest()[:12]
 
 
+MAX_TOKENIZER_BYTES = 32 << 20  # GPT-2's tokenizer.json is 1.4 MB; a folder someone sent may hold anything
+
+
 def load_tokenizer(directory: str | Path):
     path = Path(directory) / "tokenizer.json"
+    size = path.stat().st_size
+    if size > MAX_TOKENIZER_BYTES:  # checked before reading: 36 MB of JSON cost 1 GB of memory to parse
+        raise DataError(f"{path}: {size:,} bytes, more than a tokenizer holds ({MAX_TOKENIZER_BYTES:,})")
     data = json.loads(path.read_text())
     if data.get("kind") == "char":
         return CharTokenizer(data["itos"])
