@@ -227,3 +227,50 @@ def test_a_char_run_exports_a_tokenizer_hugging_face_reads_and_export_refuses_cl
     a_file.write_text("x")
     with pytest.raises(ConfigError, match=r"out=.*model.bin is a file; give a new folder"):
         export(command_cfg("export", [f"run={cfg.paths.output_dir}", f"out={a_file}"], tmp_path / "o2"))
+
+
+def _edited(hf_folder, tmp_path, **changes) -> Path:
+    folder = tmp_path / "edited"
+    shutil.copytree(hf_folder, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config.update(changes)
+    for k in [k for k, v in changes.items() if v is None]:
+        config.pop(k)
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"n_layer": 1}, r"2-layer weights|tensors its config.json does not describe \(e.g. 'h.1"),
+    ({"n_layer": True}, r"n_layer=True; it must be a whole number"),
+    ({"n_layer": 2.7}, r"n_layer=2.7; it must be a whole number"),
+    ({"n_head": "4"}, r"n_head='4'; it must be a whole number"),
+    ({"n_embd": -32}, r"n_embd=-32; it must be a whole number in \[1, 65,536\]"),
+    ({"n_embd": 30}, r"n_embd=30 not divisible by n_head=4"),
+    ({"n_positions": None}, r"config.json has no n_positions"),
+    ({"vocab_size": 2_000_000, "n_embd": 65536, "n_head": 1}, r"B parameters, more than the 4B"),
+    ({"n_embd": 64}, r"do not have the shapes its config.json gives"),
+    ({"tie_word_embeddings": "yes"}, r"tie_word_embeddings='yes'; it must be true or false"),
+])
+def test_a_hugging_face_folder_must_be_the_model_its_weights_are(hf_folder, tmp_path, changes, message):
+    """config.json is checked before anything is allocated, and the weights load strictly: every tensor used,
+    none missing, every shape equal to the one config.json gives."""
+    folder = _edited(hf_folder, tmp_path, **changes)
+    with pytest.raises(ConfigError, match=message):
+        settings = pretrained.model_settings(folder)
+        model = GPT(GPTConfig(**settings), {"name": "full"})
+        pretrained.load_into(model, folder, str(folder))
+
+
+def test_run_refuses_a_tokenizer_of_another_size_and_names_run(hf_folder, tmp_path):
+    from attnlab import runs
+    folder = _edited(hf_folder, tmp_path)
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    tok.add_tokens(["<|extra|>"])  # one token more than config.json's vocab_size
+    tok.save(str(folder / "tokenizer.json"))
+    with pytest.raises(ConfigError, match=r"run=.*its tokenizer has \d+ tokens, its config.json vocab_size"):
+        runs.load_run(str(folder), str(tmp_path / "cache"))
+    narrower = _edited(hf_folder, tmp_path / "b", n_layer=1)
+    with pytest.raises(ConfigError, match=r"^run="):
+        runs.load_run(str(narrower), str(tmp_path / "cache"))

@@ -26,6 +26,8 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt")
 ACTIVATIONS = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu": "gelu"}
 LAYER_NORMS = {"ln_1": "ln_attn", "ln_2": "ln_mlp"}  # GPT-2's names -> this project's, per block
 LINEARS = {"attn.c_attn": "attn.qkv", "attn.c_proj": "attn.proj", "mlp.c_fc": "mlp.up", "mlp.c_proj": "mlp.down"}
+MAX_PARAMS = 4_000_000_000  # a config.json describing more is refused before anything is allocated
+BUFFERS = (".attn.bias", ".attn.masked_bias")  # GPT-2's causal-mask buffers in older checkpoints: not weights
 SHAPE_KEYS = ("n_layer", "n_head", "d_model", "d_ff", "bias", "tie_weights", "activation", "layer_norm_eps")
 
 
@@ -70,12 +72,34 @@ def model_settings(folder: Path, what: str = "init_from") -> dict:
     act = hf.get("activation_function", "gelu_new")
     if act not in ACTIVATIONS:
         raise ConfigError(f"{what}={folder}: activation_function={act!r}; valid: {sorted(ACTIVATIONS)}")
-    d_model = int(hf["n_embd"])
-    return {"n_layer": int(hf["n_layer"]), "n_head": int(hf["n_head"]), "d_model": d_model,
-            "d_ff": int(hf.get("n_inner") or 4 * d_model), "context": int(hf["n_positions"]),
-            "vocab_size": int(hf["vocab_size"]), "bias": True, "tie_weights": bool(hf.get("tie_word_embeddings", True)),
-            "activation": ACTIVATIONS[act], "layer_norm_eps": float(hf.get("layer_norm_epsilon", 1e-5)),
-            "positions": "learned"}
+
+    def whole(key: str, high: int, default=None) -> int:
+        """A size from config.json: a whole number in [1, high] (true, 2.7 or "2" are not sizes)."""
+        value = hf.get(key, default)
+        if value is None:
+            raise ConfigError(f"{what}={folder}: config.json has no {key}")
+        if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+            raise ConfigError(f"{what}={folder}: config.json has {key}={value!r}; it must be a whole number in "
+                              f"[1, {high:,}]")
+        return value
+    n_layer, n_head, d_model = whole("n_layer", 256), whole("n_head", 256), whole("n_embd", 1 << 16)
+    context, vocab = whole("n_positions", 1 << 20), whole("vocab_size", 1 << 21)
+    d_ff = whole("n_inner", 1 << 18) if hf.get("n_inner") is not None else 4 * d_model
+    if d_model % n_head:
+        raise ConfigError(f"{what}={folder}: config.json has n_embd={d_model} not divisible by n_head={n_head}")
+    params = n_layer * (4 * d_model * d_model + 2 * d_model * d_ff) + (vocab + context) * d_model
+    if params > MAX_PARAMS:  # before anything is allocated: a crafted config asked for 12 TB
+        raise ConfigError(f"{what}={folder}: config.json describes {params / 1e9:,.1f}B parameters, more than the "
+                          f"{MAX_PARAMS / 1e9:.0f}B this project loads (GPT-2 XL has 1.6B)")
+    eps = hf.get("layer_norm_epsilon", 1e-5)
+    if not isinstance(eps, (int, float)) or isinstance(eps, bool) or not 0 < eps < 1:
+        raise ConfigError(f"{what}={folder}: config.json has layer_norm_epsilon={eps!r}; it must be in (0, 1)")
+    tie = hf.get("tie_word_embeddings", True)
+    if not isinstance(tie, bool):
+        raise ConfigError(f"{what}={folder}: config.json has tie_word_embeddings={tie!r}; it must be true or false")
+    return {"n_layer": n_layer, "n_head": n_head, "d_model": d_model, "d_ff": d_ff, "context": context,
+            "vocab_size": vocab, "bias": True, "tie_weights": tie, "activation": ACTIVATIONS[act],
+            "layer_norm_eps": float(eps), "positions": "learned"}
 
 
 def merge_settings(model_cfg: dict, pretrained: dict, explicit: dict, source: str) -> dict:
@@ -103,8 +127,14 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
 
 def convert(hf: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
     """Hugging Face GPT-2 names -> this project's GPT names. GPT-2 stores its linear layers as Conv1D, weights
-    (in, out): they are transposed to nn.Linear's (out, in)."""
-    hf = {k.removeprefix("transformer."): v for k, v in hf.items()}
+    (in, out): they are transposed to nn.Linear's (out, in). Every tensor of the file must be used: one left over
+    (a layer beyond config.json's n_layer) means the folder is not the model its config says."""
+    hf = {k.removeprefix("transformer."): v for k, v in hf.items() if not k.endswith(BUFFERS)}
+    used = {"wte.weight", "wpe.weight", "ln_f.weight", "ln_f.bias", "lm_head.weight"}
+    used |= {f"h.{i}.{a}.{p}" for i in range(n_layer) for a in (*LAYER_NORMS, *LINEARS) for p in ("weight", "bias")}
+    extra = sorted(set(hf) - used)
+    if extra:
+        raise ValueError(f"its weights hold {len(extra)} tensors its config.json does not describe (e.g. {extra[0]!r})")
     out = {"tok_emb.weight": hf["wte.weight"], "pos_emb.weight": hf["wpe.weight"],
            "ln_f.weight": hf["ln_f.weight"], "ln_f.bias": hf["ln_f.bias"]}
     for i in range(n_layer):
@@ -117,35 +147,43 @@ def convert(hf: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor
     return out
 
 
-def load_into(gpt, folder: Path, source: str) -> None:
+def load_into(gpt, folder: Path, source: str, what: str = "init_from") -> None:
     """Copy a GPT-2 folder's weights into ``gpt`` (a ``model.GPT`` of the matching shape); a longer position
     table is filled by repeating the checkpoint's positions."""
     try:
         state = convert(read_weights(folder), gpt.cfg.n_layer)
     except KeyError as e:
-        raise ConfigError(f"init_from={source}: its weights lack {e.args[0]!r}; not a GPT-2 checkpoint") from None
+        raise ConfigError(f"{what}={source}: its weights lack {e.args[0]!r}; not a GPT-2 checkpoint") from None
+    except ValueError as e:
+        raise ConfigError(f"{what}={source}: {e}") from None
     except Exception as e:  # a damaged file
-        raise ConfigError(f"init_from={source}: its weights cannot be read ({type(e).__name__}: {e})") from None
+        raise ConfigError(f"{what}={source}: its weights cannot be read ({type(e).__name__}: {e})") from None
     table = state["pos_emb.weight"]  # (n_positions, C)
     if gpt.pos_emb is not None and gpt.cfg.context != table.shape[0]:
         n = table.shape[0]
         reps = -(-gpt.cfg.context // n)
         state["pos_emb.weight"] = table.repeat(reps, 1)[:gpt.cfg.context]  # (context, C)
         if gpt.cfg.context > n:
-            log.info("init_from=%s: model.context=%d > its %d positions: the position embeddings are copied %d "
-                     "times to fill the longer table (Longformer's initialisation)", source, gpt.cfg.context, n, reps)
+            log.info("%s=%s: model.context=%d > its %d positions: the position embeddings are copied %d "
+                     "times to fill the longer table (Longformer's initialisation)", what, source, gpt.cfg.context, n,
+                     reps)
     if gpt.pos_emb is None:
         state.pop("pos_emb.weight")
     own = gpt.state_dict()
-    if state["tok_emb.weight"].shape != own["tok_emb.weight"].shape:
-        raise ConfigError(f"init_from={source}: its vocabulary has {state['tok_emb.weight'].shape[0]} tokens, the "
+    if state["tok_emb.weight"].shape[0] != own["tok_emb.weight"].shape[0]:
+        raise ConfigError(f"{what}={source}: its vocabulary has {state['tok_emb.weight'].shape[0]} tokens, the "
                           f"run's tokenizer {own['tok_emb.weight'].shape[0]}; use the checkpoint's tokenizer")
     if gpt.fill_global_projections(state):
-        log.info("init_from=%s: the global projections start as copies of the shared ones", source)
+        log.info("%s=%s: the global projections start as copies of the shared ones", what, source)
+    wrong = [f"{k} {tuple(v.shape)} (the model's {tuple(own[k].shape)})" for k, v in state.items()
+             if k in own and v.shape != own[k].shape]
+    if wrong:
+        raise ConfigError(f"{what}={source}: its weights do not have the shapes its config.json gives "
+                          f"({'; '.join(wrong[:2])})")
     missing, unexpected = gpt.load_state_dict(state, strict=False)
     missing = [k for k in missing if not k.endswith("inv_freq")]
     if missing or unexpected:
-        raise ConfigError(f"init_from={source}: its weights do not fit this model (missing {missing[:3]}, "
+        raise ConfigError(f"{what}={source}: its weights do not fit this model (missing {missing[:3]}, "
                           f"unexpected {unexpected[:3]})")
     log.info("initial weights from %s (GPT-2: %d layers, %d wide)", source, gpt.cfg.n_layer, gpt.cfg.d_model)
 

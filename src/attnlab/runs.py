@@ -202,9 +202,15 @@ def load_pretrained(run: str, cache_dir: str) -> Run:
     folder = pretrained.fetch(run, cache_dir, what="run")
     model_cfg = {**pretrained.model_settings(folder, what="run"), "dropout": 0.0}
     tokenizer_dir = pretrained.tokenizer_folder(folder, cache_dir)
-    tokenizer = load_tokenizer(tokenizer_dir)
+    try:
+        tokenizer = load_tokenizer(tokenizer_dir)
+    except Exception as e:
+        raise ConfigError(f"run={run}: its tokenizer cannot be read ({one_line(e)})") from None
+    if tokenizer.vocab_size != model_cfg["vocab_size"]:  # as init_from= checks: ids must mean the model's tokens
+        raise ConfigError(f"run={run}: its tokenizer has {tokenizer.vocab_size:,} tokens, its config.json "
+                          f"vocab_size={model_cfg['vocab_size']:,}; the folder's tokenizer is not the model's")
     model = LitGPT(GPTConfig(**model_cfg), build_attention({"name": "full"}))
-    pretrained.load_into(model.model, folder, run)
+    pretrained.load_into(model.model, folder, run, what="run")
     weights = next(folder / w for w in pretrained.WEIGHT_FILES if (folder / w).is_file())
     settings = {"dataset": None, "tokenizer": {"name": "pretrained"}, "batch_size": 8, "eval_batch_size": None,
                 "seed": 0}
