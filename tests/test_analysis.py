@@ -159,3 +159,13 @@ def test_analyze_logs_its_pictures_and_tables_into_the_runs_wandb_run(make_cfg, 
     names = " ".join(str(p) for p in (logged[0] / "files" / "media").rglob("*"))
     for what in ("attention_layer0", "loss_by_position", "heads"):
         assert what in names, (what, names)
+
+
+def test_analyze_refuses_a_prompt_with_characters_the_run_never_saw(trained_run, tmp_path):
+    """As sample.py does: a character outside the run's vocabulary is named, not drawn as <unk>."""
+    from attnlab.analyze import analyze
+    from attnlab.schema import ConfigError
+    from test_commands import command_cfg
+    cfg = command_cfg("analyze", [f"run={trained_run}", "prompt=ROMEO€ hi"], tmp_path / "out")
+    with pytest.raises(ConfigError, match=r"has characters the run's tokenizer does not know: \['€'\]"):
+        analyze(cfg)

@@ -96,7 +96,8 @@ def test_cached_and_recomputed_greedy_samples_agree(trained, tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [
-    ({"max_new_tokens": 0}, "max_new_tokens=0 must be an integer >= 1"),
+    ({"max_new_tokens": 0}, "max_new_tokens=0 must be an integer in \\[1, 1000000\\]"),
+    ({"max_new_tokens": 10 ** 9}, "max_new_tokens=1000000000 must be an integer in \\[1, 1000000\\]"),
     ({"temperature": 0}, "temperature=0 must be a number >= 0.001"),
     ({"top_k": 0}, "top_k=0 must be an integer >= 1, or null"),
     ({"prompt": "'ROMEO§'"}, r"has characters the run's tokenizer does not know: \['§'\]"),

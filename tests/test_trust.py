@@ -510,3 +510,38 @@ def test_every_type_trains_compiled(make_cfg, name):
                     "trainer.limit_val_batches=1"])
     metrics = train(cfg)
     assert torch.isfinite(torch.tensor(metrics["val/loss"]))
+
+
+# the rest of the tracebacks and hangs: each one line now ---------------------------------------------------
+
+def test_invalid_utf8_in_a_jsonl_file_is_one_line(tmp_path):
+    from attnlab.data import sources
+    from attnlab.data.corpus import DataError
+    f = tmp_path / "d.jsonl"
+    f.write_bytes(b'{"text": "fine"}\n{"text": "caf\xe9 latin-1"}\n')
+    with pytest.raises(DataError, match=r"d.jsonl:2 is not UTF-8 text"):
+        sources.corpus({"source": "jsonl", "path": str(f)}, tmp_path).read()
+
+
+def test_a_named_pipe_among_text_files_is_skipped_not_read_forever(tmp_path, caplog):
+    import logging
+    import os
+    from attnlab.data.corpus import matching_files
+    (tmp_path / "a.txt").write_text("text\n")
+    os.mkfifo(tmp_path / "pipe.txt")
+    with caplog.at_level(logging.WARNING):
+        assert matching_files(str(tmp_path), ".txt") == [str(tmp_path / "a.txt")]
+    assert "not regular files" in caplog.text
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["dataset=copy", "tokenizer=bpe", "tokenizer.vocab_size=300"], "needs one token per character"),
+    (["dataset=copy", "dataset.length=100", "model.context=64"], r"dataset.length=100 is longer than model.context=64"),
+    (["attention=longformer", "attention.block_size=1000000000"], r"attention.block_size=1000000000 is larger than"),
+])
+def test_task_and_tile_settings_that_cannot_work_are_one_line(make_cfg, overrides, message):
+    from attnlab.data.corpus import DataError
+    cfg = make_cfg([*FAST, "dataset.train_examples=200", *overrides] if "dataset=copy" in overrides
+                   else [*FAST, *overrides])
+    with pytest.raises((ConfigError, DataError), match=message):  # both: one line and exit 2 (cli.USER_ERRORS)
+        train(cfg)

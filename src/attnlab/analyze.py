@@ -129,7 +129,8 @@ def analyze(cfg: DictConfig) -> dict:
         from omegaconf import OmegaConf
         dm = loaded.datamodule(cfg.paths.cache_dir, dataset=OmegaConf.to_container(other, resolve=True) if other else None)
     if cfg.get("prompt"):
-        ids = loaded.tokenizer.encode(str(cfg.prompt))[:context]
+        from attnlab.sample import encode_prompt  # unseen characters are refused, as sample.py refuses them
+        ids = encode_prompt(loaded.tokenizer, str(cfg.prompt))[:context]
         if len(ids) < 2:
             raise ConfigError(f"prompt={cfg.prompt!r} is {len(ids)} token long; the maps need at least 2")
         text = "the prompt"

@@ -29,7 +29,7 @@ RULES = {  # the schema's rule types (schema.py), for this command's own setting
     "prompt_file": Text(nullable=True, meaning="a UTF-8 text file, or null to use prompt="),
     "escapes": Flag(),
     "use_cache": Flag(),
-    "max_new_tokens": Number(int, low=1),
+    "max_new_tokens": Number(int, low=1, high=1_000_000, meaning="at most a million: hours of CPU, a GB of text"),
     "num_samples": Number(int, low=1),
     "temperature": Number(float, low=1e-3, meaning="top_k=1 is greedy; below 0.001 the scaled logits overflow"),
     "top_k": Number(int, low=1, nullable=True, meaning="null: no cut"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import hashlib
 import importlib.metadata
+import logging
 import os
 import random
 import re
@@ -19,6 +20,8 @@ SPLITS = ("train", "val", "test")
 SEGMENT_CHARS = 1 << 20  # text files are read this many characters at a time: no file sits in memory whole
 PIECE_CHARS = 1 << 12  # documents are encoded in pieces of about this many characters (cut where CUT
 # allows): the batch encoder runs fastest on many short inputs (measured: 4k beat 16k and 256k)
+
+log = logging.getLogger(__name__)
 
 
 class DataError(ValueError):
@@ -203,13 +206,21 @@ class DocumentsInParts:
 # --- local text files ------------------------------------------------------------------------------
 
 def matching_files(path, suffix: str) -> list[str]:
-    """The files ``path`` names: one file, a folder (searched for ``*<suffix>``) or a glob."""
+    """The regular files ``path`` names: one file, a folder (searched for ``*<suffix>``) or a glob. Anything else
+    with a matching name (a named pipe blocks a reader forever, a device never ends) is skipped, said once."""
     p = os.path.expanduser(str(path))
     if os.path.isdir(p):
-        return sorted(glob.glob(os.path.join(p, "**", f"*{suffix}"), recursive=True))
-    if any(c in p for c in "*?["):
-        return sorted(glob.glob(p, recursive=True))
-    return [p] if os.path.isfile(p) else []
+        found = sorted(glob.glob(os.path.join(p, "**", f"*{suffix}"), recursive=True))
+    elif any(c in p for c in "*?["):
+        found = sorted(glob.glob(p, recursive=True))
+    else:
+        found = [p] if os.path.exists(p) else []
+    regular = [f for f in found if os.path.isfile(f)]  # follows links; False for pipes, sockets, devices, folders
+    odd = [f for f in found if f not in regular and not os.path.isdir(f)]
+    if odd:
+        log.warning("dataset.path=%s: skipping %d entries that are not regular files (e.g. %s: a pipe or device)",
+                    path, len(odd), odd[0])
+    return regular
 
 
 def read_chars(path: str, start: int = 0, end: int | None = None):

@@ -283,6 +283,7 @@ class TextDataModule(L.LightningDataModule):
     def _load_or_build(self) -> None:
         if self.tokens is not None:
             return
+        self._check_one_example_per_window()
         corpus_key, read_splits, extra, answers = self._corpus()
         tok_cfg = self.tokenizer_cfg
         fixed = None
@@ -332,6 +333,14 @@ class TextDataModule(L.LightningDataModule):
         self.tokenizer = load_tokenizer(entry)
         self.info = {"cache_entry": str(entry), **{f"{s}_tokens": int(len(tokens[s])) for s in SPLITS},
                      "vocab_size": self.tokenizer.vocab_size, **extra}
+
+    def _check_one_example_per_window(self) -> None:
+        """A synthetic task's example must fit the model's context (one example per window, as its answers and the
+        task's scoring assume)."""
+        length = self.dataset_cfg.get("length")
+        if self.dataset_cfg.get("source") == "synthetic" and isinstance(length, int) and length > self.context:
+            raise DataError(f"dataset.length={length} is longer than model.context={self.context}: an example must "
+                            f"fit one window (leave dataset.length at its default, the context)")
 
     def _mark_answers(self, answers) -> None:
         """data.loss_on: with answers, a bool per token of each split saying which targets the loss counts."""

@@ -17,10 +17,21 @@ def files_of(path) -> list[str]:
     return matching_files(path, ".jsonl")
 
 
+def _lines(f, file: str):
+    """The file's lines (``f`` opened in binary), decoded one by one: bytes that are not UTF-8 are one line naming
+    the line, not a traceback."""
+    for n, raw in enumerate(f, 1):
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise DataError(f"{file}:{n} is not UTF-8 text ({e.reason} at byte {e.start} of the line)") from None
+
+
 def documents(file: str, field: str) -> list[str]:
     docs = []
-    with open(file, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
+    with open(file, "rb") as f:
+        lines = enumerate(_lines(f, file), 1)
+        for n, line in lines:
             if not line.strip():
                 continue
             try:
