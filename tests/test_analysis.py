@@ -166,6 +166,6 @@ def test_analyze_refuses_a_prompt_with_characters_the_run_never_saw(trained_run,
     from attnlab.analyze import analyze
     from attnlab.schema import ConfigError
     from test_commands import command_cfg
-    cfg = command_cfg("analyze", [f"run={trained_run}", "prompt=ROMEO€ hi"], tmp_path / "out")
+    cfg = command_cfg("analyze", [f"run={trained_run}", "prompt='ROMEO€ hi'"], tmp_path / "out")
     with pytest.raises(ConfigError, match=r"has characters the run's tokenizer does not know: \['€'\]"):
         analyze(cfg)
