@@ -120,6 +120,13 @@ def test_fine_tuning_with_longformer_then_sampling_and_evaluating(hf_folder, mak
     assert loaded.tokenizer.vocab_size == vocab and loaded.model.model.cfg.activation == "gelu_tanh"
     direct = runs.load_run(str(hf_folder), str(tmp_path / "cache"))  # the pretrained model, no training run
     assert direct.model.model.cfg.context == 32 and direct.tokenizer.fingerprint == loaded.tokenizer.fingerprint
+    # named from what ran, not from the config groups' defaults (small / char)
+    from attnlab.report import read_run
+    row = read_run(Path(cfg.paths.output_dir))
+    assert (row.model, row.tokenizer) == ("tiny-gpt2", "pretrained-tiny-gpt2")
+    from attnlab.sweep import pretrained_name
+    assert pretrained_name(str(hf_folder), "small") == "tiny-gpt2" and pretrained_name("hf:openai/gpt2", "x") == "gpt2"
+    assert pretrained_name(None, "small") == "small"
 
 
 @pytest.mark.subprocess

@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import sys
 import time
 from datetime import datetime
@@ -37,6 +38,21 @@ def short_dirname(name: str) -> str:
 
 
 OmegaConf.register_new_resolver("short_dirname", short_dirname, replace=True)  # used by hydra.sweep.subdir
+
+
+def pretrained_name(init_from, default: str) -> str:
+    """A run's model (or tokenizer) name as it ran: a model started from a Hugging Face folder or hub id has that
+    model's shape and tokenizer, whatever the config groups' defaults say (a fine-tune of gpt2-mini is not
+    ``small``/``char``): the folder's or hub id's last name; else ``default``."""
+    source = str(init_from or "")
+    if source.startswith("hf:"):
+        return re.sub(r"[^\w.-]", "_", source[3:].rstrip("/").split("/")[-1]) or default
+    if source and (Path(source).expanduser() / "config.json").is_file():
+        return re.sub(r"[^\w.-]", "_", Path(source).expanduser().resolve().name) or default
+    return default
+
+
+OmegaConf.register_new_resolver("pretrained_name", pretrained_name, replace=True)  # run_name
 
 _claimed: dict[str, str] = {}
 

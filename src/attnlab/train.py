@@ -66,6 +66,10 @@ def build_model_parts(cfg: DictConfig) -> tuple[dict, AttentionType]:
         with open_dict(cfg):  # the run records (and its checkpoints hold) the settings it really has
             for k, v in model_cfg.items():
                 cfg.model[k] = v
+            # and its names say what ran (report.py's rows): the pretrained model's shape and tokenizer
+            name = sweep.pretrained_name(cfg.init_from, str(cfg.model.get("name")))
+            cfg.model["name"] = name
+            cfg.tokenizer["name"] = f"pretrained-{name}"
     try:
         GPTConfig(**{**model_cfg, "vocab_size": 1})  # dimension checks; the vocabulary comes from the data
         attention = build_attention(OmegaConf.to_container(cfg.attention, resolve=True))
