@@ -97,3 +97,11 @@ def test_side_by_side_with_nanogpt_counts_training_time_only(tmp_path):
     assert runs["nanoGPT"]["val_loss"] == pytest.approx(2.5) and runs["nanoGPT"]["val_step"] == 500
     assert runs["attnlab"]["val_step"] == 20 and runs["attnlab"]["tokens_per_s"] > 0
     assert "attnlab / nanoGPT (medians)" in out and "goal (issue #11)" in out
+
+
+def test_threads_benchmark_compares_settings_with_and_without_busy_cores(tmp_path):
+    out = run("threads.py", "--busy", "0", "1", "--steps", "1", "--settings", "1", "auto", tmp_path=tmp_path)
+    [js] = tmp_path.glob("threads-cpu-*.json")
+    rows = json.loads(js.read_text())["rows"]
+    assert [(r["busy"], r["setting"]) for r in rows] == [(0, "1"), (0, "auto"), (1, "1"), (1, "auto")]
+    assert all(r["steps_per_s"] > 0 for r in rows) and "| other busy processes |" in out
