@@ -108,3 +108,14 @@ def test_runs_that_differ_in_more_than_the_seed_are_not_grouped(seeds_sweep):
     with open(files["groups"], newline="") as f:
         groups = [(g["group"], g["n"]) for g in csv.DictReader(f)]
     assert groups == [("attention=full", "3"), ("attention=longformer", "3"), ("attention=full #2", "1")]
+
+
+def test_a_sweeps_seeds_are_one_wandb_group_per_type():
+    from attnlab.wandb_run import seed_group
+    job = lambda overrides: {"multirun": True, "sweep": "2026-12-04_00-00-00", "overrides": overrides}  # noqa: E731
+    a = seed_group(job("attention=full,experiment=long_range_cpu,seed=1"), "full")
+    b = seed_group(job("attention=full,experiment=long_range_cpu,seed=2"), "full")
+    c = seed_group(job("attention=longformer,experiment=long_range_cpu,seed=1"), "longformer")
+    assert a == b == "sweep-2026-12-04_00-00-00/attention=full,experiment=long_range_cpu" and c != a
+    assert seed_group(job("attention.windows=[8,16],seed=3"), "longformer").endswith("/attention.windows=[8,16]")
+    assert seed_group({"multirun": False, "sweep": "", "overrides": "seed=3"}, "bigbird") == "bigbird"
