@@ -115,7 +115,7 @@ def main(argv=None) -> None:
                        and r["after_finetune"] is not None} for name in args.types}
     pairs = [(a, b) for i, a in enumerate(args.types) for b in args.types[i + 1:] if per_seed[a] and per_seed[b]]
     if pairs:
-        lines += ["", "Differences after the fine-tune (95% bootstrap interval over the paired seeds; called only "
+        lines += ["", "Differences after the fine-tune (95% t-interval over the paired seeds; called only "
                   "when it excludes 0):", ""]
         lines += ["- " + difference(a, per_seed[a], b, per_seed[b], "val ppl", higher_is_better=False).text()
                   for a, b in pairs]

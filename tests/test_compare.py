@@ -2,41 +2,58 @@
 bootstrap interval, and calls a difference only when the interval says so."""
 import csv
 import json
+import random
 from pathlib import Path
 
 import pytest
 import yaml
 
-from attnlab.compare import Spread, bootstrap_interval, difference
+from attnlab.compare import Spread, difference, t_interval
 from attnlab.report import report
 
 
-def test_the_bootstrap_interval_lies_within_the_values_and_is_reproducible():
+def test_the_interval_of_a_mean_is_students_t():
     values = [0.2, 0.9, 0.5, 0.55]
-    lo, hi = bootstrap_interval(values)
-    assert min(values) <= lo < sum(values) / 4 < hi <= max(values)
-    assert bootstrap_interval(values) == (lo, hi)  # seeded
-    assert bootstrap_interval([3.0]) == (3.0, 3.0)
-    narrow = bootstrap_interval([0.5] * 3 + [0.51] * 3)
-    assert narrow[1] - narrow[0] < hi - lo  # less spread, a narrower interval
+    lo, hi = t_interval(values)
+    mean = sum(values) / 4
+    sd = (sum((v - mean) ** 2 for v in values) / 3) ** 0.5
+    assert (lo, hi) == pytest.approx((mean - 3.182 * sd / 2, mean + 3.182 * sd / 2))
+    assert t_interval([3.0]) == (3.0, 3.0) and t_interval([0.9, 0.9, 0.9]) == (0.9, 0.9)
+
+
+def test_identical_groups_are_called_different_about_5_percent_of_the_time():
+    """The verdicts' error rate, simulated: two groups drawn from the same distribution, 3 and 5 seeds, paired
+    and unpaired. (A percentile bootstrap of 3 values called 25% of them different.)"""
+    rng = random.Random(0)
+    for n in (3, 5):
+        for paired in (True, False):
+            called = 0
+            for _ in range(1000):
+                a = {s: rng.gauss(0, 1) for s in range(n)}
+                b = {(s if paired else s + 100): rng.gauss(0, 1) for s in range(n)}
+                called += difference("a", a, "b", b, "acc", True).verdict.endswith("better")
+            assert called / 1000 < 0.08, (n, paired, called)
 
 
 def test_a_difference_is_called_only_when_its_interval_excludes_zero():
     # paired over the same seeds: a consistent gap is a difference even when the groups' ranges overlap
     a = {1: 0.60, 2: 0.80, 3: 0.95}
-    b = {1: 0.50, 2: 0.70, 3: 0.85}
+    b = {1: 0.50, 2: 0.71, 3: 0.84}
     d = difference("full", a, "longformer", b, "accuracy", higher_is_better=True)
     assert d.paired and d.seeds == 3 and d.mean == pytest.approx(0.1)
     assert d.verdict == "full better"
-    # a gap whose sign depends on the seed is not a difference
+    # a gap whose sign or size depends on the seed is not a difference
     flip = difference("x", {1: 0.9, 2: 0.2, 3: 0.6}, "y", {1: 0.3, 2: 0.8, 3: 0.55}, "accuracy", True)
     assert flip.verdict == "not distinguishable"
+    assert difference("x", {1: 0.9, 2: 0.5}, "y", {1: 0.1, 2: 0.45}, "acc", True).verdict == "not distinguishable"
     # lower is better (perplexity): the lower group is the better one
-    ppl = difference("x", {1: 5.0, 2: 5.1}, "y", {1: 6.0, 2: 6.2}, "ppl", higher_is_better=False)
+    ppl = difference("x", {1: 5.0, 2: 5.1, 3: 5.05}, "y", {1: 6.0, 2: 6.2, 3: 6.1}, "ppl", higher_is_better=False)
     assert ppl.verdict == "x better"
     assert difference("x", {1: 1.0}, "y", {1: 0.0}, "acc", True).verdict == "one seed: no comparison"
-    unpaired = difference("x", {1: 0.9, 2: 0.92}, "y", {5: 0.1, 6: 0.12}, "acc", True)
+    unpaired = difference("x", {1: 0.9, 2: 0.92, 3: 0.91}, "y", {5: 0.1, 6: 0.12, 7: 0.11}, "acc", True)
     assert not unpaired.paired and unpaired.verdict == "x better"
+    same = difference("full", {1: 1.0, 2: 1.0, 3: 1.0}, "lf", {1: 0.897, 2: 0.896, 3: 0.898}, "acc", True)
+    assert same.verdict == "full better"  # a gap in every seed, of nearly one size
 
 
 def test_a_spread_reads_mean_and_range():
@@ -119,3 +136,20 @@ def test_a_sweeps_seeds_are_one_wandb_group_per_type():
     assert a == b == "sweep-2026-12-04_00-00-00/attention=full,experiment=long_range_cpu" and c != a
     assert seed_group(job("attention.windows=[8,16],seed=3"), "longformer").endswith("/attention.windows=[8,16]")
     assert seed_group({"multirun": False, "sweep": "", "overrides": "seed=3"}, "bigbird") == "bigbird"
+
+
+def test_without_a_task_the_report_ranks_by_validation_perplexity(seeds_sweep):
+    from attnlab.report import primary_metric, read_run
+    run = read_run(next(seeds_sweep.glob("0-*")))
+    run.task_acc = None
+    assert primary_metric([run])[0] == "val_ppl_best"
+
+
+def test_a_rerun_seed_is_paired_by_its_mean_and_said(seeds_sweep):
+    again = seeds_sweep / "6-attention=full,seed=1"
+    fake_run(again, "full", 1, [0.0, 0.0, 0.0], 6, 9)
+    runs, files = report([str(seeds_sweep)])
+    with open(files["groups"], newline="") as f:
+        groups = {g["group"]: g for g in csv.DictReader(f)}
+    assert groups["attention=full"]["n"] == "4" and groups["attention=full"]["seeds"] == "1 1 2 3"
+    assert "(seed 1 ran twice: paired by its mean)" in files["markdown"].read_text()

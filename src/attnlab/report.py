@@ -1,5 +1,5 @@
 """A sweep side by side, offline: one table row per run, the runs that differ only in their seed grouped (mean,
-min–max, bootstrap 95% interval, and which differences the intervals support: ``compare.py``), and plots with
+min–max, the 95% t-interval, and which differences the intervals support: ``compare.py``), and plots with
 every seed's point, from what every run writes locally.
 
 Each run folder holds ``.hydra/config.yaml`` (what it trained), ``status.json`` (how it ended), the CSV
@@ -160,8 +160,7 @@ def read_run(folder: Path) -> Run:
               tokenizer=str(group("tokenizer").get("name", "?")))
     seed = raw.get("seed")
     run.seed = seed if isinstance(seed, int) and not isinstance(seed, bool) else None
-    run.group_key = json.dumps({k: v for k, v in raw.items() if k not in NOT_THE_EXPERIMENT}, sort_keys=True,
-                               default=str)
+    run.group_key = experiment_key(raw)
     without_seed = [str(o) for o in (ov or []) if not SEED_OVERRIDE.match(str(o))] if job is not None else []
     run.group_label = " ".join(without_seed) or run.attention
     status = folder / "status.json"
@@ -235,7 +234,23 @@ def read_run(folder: Path) -> Run:
 
 
 # what does not make two runs different experiments: the seed, and how or where a run was computed and logged
-NOT_THE_EXPERIMENT = ("seed", "paths", "hydra", "ckpt_path", "threads", "tags", "logger", "callbacks", "compile")
+# (checkpoints.EXECUTION lists the execution settings, one list for the run key and this)
+NOT_THE_EXPERIMENT = ("seed", "paths", "hydra", "ckpt_path", "tags", "logger", "compile")
+
+
+def experiment_key(raw: dict) -> str:
+    """The config without its seed, paths and execution settings: runs that share it differ only in their seed."""
+    kept = {k: v for k, v in raw.items() if k not in NOT_THE_EXPERIMENT}
+    for section, keys in checkpoints.EXECUTION.items():
+        node = kept.get(section) if section else kept
+        if isinstance(node, dict):
+            kept = kept if section else {k: v for k, v in kept.items() if k not in keys}
+            if section:
+                kept[section] = {k: v for k, v in node.items() if k not in keys}
+    data = kept.get("data")
+    if isinstance(data, dict) and data.get("seed") in ("${seed}", raw.get("seed")):
+        kept["data"] = {k: v for k, v in data.items() if k != "seed"}  # data.seed follows seed
+    return json.dumps(kept, sort_keys=True, default=str)
 SEED_OVERRIDE = re.compile(r"^\+?seed=")
 
 
@@ -317,7 +332,8 @@ def _fmt(metric: str, v: float) -> str:
 
 def primary_metric(runs: list[Run]) -> tuple[str, str, bool]:
     """What a comparison ranks by: the task's accuracy where the runs score a task, else validation perplexity."""
-    return GROUP_METRICS[0] if any(r.task_acc is not None for r in runs) else GROUP_METRICS[1]
+    by_name = {m[0]: m for m in GROUP_METRICS}
+    return by_name["task_acc"] if any(r.task_acc is not None for r in runs) else by_name["val_ppl_best"]
 
 
 def _seed_lines(groups: list[Group], runs: list[Run]) -> list[str]:
@@ -326,11 +342,13 @@ def _seed_lines(groups: list[Group], runs: list[Run]) -> list[str]:
     shown = [(m, n, hb) for m, n, hb in GROUP_METRICS if m != metric and any(g.spread(m) for g in groups)]
     lines = ["", "## Over seeds", "",
              "Runs that differ only in their seed, together: mean [min–max] over the seeds, and for "
-             f"{name} the bootstrap 95% interval of the mean. One seed ranks nothing.", "",
+             f"{name} the 95% t-interval of the mean. One seed ranks nothing.", "",
              f"| group | seeds | {name} | 95% interval | " + " | ".join(n for _, n, _ in shown) + " |",
              "|---|---|---|---|" + "---|" * len(shown)]
     for g in groups:
-        cells = [g.label, ",".join("–" if s is None else str(s) for s in g.seeds)]
+        cells = [g.label, ",".join("–" if s is None else str(s) for s in g.seeds)
+                 + (f" (seed {', '.join(map(str, g.repeated_seeds))} ran twice: paired by its mean)"
+                    if g.repeated_seeds else "")]
         sp = g.spread(metric)
         cells += ([sp.text(_fmt_metric(metric)), f"{_fmt(metric, sp.interval[0])} … {_fmt(metric, sp.interval[1])}"]
                   if sp else ["–", "–"])
@@ -346,6 +364,8 @@ def _seed_lines(groups: list[Group], runs: list[Run]) -> list[str]:
                   "both groups ran the same seeds).", ""]
         lines += ["- " + difference(a.label, a.values(metric), b.label, b.values(metric), name, higher).text()
                   for a, b in pairs[:28]]
+        if len(pairs) > 28:
+            lines.append(f"- ({len(pairs) - 28} more pairs not listed: compare fewer groups at once)")
     return lines
 
 
@@ -507,7 +527,7 @@ def _plots(runs: list[Run], groups: list[Group], out: Path) -> dict[str, Path]:
         _bars_with_seeds(ax, ranked, [g.label.replace(" ", "\n") for g in ranked], metric, interval=True)
         ax.set_ylabel(name)
         ax.tick_params(axis="x", labelsize=8), ax.grid(axis="y", alpha=0.3)
-        ax.set_title(f"{name} per group: bar = mean, dots = seeds, black = bootstrap 95% interval", fontsize=9)
+        ax.set_title(f"{name} per group: bar = mean, dots = seeds, black = 95% t-interval", fontsize=9)
         files["seeds"] = save(fig, out / "seeds.png")
     return files
 
