@@ -26,13 +26,14 @@ def test_the_same_seed_gives_the_same_examples_and_the_answers_are_where_they_sa
     assert a == b and a != examples(t, 200, 63, seed=6)
     for e in a:
         assert len(e.text) == 63
-        for pos, distance in e.answers:
+        assert len(e.expected) == len(e.answers)
+        for (pos, distance), answer in zip(e.answers, e.expected):
             query = pos - 1  # the position whose prediction is the answer
             source = query - distance  # what the attention must reach
             if task == "copy":
-                assert e.text[query] == "?" and e.text[source] == e.text[pos] in KEYS
-            else:  # the query key repeats the key just before the value it must copy
-                assert e.text[query] == e.text[source - 1] and e.text[pos] == e.text[source]
+                assert e.text[query] == "?" and e.text[source] == e.text[pos] == answer and answer in KEYS
+            else:  # the query key repeats the key just before the value it must copy; the value is not in the text
+                assert e.text[query] == e.text[source - 1] and e.text[source] == answer and e.text[pos] == "."
     distances = [d for e in examples(t, 2000, 63, seed=0) for _, d in e.answers]
     assert min(distances) == 1 if task == "copy" else min(distances) >= 1
     assert max(distances) >= 55  # near and far both drawn
@@ -52,15 +53,16 @@ def test_mqar_draws_keys_and_values_as_zoology_does():
         seen_values |= set(values)
         assert len(e.answers) == 4
         asked = []
-        for pos, distance in e.answers:
+        for (pos, distance), answer in zip(e.answers, token_ids(e.expected)):
             q = pos - 1
             assert q >= 8 and (q - 8) % 2 == 0  # a slot: 2 pairs + 2 g
             i = (q - distance - 1) // 2  # the pair whose value the query must copy
-            assert ids[q] == keys[i] and ids[pos] == values[i]
+            assert ids[q] == keys[i] and answer == values[i]
             asked.append(i)
         assert sorted(asked) == [0, 1, 2, 3]  # every key asked exactly once
-        answer_slots = {p for pos, _ in e.answers for p in (pos - 1, pos)}
-        assert all(ids[j] == 0 for j in range(8, 63) if j not in answer_slots)  # Zoology's figure 2: no random fillers
+        query_slots = {pos - 1 for pos, _ in e.answers}
+        assert all(ids[j] == 0 for j in range(8, 63) if j not in query_slots)  # fillers only (Zoology's figure 2):
+        assert not set(values) & set(ids[8:])  # no value shows after the pairs
     assert seen_keys <= set(range(1, 32)) and len(seen_keys) == 31 and len(seen_values) == 32
 
 
@@ -89,7 +91,7 @@ def test_mqar_random_fillers_come_from_the_whole_vocabulary():
     fillers = Counter()
     for e in examples(t, 300, 63, seed=3):
         ids = token_ids(e.text)
-        slots = {p for pos, _ in e.answers for p in (pos - 1, pos)} | set(range(8))
+        slots = {pos - 1 for pos, _ in e.answers} | set(range(8))
         fillers.update(ids[j] for j in range(63) if j not in slots)
     assert set(fillers) == set(range(64))  # keys, values and the filler id alike
 
@@ -144,7 +146,12 @@ def test_the_loss_counts_the_answers_only(tmp_path, split):
             assert y[b, t] in x[b, :t]
         everything = answers_only_datamodule(tmp_path, task, loss_on="all", **settings)
         x2, y2 = next(iter(everything.train_dataloader() if split == "train" else everything.val_dataloader()))
-        assert torch.equal(x, x2) and (y2 != IGNORE).all() and torch.equal(y[counted], y2[counted])
+        assert torch.equal(x, x2) and (y2 != IGNORE).all()
+        if task == "copy":  # the answer is the next character of the text ...
+            assert torch.equal(y[counted], y2[counted])
+        else:  # ... MQAR's is not: the text holds a filler there, the target is the value
+            filler = dm.tokenizer.encode(".")[0]
+            assert (y2[counted] == filler).all() and (y[counted] != filler).all()
 
 
 def test_answers_need_a_task_and_one_token_per_character(tmp_path):
@@ -260,3 +267,19 @@ def run_loader(cfg):
     dm = build_datamodule(cfg)
     dm.setup("fit")
     return dm.train_dataloader()
+
+
+def test_a_synthetic_example_is_exactly_one_window(tmp_path):
+    """Shorter examples than the context would cut windows across examples, and a counted answer could then need
+    a token from the window before: refused, as longer ones are."""
+    with pytest.raises(DataError, match=r"dataset.length=24 is shorter than model.context=32"):
+        answers_only_datamodule(tmp_path, length=24)
+
+
+def test_overfit_mode_on_a_small_task_validates_on_what_it_has(tmp_path):
+    from attnlab.data.datamodule import TextDataModule
+    dataset = {"name": "copy", "source": "synthetic", "task": "copy", "length": 32, "seed": 0, "train_examples": 9,
+               "val_examples": 4, "test_examples": 4}
+    dm = TextDataModule(dataset, {"name": "char"}, 32, 4, str(tmp_path), overfit_batches=3)
+    dm.prepare_data()
+    assert sum(len(x) for x, _ in dm.val_dataloader()) == 8  # 8 windows, not a crash asking for 12

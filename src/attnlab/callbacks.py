@@ -524,12 +524,15 @@ class TaskAccuracy(L.Callback):
             predicted = torch.cat([model(idx[i:i + 64].to(pl_module.device)).argmax(-1).cpu()
                                    for i in range(0, len(idx), 64)])  # (N, L): the prediction for each next position
         model.train(was_training)
-        n_bins = min(self.bins, length - 1)
-        width = -(-(length - 1) // n_bins)  # distances 1 .. length - 1 in equal bins
+        width = -(-(length - 1) // min(self.bins, length - 1))  # distances 1 .. length - 1 in equal bins
+        n_bins = -(-(length - 1) // width)  # (no empty bin at the end)
         rows = torch.tensor([n for n, e in enumerate(batch) for _ in e.answers])
         pos = torch.tensor([p for e in batch for p, _ in e.answers])
         which = torch.tensor([min((d - 1) // width, n_bins - 1) for e in batch for _, d in e.answers])
-        right = (predicted[rows, pos - 1] == idx[rows, pos]).long()
+        truth = torch.tensor([i for e in batch for i in tokenizer.encode(e.expected)])  # the answers' ids
+        if len(truth) != len(pos):
+            raise ValueError(f"dataset.task={task.name} needs one token per character (tokenizer=char)")
+        right = (predicted[rows, pos - 1] == truth).long()
         counts = torch.bincount(which, minlength=n_bins).tolist()
         hits = torch.bincount(which, weights=right.double(), minlength=n_bins).long().tolist()
         bins = [[b * width + 1, min((b + 1) * width, length - 1)] for b in range(n_bins)]

@@ -123,13 +123,15 @@ def write_tokens(tokenizer, docs, path: Path, dtype, label: str = "") -> tuple[i
 LOSS_ON = ("auto", "all", "answers")  # data.loss_on: which targets the loss counts (auto: answers where marked)
 
 
-def counted_targets(targets: torch.Tensor, counted: np.ndarray | None, first: int) -> torch.Tensor:
-    """``targets`` (T,) are the tokens at ``first`` .. ``first`` + T - 1 of a split; with ``counted`` (a bool per
-    token of the split: an answer), every other target becomes IGNORE."""
-    if counted is None:
+def counted_targets(targets: torch.Tensor, answers: np.ndarray | None, first: int) -> torch.Tensor:
+    """``targets`` (T,) are the tokens at ``first`` .. ``first`` + T - 1 of a split. With ``answers`` (per token slot
+    of the split: the answer's id where that slot's target is an answer, else -1), the answers replace the
+    targets there (a task's answer need not be the next token of the text: MQAR's is a filler) and every other
+    target becomes IGNORE."""
+    if answers is None:
         return targets
-    keep = torch.from_numpy(counted[first:first + len(targets)])  # (T,)
-    return torch.where(keep, targets, torch.full_like(targets, IGNORE))
+    answer = torch.from_numpy(answers[first:first + len(targets)].astype(np.int64))  # (T,)
+    return torch.where(answer >= 0, answer, torch.full_like(targets, IGNORE))
 
 
 class TrainWindows(Dataset):
@@ -324,13 +326,13 @@ class TextDataModule(L.LightningDataModule):
                 if tokens is None:
                     raise DataError(f"could not write the token cache at {entry}")
         self.tokens = tokens
-        self._mark_answers(answers)
         meta = json.loads((entry / "meta.json").read_text())
         self.split_bytes = meta.get("bytes", {})
         # the training tokens' identity (their SHA-256, hashed when the cache was built): a resume on other text,
         # even text that keeps the tokenizer unchanged, is refused by comparing it
         self.corpus_id = str((meta.get("splits", {}).get("train") or {}).get("sha256", ""))[:16] or None
         self.tokenizer = load_tokenizer(entry)
+        self._mark_answers(answers)
         self.info = {"cache_entry": str(entry), **{f"{s}_tokens": int(len(tokens[s])) for s in SPLITS},
                      "vocab_size": self.tokenizer.vocab_size, **extra}
 
@@ -338,9 +340,11 @@ class TextDataModule(L.LightningDataModule):
         """A synthetic task's example must fit the model's context (one example per window, as its answers and the
         task's scoring assume)."""
         length = self.dataset_cfg.get("length")
-        if self.dataset_cfg.get("source") == "synthetic" and isinstance(length, int) and length > self.context:
-            raise DataError(f"dataset.length={length} is longer than model.context={self.context}: an example must "
-                            f"fit one window (leave dataset.length at its default, the context)")
+        if self.dataset_cfg.get("source") == "synthetic" and isinstance(length, int) and length != self.context:
+            longer = "longer" if length > self.context else "shorter"
+            raise DataError(f"dataset.length={length} is {longer} than model.context={self.context}: an example must "
+                            f"be exactly one window (windows are cut at multiples of the context; leave "
+                            f"dataset.length at its default, the context)")
 
     def _mark_answers(self, answers) -> None:
         """data.loss_on: with answers, a bool per token of each split saying which targets the loss counts."""
@@ -353,16 +357,17 @@ class TextDataModule(L.LightningDataModule):
             raise DataError(f"data.loss_on=answers: dataset={name} marks no answers (only the synthetic tasks do); "
                             f"use data.loss_on=all")
         counted = {}
-        for split, (positions, expected) in answers().items():
+        for split, (positions, expected, chars) in answers().items():
             n = len(self.tokens[split])
-            if n != expected:
+            ids = self.tokenizer.encode(chars)
+            if n != expected or len(ids) != len(positions):
                 raise DataError(f"dataset={name} (task {self.dataset_cfg.get('task')}) needs one token per character "
                                 f"(tokenizer=char): its {split} split is {expected} characters but {n} tokens with "
                                 f"tokenizer={self.tokenizer_cfg.get('name')}")
-            counted[split] = np.zeros(n, dtype=bool)
-            counted[split][positions] = True
+            counted[split] = np.full(n, -1, dtype=np.int32)  # the answer's id where a target is an answer
+            counted[split][positions] = ids
         self.loss_on, self.counted = "answers", counted
-        per = counted["train"].sum() / max(1, len(counted["train"]))
+        per = (counted["train"] >= 0).sum() / max(1, len(counted["train"]))
         log.info("the loss counts the answers only (data.loss_on=answers): %.1f%% of the targets", 100 * per)
 
     def setup(self, stage: str | None = None) -> None:
@@ -422,8 +427,8 @@ class TextDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         if self.overfit_batches:  # the overfit check evaluates on the batches it memorises
-            ds = torch.utils.data.Subset(TrainWindows(self.tokens["train"], self.context, self.counted.get("train")),
-                                         list(range(self.overfit_batches * self.batch_size)))
+            windows = TrainWindows(self.tokens["train"], self.context, self.counted.get("train"))
+            ds = torch.utils.data.Subset(windows, list(range(min(len(windows), self.overfit_batches * self.batch_size))))
             return DataLoader(ds, batch_size=self.batch_size)
         return self._eval_loader("val")
 

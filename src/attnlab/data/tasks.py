@@ -14,8 +14,9 @@ answer - the position of what it must copy). Training counts the loss on the ans
   drawn from Zoology's power law p(g) ~ a g^(a-1) (a = ``power_a``; a = 0.01: most queries come right after
   the pairs, 1.0: uniform). The answer is the key's value. Chance is 1/(V/2); a model that copies *some*
   value of the example scores 1/pairs (the trivial level), so only accuracy above 1/pairs shows recall.
-  One difference from Zoology's tensors: this is a language-model stream, so the answer is also the next
-  input token (Zoology's input there is a filler); each key is asked once, so no later answer can use it.
+  As in Zoology's tensors, the input after a query key is a filler, not the value: the value is the target
+  there (``Example.expected``), so no answer shows in the text before a later query (which would let a model
+  score H(pairs)/pairs = 52% at 4 pairs by copying a value not yet asked for).
   Token ids are written as characters (id i is chr(0x4E00 + i), a CJK block of 20,992 code points; the
   filler is '.'), so the char tokenizer, the token cache and every command handle the task unchanged.
 
@@ -38,7 +39,9 @@ MAX_VOCAB = 0x9FFF - TOKEN_BASE + 1  # the CJK unified ideographs block: 20,992 
 
 class Example(NamedTuple):
     text: str
-    answers: list[tuple[int, int]]  # (position of an answer character, distance the attention must reach)
+    answers: list[tuple[int, int]]  # (position p, distance): the target of position p - 1 is an answer, which the
+    #   attention must fetch from ``distance`` positions before p - 1
+    expected: str  # the answers' characters, in the order of ``answers`` (the text at p may be a filler: MQAR)
 
 
 @dataclass(frozen=True)
@@ -58,7 +61,7 @@ class Copy:
         text = [FILLER] * length
         text[p] = text[p + d + 1] = rng.choice(KEYS)
         text[p + d] = QUERY
-        return Example("".join(text), [(p + d + 1, d)])
+        return Example("".join(text), [(p + d + 1, d)], text[p])
 
     @property
     def chance(self) -> float:
@@ -113,10 +116,11 @@ class MQAR:
             ids[2 * i], ids[2 * i + 1] = k, v
         for i, g in enumerate(gaps):
             q = 2 * n + 2 * g
-            ids[q], ids[q + 1] = keys[i], values[i]
-            answers.append((q + 1, q - (2 * i + 1)))  # the query key at q reaches back to the value at 2i + 1
+            ids[q] = keys[i]  # the query; the slot after it keeps its filler: the value is only the target
+            answers.append((q + 1, q - (2 * i + 1), values[i]))  # the query key at q reaches back to 2i + 1
         text = "".join(FILLER if t == 0 else chr(TOKEN_BASE + t) for t in ids)
-        return Example(text, sorted(answers))
+        answers.sort()
+        return Example(text, [(p, d) for p, d, _ in answers], "".join(chr(TOKEN_BASE + v) for _, _, v in answers))
 
     @property
     def chance(self) -> float:

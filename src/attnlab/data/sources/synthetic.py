@@ -16,6 +16,7 @@ from attnlab.data.corpus import DataError
 from attnlab.data.sources import Corpus
 from attnlab.data.tasks import TASKS, examples, get_task, task_settings
 
+GENERATORS = 2  # the generators' version, in the token cache's key: 2 = MQAR's values only as targets (2026-12-04)
 SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2}  # added to dataset.seed: the splits never share an example
 COUNTS = ("length", "seed", "train_examples", "val_examples", "test_examples")  # the source's own settings
 COMMON = ("name", "source", "task", *COUNTS)
@@ -60,16 +61,17 @@ def corpus(settings: dict, cache_dir: Path) -> Corpus:
     def read() -> dict[str, list[str]]:
         return {name: [e.text for e in split(name)] for name in SPLIT_SEEDS}
 
-    def answers() -> dict[str, tuple[np.ndarray, int]]:
-        """Per split: the token positions of the answers in the split's stream, and the stream's length (one
-        token per character, each example followed by the end token)."""
+    def answers() -> dict[str, tuple[np.ndarray, int, str]]:
+        """Per split: the token positions whose target is an answer (the target of position p - 1 is the token
+        slot p), the stream's length (one token per character, each example followed by the end token), and the
+        answers' characters in that order (the target there, whatever the text holds: MQAR's is a filler)."""
         out = {}
         for name in SPLIT_SEEDS:
             batch = split(name)
             pos = [n * length + p for n, e in enumerate(batch) for p, _ in e.answers]
-            out[name] = (np.asarray(pos, dtype=np.int64), len(batch) * length)
+            out[name] = (np.asarray(pos, dtype=np.int64), len(batch) * length, "".join(e.expected for e in batch))
         return out
-    key = hashlib.sha256(repr([task, *(settings.get(k) for k in COUNTS)]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(repr([GENERATORS, task, *(settings.get(k) for k in COUNTS)]).encode()).hexdigest()[:16]
     return Corpus(key, read, {"task": task.name}, answers)
 
 
