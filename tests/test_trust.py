@@ -33,8 +33,14 @@ class StopAt(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         at = os.environ.get("ATTNLAB_TEST_STOP_AT")
-        if at and trainer.global_step == int(at.split(":")[0]):
+        if at and trainer.global_step == int(at.split(":")[0]) and not at.endswith(":in_validation"):
             raise KeyboardInterrupt() if at.endswith(":interrupt") else RuntimeError("simulated crash")
+
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        at = os.environ.get("ATTNLAB_TEST_STOP_AT")  # "<step>:in_validation": Ctrl-C in that step's validation
+        if at and at.endswith(":in_validation") and not trainer.sanity_checking and batch_idx == 1 \
+                and trainer.global_step == int(at.split(":")[0]):
+            raise KeyboardInterrupt()
 
 
 STOPPABLE = ["+callbacks.stop._target_=test_trust.StopAt"]
@@ -289,6 +295,27 @@ def test_an_interrupt_saves_last_ckpt_records_interrupted_and_resume_continues_i
     assert steps == sorted(set(steps)) and steps[0] < 4 < steps[-1]  # one log, before and after the resume
 
 
+def test_ctrl_c_during_a_validation_runs_that_validation_again_on_resume(make_cfg, monkeypatch):
+    """The validation after step 4 is interrupted: the resumed run validates step 4 first, so the curve, val/ppl_best
+    and the best-checkpoint ranking have it."""
+    args = [*FAST, *STOPPABLE, "trainer.limit_train_batches=8", "trainer.val_check_interval=4",
+            "trainer.limit_val_batches=3", "trainer.log_every_n_steps=1"]
+    cfg = make_cfg(args, "2026-01-01_00-00-00")
+    monkeypatch.setenv("ATTNLAB_TEST_STOP_AT", "4:in_validation")
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg)
+    finally:
+        signal.signal(signal.SIGINT, sigint)
+    monkeypatch.delenv("ATTNLAB_TEST_STOP_AT")
+    train(make_cfg([*args, "ckpt_path=last"], "2026-01-01_01-00-00"))
+    import csv
+    with open(Path(cfg.paths.output_dir) / "csv" / "metrics.csv") as f:
+        validated = [int(r["step"]) + 1 for r in csv.DictReader(f) if r.get("val/ppl")]
+    assert validated == [4, 8], validated
+
+
 @pytest.mark.subprocess
 def test_ctrl_c_on_train_py_exits_130_with_one_line(tmp_path):
     env = {**os.environ, "ATTNLAB_TEST_STOP_AT": "3:interrupt", "PYTHONPATH": str(ROOT / "tests")}
@@ -485,7 +512,7 @@ def test_a_refused_resume_leaves_the_run_folder_as_it_was(make_cfg, tmp_path):
     with pytest.raises(ConfigError, match=r"another tokenizer"):
         train(again)
     assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
-    assert json.loads((Path(again.paths.output_dir) / "status.json").read_text())["status"] == "failed"
+    assert json.loads((Path(again.paths.output_dir) / "status.json").read_text())["status"] == "refused"  # nothing trained: report.py skips it
 
 
 def test_a_resumed_sweep_job_is_in_the_sweep_summary_and_report_skips_its_pointer_folder(make_cfg, monkeypatch):

@@ -14,7 +14,7 @@ import numpy as np
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 import torch
 
-from attnlab import memory
+from attnlab import lightning_internals, memory
 from attnlab.attention import get_backend
 from attnlab.memory import peak_rss_bytes, rss_bytes
 
@@ -109,7 +109,36 @@ class ValidateAtEnd(L.Callback):
     """Validates after the last training step when the schedule's last validation came earlier (max_steps 2,500
     with a validation every 1,000 steps), so the run's "final val perplexity" is of its final weights, and the
     best checkpoint and the test see them. It asks Lightning to stop at the last batch, which makes Lightning's
-    training loop validate there (its rule for a requested stop); a batch that validates anyway validates once."""
+    training loop validate there (its rule for a requested stop); a batch that validates anyway validates once.
+
+    It also keeps a validation that an interrupt cut short: a checkpoint saved during a validation (Ctrl-C,
+    SIGTERM) records its step, and the resumed run validates that step before it trains on, so the curve,
+    ``val/ppl_best`` and the best-checkpoint ranking have it."""
+
+    def __init__(self):
+        self.trainer = None
+        self.pending_step: int | None = None  # a validation that a checkpoint cut short, to run on resume
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        self.trainer = trainer
+
+    def state_dict(self) -> dict:
+        t = self.trainer
+        cut_short = t is not None and t.validating and not t.sanity_checking and t.state.fn == "fit"
+        return {"pending_validation_step": t.global_step if cut_short else None}
+
+    def load_state_dict(self, state: dict) -> None:
+        step = state.get("pending_validation_step")
+        self.pending_step = step if isinstance(step, int) and not isinstance(step, bool) else None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.pending_step is None or self.pending_step != trainer.global_step or not trainer.enable_validation:
+            self.pending_step = None
+            return
+        log.info("the validation of step %d was interrupted: running it again before training goes on",
+                 self.pending_step)
+        self.pending_step = None
+        lightning_internals.validate_now(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.sanity_checking or not trainer.enable_validation:
