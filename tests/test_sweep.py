@@ -255,3 +255,48 @@ def test_killing_the_launcher_stops_its_jobs(tmp_path):
             and time.time() < deadline:
         time.sleep(0.5)
     assert not left, left  # no orphaned worker goes on training
+
+
+def _wait_for_job_processes(p, n: int, timeout: float = 60) -> None:
+    """Until the launcher's session holds n job processes besides itself (they are starting: importing)."""
+    import subprocess
+    import time
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        pids = subprocess.run(["pgrep", "-s", str(p.pid)], capture_output=True, text=True).stdout.split()
+        if len(pids) >= n + 1:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the jobs never started")
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_jobs_are_still_starting_is_one_line_each_and_recorded(tmp_path):
+    import signal
+    import time
+    p = _sweep_process(tmp_path, *JOB, "seed=1,2")
+    _wait_for_job_processes(p, 2)
+    time.sleep(1.5)  # inside the jobs' imports (train.py's take several seconds)
+    os.killpg(p.pid, signal.SIGINT)
+    assert p.wait(timeout=120) == 130
+    out = (tmp_path / "sweep.log").read_text()
+    assert "Traceback" not in out, out[-3000:]
+    assert [s["status"] for s in statuses(tmp_path)] == ["interrupted", "interrupted"]
+
+
+@pytest.mark.slow
+def test_killing_the_launcher_while_its_jobs_start_stops_them_at_once(tmp_path):
+    """The parent-death signal is set before a job imports the project (10-20 s), not after."""
+    import signal
+    import subprocess
+    import time
+    p = _sweep_process(tmp_path, *JOB, "trainer.limit_train_batches=100000", "seed=1,2")
+    _wait_for_job_processes(p, 2)
+    time.sleep(1.0)
+    os.kill(p.pid, signal.SIGKILL)
+    p.wait(timeout=30)
+    killed = time.time()
+    while (left := subprocess.run(["pgrep", "-s", str(p.pid)], capture_output=True, text=True).stdout.split()) \
+            and time.time() - killed < 30:
+        time.sleep(0.2)
+    assert not left and time.time() - killed < 8, (left, time.time() - killed)

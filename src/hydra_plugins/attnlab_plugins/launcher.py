@@ -49,26 +49,45 @@ def _die_with_parent() -> None:
         pass
 
 
-def _task(ref: tuple[str, str]):
-    """The task function in this (spawned) process. The script's own module runs here as ``__mp_main__``; its
-    ``main`` is Hydra's decorated one, which calls the task directly when given a config."""
+def _task(ref: tuple[str, str], script: str | None):
+    """The task function in this (spawned) process. The script's own module is loaded here, after the
+    parent-death signal is set (``launch`` keeps multiprocessing from importing it first: train.py's imports take
+    10-20 s, in which a killed launcher's job would live on), as ``__mp_main__``; its ``main`` is Hydra's
+    decorated one, which calls the task directly when given a config."""
     module, name = ref
-    mod = sys.modules["__mp_main__"] if module == "__main__" else importlib.import_module(module)
-    return getattr(mod, name)
+    if module != "__main__":
+        return getattr(importlib.import_module(module), name)
+    if not hasattr(sys.modules.get("__mp_main__"), name) and script:  # (spawn aliases its bare __main__ there)
+        import runpy
+        import types
+        mod = types.ModuleType("__mp_main__")
+        mod.__dict__.update(runpy.run_path(script, run_name="__mp_main__"))
+        sys.modules["__mp_main__"] = mod
+    return getattr(sys.modules["__mp_main__"], name)
 
 
 def _interrupt(signum, frame) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def _run_in_child(payload: bytes, results) -> None:
+def _run_in_child(payload: bytes, results, script: str | None = None) -> None:
     _die_with_parent()
     # SIGTERM (the launcher died, or a scheduler stops the job) stops a job like Ctrl-C does, even before
     # training starts; Lightning adds its own handler in front of this one once it runs
     signal.signal(signal.SIGTERM, _interrupt)
     import pickle
     hydra_context, sweep_config, task_ref, singleton_state = pickle.loads(payload)  # written by cloudpickle
-    task_function = _task(task_ref)
+    try:
+        task_function = _task(task_ref, script)  # the project's imports: seconds, in which Ctrl-C may come
+    except KeyboardInterrupt:  # stopped before it started: said in one line and recorded, no traceback
+        from attnlab import sweep  # (its resolvers name the job's folder)
+        setup_globals()
+        Singleton.set_state(singleton_state)
+        HydraConfig.instance().set_config(sweep_config)
+        out = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
+        sweep.write_status(out, "interrupted", 0, time.time(), "interrupted while it was starting")
+        results.put((int(sweep_config.hydra.job.num), None, "interrupted while it was starting"))
+        sys.exit(130)
     setup_globals()
     Singleton.set_state(singleton_state)
     HydraConfig.instance().set_config(sweep_config)
@@ -80,6 +99,23 @@ def _run_in_child(payload: bytes, results) -> None:
         value = None
     error = None if ret.status == JobStatus.COMPLETED else repr(ret._return_value)[:500]
     results.put((int(sweep_config.hydra.job.num), value, error))
+
+
+class _main_not_imported:
+    """While a job's process is being started: multiprocessing's spawn would import the launching script (as
+    ``__mp_main__``) before the job's own code runs; hiding its file lets the child set its parent-death signal
+    and its interrupt handling first, then load the script itself (``_task``)."""
+
+    def __enter__(self):
+        main = sys.modules["__main__"]
+        self.saved = {k: main.__dict__.pop(k) for k in ("__file__",) if k in main.__dict__}
+        self.spec, main.__spec__ = getattr(main, "__spec__", None), None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        main = sys.modules["__main__"]
+        main.__dict__.update(self.saved)
+        main.__spec__ = self.spec
 
 
 def _signal_name(code: int) -> str:
@@ -124,6 +160,7 @@ class LocalLauncher(Launcher):
         results = ctx.SimpleQueue()
         state = Singleton.get_state()
         task_ref = (self.task_function.__module__, self.task_function.__qualname__)
+        script = getattr(sys.modules["__main__"], "__file__", None)  # loaded by the child itself (see _task)
         pending, running, done = list(jobs), {}, {}
         stopping = False
         deadline = None
@@ -133,8 +170,9 @@ class LocalLauncher(Launcher):
                     idx, overrides, cfg, out = pending.pop(0)
                     # cloudpickle: Hydra's state holds OmegaConf's resolver closures, which pickle cannot write
                     payload = cloudpickle.dumps((self.hydra_context, cfg, task_ref, state))
-                    p = ctx.Process(target=_run_in_child, name=f"job{idx}", args=(payload, results))
-                    p.start()
+                    p = ctx.Process(target=_run_in_child, name=f"job{idx}", args=(payload, results, script))
+                    with _main_not_imported():
+                        p.start()
                     running[idx] = (p, overrides, cfg, out, time.time())
                 while not results.empty():
                     idx, value, error = results.get()
