@@ -169,3 +169,33 @@ def test_analyze_refuses_a_prompt_with_characters_the_run_never_saw(trained_run,
     cfg = command_cfg("analyze", [f"run={trained_run}", "prompt='ROMEO€ hi'"], tmp_path / "out")
     with pytest.raises(ConfigError, match=r"has characters the run's tokenizer does not know: \['€'\]"):
         analyze(cfg)
+
+
+def test_one_wandb_run_per_run_folder_with_one_monotonic_step_across_a_crash_a_resume_and_analyze(make_cfg, tmp_path,
+                                                                                                  monkeypatch):
+    """Offline, the run crashes at step 6 (last.ckpt from step 4), resumes to step 8, then analyze.py logs into it:
+    three offline folders of one run id, whose history steps read back are increasing from one to the next (the
+    steps trained again after the checkpoint are not logged twice), so `wandb sync` of them makes one run."""
+    from pathlib import Path
+    from attnlab.analyze import analyze
+    from attnlab.train import train
+    from test_commands import command_cfg
+    from wandb_history import history_steps
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    args = ["mode=debug", "logger=wandb", "trainer.max_epochs=-1", "test_after_fit=false", "trainer.log_every_n_steps=1",
+            "+callbacks.stop._target_=test_trust.StopAt", "callbacks.last_checkpoint.every_n_train_steps=4",
+            "callbacks.sample_texts=null", "callbacks.attention_picture=null", "callbacks.model_summary=null"]
+    cfg = make_cfg([*args, "trainer.max_steps=8"], "2026-01-01_00-00-00")
+    monkeypatch.setenv("ATTNLAB_TEST_STOP_AT", "6:crash")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(cfg)
+    monkeypatch.delenv("ATTNLAB_TEST_STOP_AT")
+    folder = Path(cfg.paths.output_dir)
+    train(make_cfg([*args, "trainer.max_steps=8", f"ckpt_path={folder}"], "2026-01-01_01-00-00"))
+    analyze(command_cfg("analyze", [f"run={folder}", "tokens=16", "max_windows=2"], tmp_path / "out"))
+    parts = sorted((folder / "wandb").glob("offline-run-*"))
+    assert len(parts) == 3 and len({p.name.rsplit("-", 1)[-1] for p in parts}) == 1  # one run id
+    steps = [history_steps(p) for p in parts]
+    assert steps[0] and steps[0] == sorted(steps[0]) and max(steps[0]) <= 6
+    assert steps[1] and min(steps[1]) > max(steps[0]) and max(steps[1]) >= 7  # the redone steps 5-6 not again
+    assert steps[2] and min(steps[2]) >= max(steps[1])  # the analysis at the checkpoint's step

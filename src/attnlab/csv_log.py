@@ -36,20 +36,24 @@ class CSVLogger(_LightningCSVLogger):
         return self._experiment
 
 
-def trim(run_folder: str | Path, step: int) -> None:
-    """Drop the rows of ``csv/metrics.csv`` logged after ``step`` (a resume from that step logs them again)."""
+def trim(run_folder: str | Path, step: int) -> int:
+    """Drop the rows of ``csv/metrics.csv`` logged after ``step`` (a resume from that step logs them again).
+    Returns the highest step the file held before (-1: none): W&B, which cannot take rows back, skips up to it."""
     path = Path(run_folder) / METRICS
     if not path.is_file():
-        return
+        return -1
     with open(path, newline="") as f:
         reader = csv.DictReader(f)
         fields, rows = reader.fieldnames or [], list(reader)
+    steps = [float(r["step"]) for r in rows if r.get("step")]
+    highest = int(max(steps)) if steps else -1
     kept = [r for r in rows if not r.get("step") or float(r["step"]) < step]
     if len(kept) == len(rows):
-        return
+        return highest
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
         w.writeheader()
         w.writerows(kept)
     os.replace(tmp, path)
+    return highest

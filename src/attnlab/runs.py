@@ -155,6 +155,7 @@ class Run:
     settings: dict  # the run's dataset, tokenizer and data settings, checked
     tokenizer_dir: Path | None = None  # where tokenizer.json is (default: the run folder)
     wandb_id: str | None = None  # the run's W&B run id, when it was logged to W&B
+    step: int = 0  # the checkpoint's training step (analyze.py logs to W&B there: the run's step stays monotonic)
 
     def datamodule(self, cache_dir: str, eval_batch_size: int | None = None, dataset: dict | None = None):
         """The run's own splits, or ``dataset`` (a dataset config), encoded with the run's tokenizer (not one
@@ -276,7 +277,9 @@ def load_run(run: str, cache_dir: str, outputs_root: str | Path = "outputs") -> 
                           f"({str(e).splitlines()[-1].strip()[:200]})") from e
     wandb_id = (state.get("attnlab") or {}).get("wandb_run_id")
     wandb_id = wandb_id if isinstance(wandb_id, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", wandb_id) else None
-    return Run(folder, ckpt, run_cfg, model, tokenizer, settings, wandb_id=wandb_id)
+    step = state.get("global_step")
+    return Run(folder, ckpt, run_cfg, model, tokenizer, settings, wandb_id=wandb_id,
+               step=step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else 0)
 
 
 def one_line(e: BaseException) -> str:

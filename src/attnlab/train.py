@@ -108,14 +108,14 @@ def build_trainer(trainer_cfg: DictConfig, **kwargs) -> L.Trainer:
         raise ConfigError(f"trainer: {str(cause).strip().splitlines()[0]}") from e
 
 
-def build_loggers(cfg: DictConfig, resume_id: str | None) -> list:
+def build_loggers(cfg: DictConfig, resume_id: str | None, floor: int = -1) -> list:
     loggers = []
     for lg_cfg in (cfg.get("logger") or {}).values():
         if lg_cfg is None or "_target_" not in lg_cfg:
             continue
         lg_cfg = OmegaConf.to_container(lg_cfg, resolve=True)
-        if lg_cfg["_target_"].endswith("WandbLogger"):
-            loggers.append(wandb_run.build_logger(cfg, lg_cfg, resume_id))
+        if wandb_run.is_wandb(lg_cfg["_target_"]):
+            loggers.append(wandb_run.build_logger(cfg, lg_cfg, resume_id, floor))
         else:
             loggers.append(hydra.utils.instantiate(lg_cfg))
     return loggers
@@ -298,7 +298,7 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
         progress["earlier_seconds"] = sweep.earlier_wall_seconds(cfg.paths.output_dir)  # the run's folder by now
         resume_id = resume.state.get("attnlab", {}).get("wandb_run_id")
         if rank_zero_only.rank == 0:
-            csv_log.trim(cfg.paths.output_dir, int(resume.state.get("global_step", 0)))  # steps after it run again
+            progress["logged_up_to"] = csv_log.trim(cfg.paths.output_dir, int(resume.state.get("global_step", 0)))
     if rank_zero_only.rank == 0:  # the run folder holds its own tokenizer: sample/evaluate need no corpus
         tokenizer.save(cfg.paths.output_dir)
     model = LitGPT(GPTConfig(**{**model_cfg, "vocab_size": datamodule.vocab_size}), attention,
@@ -328,7 +328,7 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
         if c is None or "_target_" not in c or (later_job and name == "model_summary"):
             continue
         callbacks.append(hydra.utils.instantiate(c))
-    loggers = build_loggers(cfg, resume_id)
+    loggers = build_loggers(cfg, resume_id, progress.get("logged_up_to", -1))  # (steps after it run again)
     model.wandb_run_id = wandb_run.run_id(loggers)
     model.answers_only = datamodule.loss_on == "answers"
     trainer: L.Trainer = build_trainer(

@@ -18,6 +18,7 @@ from urllib.parse import urlparse
 
 import hydra
 from lightning.fabric.utilities.rank_zero import rank_zero_only
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
 from attnlab.schema import ConfigError
@@ -73,6 +74,29 @@ def job_info() -> dict:
             "overrides": hc.job.override_dirname, "job_num": hc.job.get("num") if multirun else None}
 
 
+class StepLogger(WandbLogger):
+    """Lightning's W&B logger with W&B's own step set to the training step, so one run folder is one W&B run
+    with one monotonic step across resumes: a resumed run continues the same run id (from its checkpoint), and
+    the steps it trains again after its checkpoint (already in the W&B run, which cannot take rows back) are
+    not logged twice: ``floor`` is the highest step logged before the resume."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.floor = -1
+
+    @rank_zero_only
+    def log_metrics(self, metrics, step=None) -> None:
+        if step is None:
+            return super().log_metrics(metrics, step)
+        if step <= self.floor:
+            return
+        self.experiment.log(dict(metrics, **{"trainer/global_step": step}), step=int(step))
+
+
+def is_wandb(target: str) -> bool:
+    return target.endswith(("WandbLogger", "wandb_run.StepLogger"))
+
+
 def seed_group(job: dict, attention: str) -> str:
     """The W&B group: the runs that differ only in their seed, so W&B shows a type's seeds as one group (mean and
     spread). In a sweep: ``sweep-<folder>/<its overrides without seed=>``; a single run: its attention type."""
@@ -88,7 +112,7 @@ def split_overrides(dirname: str) -> list[str]:
     return [o for o in re.split(r",(?=[+~]?[\w.@/]+=)", dirname) if o]
 
 
-def build_logger(cfg: DictConfig, lg_cfg: dict, resume_id: str | None):
+def build_logger(cfg: DictConfig, lg_cfg: dict, resume_id: str | None, floor: int = -1):
     """A WandbLogger for this job: a new run (or the resumed one), never the previous job's."""
     os.environ.setdefault("WANDB_SILENT", "true")  # W&B's own banner lines; the folder to sync is logged below
     import wandb
@@ -120,8 +144,11 @@ def build_logger(cfg: DictConfig, lg_cfg: dict, resume_id: str | None):
     resolved = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
                 for k in cfg if k != "hydra"}
     run.config.update(resolved, allow_val_change=True)
-    if offline:
-        log.info("W&B is offline. Upload later with:  wandb sync %s", Path(run.dir).parent)
+    if isinstance(logger, StepLogger):
+        logger.floor = floor
+    if offline:  # every command of the run (a resume, analyze.py) adds an offline folder of the same run id
+        log.info("W&B is offline. Upload the whole run later with:  wandb sync %s",
+                 Path(run.dir).parent.parent / f"offline-run-*-{run.id}")
     return logger
 
 
@@ -129,7 +156,7 @@ def record_failed_job(cfg: DictConfig, reason: str) -> None:
     """A sweep job that failed before training (a bad value, say) gets a W&B run too, marked failed with the
     reason, so the sweep's W&B group shows every job. Single runs are not recorded: the error is on screen."""
     lg = (cfg.get("logger") or {}).get("wandb") if OmegaConf.is_dict(cfg.get("logger")) else None
-    if not job_info()["multirun"] or not lg or "WandbLogger" not in str(lg.get("_target_", "")):
+    if not job_info()["multirun"] or not lg or not is_wandb(str(lg.get("_target_", ""))):
         return
     try:
         import wandb
@@ -156,7 +183,7 @@ def finish(failed: bool = False) -> None:
 
 def run_id(loggers) -> str | None:
     for lg in loggers:
-        if type(lg).__name__ == "WandbLogger" and rank_zero_only.rank == 0:
+        if isinstance(lg, WandbLogger) and rank_zero_only.rank == 0:
             return lg.experiment.id
     return None
 
@@ -192,7 +219,9 @@ def log_analysis(run, result: dict, pictures: list[Path]) -> None:
             x = result["extrapolation"]
             tables["analysis/extrapolation"] = wandb.Table(columns=["length", "perplexity"],
                                                            data=[list(r) for r in zip(x["lengths"], x["perplexity"])])
-        w.log({**media, **tables})
-        log.info("analysis logged to W&B run %s%s", run.wandb_id, " (offline: wandb sync it)" if w.settings.mode != "online" else "")
+        w.log({**media, **tables}, step=run.step)  # at the checkpoint's step: the run's steps stay monotonic
+        where = Path(w.dir).parent.parent / f"offline-run-*-{run.wandb_id}"
+        log.info("analysis logged to W&B run %s%s", run.wandb_id,
+                 f" (offline; the whole run: wandb sync {where})" if w.settings.mode != "online" else "")
     finally:
         w.finish()
