@@ -181,8 +181,8 @@ def test_each_job_of_a_sweep_gets_its_own_wandb_run(make_cfg, monkeypatch):
     runs = []
     real = wandb_run.build_logger
 
-    def recording(cfg, lg_cfg, resume_id):
-        logger = real(cfg, lg_cfg, resume_id)
+    def recording(cfg, lg_cfg, resume_id, floor=-1):
+        logger = real(cfg, lg_cfg, resume_id, floor)
         runs.append((logger.experiment.id, dict(logger.experiment.config["attention"]), logger.experiment.dir))
         return logger
     monkeypatch.setattr(wandb_run, "build_logger", recording)
