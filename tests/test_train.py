@@ -273,3 +273,23 @@ def test_a_resumed_runs_wall_time_is_the_whole_runs(make_cfg):
     after = json.loads(status.read_text())  # the run's own folder, where the resume writes
     assert after["step"] == 8 and 1000 < after["wall_seconds"] < 1000 + 600
     assert after["this_command_seconds"] == pytest.approx(after["wall_seconds"] - 1000, abs=0.2)
+
+
+def test_the_test_perplexity_is_one_number_and_says_what_it_counts(make_cfg, tmp_path):
+    """The summary's test perplexity, status.json's and evaluate.py's over the same batches are the same number,
+    and the summary says how many targets it counts and that the split was cut (mode=debug: 4 batches)."""
+    import json
+    from attnlab.evaluate import evaluate
+    from attnlab.train import summary_table
+    from test_commands import command_cfg
+    cfg = make_cfg(["mode=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=3", "callbacks.model_summary=null",
+                    "callbacks.attention_picture=null", "callbacks.sample_texts=null",
+                    "++callbacks.last_checkpoint._target_=attnlab.callbacks.LastCheckpoint",
+                    "++callbacks.last_checkpoint.dirpath=${paths.checkpoint_dir}"])
+    metrics = train(cfg)
+    status = json.loads((Path(cfg.paths.output_dir) / "status.json").read_text())["metrics"]
+    assert status["test/ppl"] == pytest.approx(metrics["test/ppl"], rel=1e-5) and status["test/targets"] == 4 * 16 * 64
+    assert "over 4,096 targets, trainer.limit_test_batches" in summary_table(cfg, status, 3, 1.0)
+    result = evaluate(command_cfg("evaluate", [f"run={cfg.paths.output_dir}", "split=test", "limit_batches=4",
+                                               "batch_size=16"], tmp_path / "eval"))
+    assert result["targets"] == 4096 and result["ppl"] == pytest.approx(metrics["test/ppl"], rel=1e-5)

@@ -59,10 +59,12 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
               "tokens": datamodule.info.get("cache_entry"),  # the token cache read: text, split and tokenizer
               "loss": float(metrics[f"{cfg.split}/loss"]), "ppl": float(metrics[f"{cfg.split}/ppl"]),
               "bpb": float(metrics[f"{cfg.split}/bpb"]) if f"{cfg.split}/bpb" in metrics else None,
+              "targets": int(metrics[f"{cfg.split}/targets"]) if f"{cfg.split}/targets" in metrics else None,
               "processes": trainer.world_size}
     if rank_zero_only.rank == 0:
         out = Path(cfg.paths.output_dir) / "metrics.json"
         out.write_text(json.dumps(result, indent=1))
-        log.info("%s: %s loss %.6f, perplexity %.4f, bits per byte %s (written to %s)", ckpt.name, cfg.split,
-                 result["loss"], result["ppl"], f"{result['bpb']:.4f}" if result["bpb"] else "n/a", out)
+        log.info("%s: %s loss %.6f, perplexity %.4f, bits per byte %s, over %s targets (written to %s)", ckpt.name,
+                 cfg.split, result["loss"], result["ppl"], f"{result['bpb']:.4f}" if result["bpb"] else "n/a",
+                 f"{result['targets']:,}" if result["targets"] else "?", out)
     return result

@@ -206,19 +206,23 @@ def versions() -> dict[str, str | None]:
             "attnlab": attnlab_version, "attnlab_commit": commit}
 
 
-SUMMARY_METRICS = ("start/val_ppl", "val/ppl_best", "val/ppl", "val/bpb", "test/ppl", "test/bpb",
-                   "throughput/tokens_per_s")
+SUMMARY_METRICS = ("start/val_ppl", "val/ppl_best", "val/ppl", "val/bpb", "test/ppl", "test/bpb", "test/targets",
+                   "val/targets", "throughput/tokens_per_s")
 
 
 def summary_table(cfg: DictConfig, metrics: dict, step: int, seconds: float, this_command: float | None = None) -> str:
     """The end of a run, in a few lines: what a person looks for first. ``seconds``: the whole run's wall time
     (every command of a resumed run); ``this_command``: this command's share, when it resumed."""
     fmt = lambda k: f"{metrics[k]:,.3f}" if k in metrics else "–"  # noqa: E731
+    limited = cfg.trainer.get("limit_test_batches") not in (None, 1.0)  # part of the split: evaluate.py gives it all
     rows = [("steps", f"{step:,}")] + ([("val perplexity at the start", fmt("start/val_ppl"))]
                                        if "start/val_ppl" in metrics else []) + [
             ("best val perplexity", fmt("val/ppl_best")),
             ("final val perplexity", fmt("val/ppl")), ("val bits per byte", fmt("val/bpb")),
-            ("test perplexity", fmt("test/ppl")), ("test bits per byte", fmt("test/bpb")),
+            ("test perplexity", fmt("test/ppl") + (f" (over {metrics['test/targets']:,.0f} targets"
+                                                    f"{', trainer.limit_test_batches' if limited else ''})"
+                                                    if "test/targets" in metrics else "")),
+            ("test bits per byte", fmt("test/bpb")),
             ("training tokens/s", f"{metrics['throughput/tokens_per_s']:,.0f}" if "throughput/tokens_per_s" in metrics
              else "–"), ("wall time", f"{seconds:,.1f} s" + (f" (this command {this_command:,.1f} s)"
                                                              if this_command is not None else "")),
