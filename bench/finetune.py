@@ -51,11 +51,12 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args(argv)
     work = Path(args.work).resolve()
+    shown = lambda path: str(path).replace(str(ROOT) + "/", "")  # noqa: E731  (results name no absolute path)
     work.mkdir(parents=True, exist_ok=True)
     rows, commands, started = [], [], time.perf_counter()
 
     def step(cmd):
-        commands.append("python " + " ".join(cmd))
+        commands.append("python " + " ".join(shown(c) for c in cmd))
         run(cmd, ROOT)
 
     pretrained = args.pretrained
@@ -93,13 +94,13 @@ def main(argv=None) -> None:
     from attention import machine, write_results  # bench/attention.py
     from attnlab.compare import Spread, difference
     now = dt.datetime.now()
-    result = {"date": now.isoformat(timespec="minutes"), "machine": machine(), "pretrained": pretrained,
+    result = {"date": now.isoformat(timespec="minutes"), "machine": machine(), "pretrained": shown(pretrained),
               "pretrain_seconds": pretrain_seconds, "pretrained_context": context, "context": 4 * context,
               "eval_tokens": EVAL_TOKENS, "rows": rows, "commands": commands,
               "total_seconds": round(time.perf_counter() - started, 1)}
     lines = [f"# Fine-tuning a pretrained GPT-2 with another attention type — {now:%Y-%m-%d %H:%M}",
              "", f"Machine: {result['machine']}", "",
-             f"Pretrained: `{pretrained}` (context {context}, full attention); fine-tuned at context {4 * context} "
+             f"Pretrained: `{shown(pretrained)}` (context {context}, full attention); fine-tuned at context {4 * context} "
              f"for {args.steps} steps, seeds {' '.join(map(str, args.seeds))}. Validation perplexity on the first "
              f"{EVAL_TOKENS:,} tokens of the validation plays; mean [min–max] over the seeds.", "",
              "| attention | before the swap | right after | after the fine-tune | best | fine-tune time |",
@@ -107,6 +108,8 @@ def main(argv=None) -> None:
 
     def over_seeds(name: str, key: str, fmt: str = "{:.2f}") -> str:
         values = [r[key] for r in rows if r["attention"] == name and r[key] is not None]
+        if values and min(values) == max(values):  # the same for every seed (before the swap, right after it)
+            return fmt.format(values[0])
         return Spread(tuple(values)).text(fmt) if values else "–"  # (no validation in a very short smoke run)
     lines += [f"| {name} | {over_seeds(name, 'before')} | {over_seeds(name, 'after_swap')} | "
               f"{over_seeds(name, 'after_finetune')} | {over_seeds(name, 'best')} | {over_seeds(name, 'seconds', '{:.0f} s')} |"
