@@ -153,3 +153,11 @@ def test_a_rerun_seed_is_paired_by_its_mean_and_said(seeds_sweep):
         groups = {g["group"]: g for g in csv.DictReader(f)}
     assert groups["attention=full"]["n"] == "4" and groups["attention=full"]["seeds"] == "1 1 2 3"
     assert "(seed 1 ran twice: paired by its mean)" in files["markdown"].read_text()
+
+
+def test_an_analysis_file_of_the_wrong_shape_leaves_its_cells_empty(seeds_sweep):
+    folder = next(seeds_sweep.glob("0-*"))
+    (folder / "analysis").mkdir()
+    (folder / "analysis" / "analysis.json").write_text('{"layers": 5, "loss_by_position": [1, 2]}')
+    runs, _ = report([str(seeds_sweep)])
+    assert "analysis.json unreadable" in runs[0].status and runs[0].attn_distance is None

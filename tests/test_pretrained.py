@@ -281,3 +281,18 @@ def test_run_refuses_a_tokenizer_of_another_size_and_names_run(hf_folder, tmp_pa
     narrower = _edited(hf_folder, tmp_path / "b", n_layer=1)
     with pytest.raises(ConfigError, match=r"^run="):
         runs.load_run(str(narrower), str(tmp_path / "cache"))
+
+
+def test_a_hugging_face_checkpoint_with_a_stride_zero_view_or_deep_config_is_one_line(hf_folder, tmp_path):
+    folder = _edited(hf_folder, tmp_path)
+    from safetensors.torch import load_file
+    weights = load_file(str(folder / "model.safetensors"))
+    weights["h.0.mlp.c_fc.weight"] = torch.zeros(1, 1).expand(2 ** 17, 2 ** 16)  # 32 GiB if made contiguous
+    (folder / "model.safetensors").unlink()
+    torch.save(weights, folder / "pytorch_model.bin")
+    model = GPT(GPTConfig(**pretrained.model_settings(folder)), {"name": "full"})
+    with pytest.raises(ConfigError, match=r"views more elements than the file stores"):
+        pretrained.load_into(model, folder, str(folder))
+    (folder / "config.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(ConfigError, match=r"config.json cannot be read .*nests more than"):
+        pretrained.model_settings(folder)

@@ -572,3 +572,73 @@ def test_task_and_tile_settings_that_cannot_work_are_one_line(make_cfg, override
                    else [*FAST, *overrides])
     with pytest.raises((ConfigError, DataError), match=message):  # both: one line and exit 2 (cli.USER_ERRORS)
         train(cfg)
+
+
+# found by the adversarial review of 2026-12-05: siblings of the bounds above --------------------------------
+
+def test_brackets_behind_a_quote_or_hash_cannot_slip_past_the_depth_check(run_folder, tmp_path):
+    import time
+    for trick in ("x#y", "x'y"):
+        folder = copy_run(run_folder, tmp_path / f"deep{len(trick)}{ord(trick[1])}")
+        with open(folder / ".hydra" / "config.yaml", "a") as f:
+            f.write(f"zz: [{trick}, " + "[" * 20_000 + "]" * 20_000 + "]\n")
+        started = time.time()
+        with pytest.raises(ConfigError, match=r"nests"):
+            runs.load_run(str(folder), str(tmp_path / "cache"))
+        assert time.time() - started < 5
+
+
+def test_a_stride_zero_view_in_a_checkpoint_is_refused_before_it_is_copied(tmp_path):
+    path = tmp_path / "bloated.ckpt"
+    torch.save({"state_dict": {"w": torch.ones(3)}, "attnlab": {"big": torch.zeros(1).expand(2 ** 33)}}, path)
+    assert path.stat().st_size < 10_000_000
+    with pytest.raises(checkpoints.CheckpointError, match=r"tensor attnlab.big views more elements than the file"):
+        checkpoints.safe_load(path)
+
+
+@pytest.mark.parametrize("name", ["status.json", "run.json"])
+def test_received_json_nested_without_end_or_a_pipe_is_unreadable_not_a_traceback_or_a_hang(run_folder, tmp_path,
+                                                                                           name):
+    import os
+    import time
+    from attnlab.report import report
+    from attnlab.runs import newest_run
+    deep = copy_run(run_folder, tmp_path / "deep" / "run")
+    (deep / name).write_text("[" * 100_000 + "]" * 100_000)
+    piped = copy_run(run_folder, tmp_path / "piped" / "run")
+    (piped / name).unlink()
+    os.mkfifo(piped / name)
+    for root in (tmp_path / "deep", tmp_path / "piped"):
+        started = time.time()
+        [row], _ = report([str(root)], str(tmp_path / "report"))  # read as damaged: the row stays
+        newest_run(root)
+        assert time.time() - started < 10
+
+
+def test_a_token_cache_entry_naming_files_outside_it_is_rebuilt_not_read(tmp_path):
+    import json as _json
+    from attnlab.data import cache
+    from attnlab.data.datamodule import TextDataModule
+    dm = TextDataModule({"name": "shakespeare", "source": "shakespeare"}, {"name": "char"}, 32, 4, str(tmp_path))
+    dm.prepare_data()
+    entry = Path(dm.info["cache_entry"])
+    meta = _json.loads((entry / "meta.json").read_text())
+    meta["files"]["/dev/zero"] = "0" * 64
+    (entry / "meta.json").write_text(_json.dumps(meta))
+    assert cache.load(entry) is None and not entry.exists()  # damage: removed, rebuilt on the next use
+
+
+def test_two_hugging_face_folders_of_one_name_keep_their_own_tokenizers(tmp_path):
+    """A tokenizer made from vocab.json + merges.txt is cached by the files' contents, not the folder's name."""
+    from attnlab import pretrained
+    from attnlab.data.tokenizers import load_tokenizer
+    made = []
+    for i, words in enumerate((["ab", "cd"], ["cd", "ab"])):
+        folder = tmp_path / f"h{i}" / "gpt2"
+        folder.mkdir(parents=True)
+        vocab = {c: k for k, c in enumerate(["a", "b", "c", "d", "<|endoftext|>"])}
+        vocab.update({w: 5 + k for k, w in enumerate(words)})
+        (folder / "vocab.json").write_text(json.dumps(vocab))
+        (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(" ".join(w) for w in words) + "\n")
+        made.append(load_tokenizer(pretrained.tokenizer_folder(folder, tmp_path / "cache")).encode("abcd"))
+    assert made[0] != made[1] and made[0] == [5, 6] and made[1] == [6, 5]

@@ -83,6 +83,10 @@ def safe_load(path: str | Path) -> dict:
                               f"names to tensors)")
     if not isinstance(state.get("attnlab", {}), dict):
         raise CheckpointError(f"checkpoint {path} is damaged (its 'attnlab' record is not a mapping)")
+    bloated = views_beyond_storage(state)
+    if bloated:  # e.g. zeros(1).expand(2**33): a 1 MB file whose digest (a contiguous copy) would need 32 GiB
+        raise CheckpointError(f"checkpoint {path} is not a plain checkpoint: its tensor {bloated} views more "
+                              f"elements than the file stores for it")
     saved = state.pop(DIGEST_KEY, None)
     fmt = (state.get("attnlab") or {}).get("format", 1)
     if not isinstance(fmt, int) or isinstance(fmt, bool) or fmt < 1:
@@ -96,6 +100,19 @@ def safe_load(path: str | Path) -> dict:
         raise CheckpointError(f"checkpoint {path} is damaged (its contents do not match the checksum written with "
                               f"them: the file changed on disk); use another checkpoint of the run or start again")
     return state
+
+
+def views_beyond_storage(obj, where: str = "") -> str | None:
+    """The key path of the first tensor that views more elements than its storage holds (a stride-0 expand
+    saved to disk), else None: reading one whole would allocate what the file never held."""
+    if isinstance(obj, torch.Tensor):
+        return where or "." if obj.numel() * obj.element_size() > obj.untyped_storage().nbytes() else None
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, (list, tuple)) else ()
+    for k, v in items:
+        found = views_beyond_storage(v, f"{where}.{k}" if where else str(k))
+        if found:
+            return found
+    return None
 
 
 def tensor_digest(obj) -> str:
@@ -199,7 +216,8 @@ def write_run_file(output_dir: str | Path, key: str, **facts) -> None:
 def read_run_file(folder: str | Path) -> dict:
     """A run folder's run.json as plain values ({} when missing or unreadable)."""
     try:
-        info = json.loads((Path(folder) / RUN_FILE).read_text())
+        from attnlab import plain_yaml
+        info = plain_yaml.load_json(Path(folder) / RUN_FILE)
     except (OSError, ValueError):
         return {}
     return info if isinstance(info, dict) else {}

@@ -6,6 +6,7 @@ its recursion), and interpolations resolved here by plain reference only (``${a.
 level over 9 levels would be 10^9)."""
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -22,12 +23,35 @@ class PlainYAMLError(ValueError):
     """The file is not plain YAML data; the message says why."""
 
 
+def read_bounded(path: str | Path, max_bytes: int = MAX_BYTES, what: str = "a config") -> bytes:
+    """A received file's bytes: a regular file only (a named pipe would block the reader forever, a device never
+    end), at most ``max_bytes`` of it read whatever its size claims (a /proc file says 0); PlainYAMLError else."""
+    path = Path(path)
+    if not path.is_file():
+        raise PlainYAMLError("not a regular file")
+    with open(path, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise PlainYAMLError(f"more than {max_bytes:,} bytes, more than {what} holds")
+    return data
+
+
+def load_json(path: str | Path, max_bytes: int = MAX_BYTES) -> Any:
+    """A received JSON file (status.json, run.json, config.json, meta.json ...) as plain values, bounded: a regular
+    file of at most ``max_bytes``, nested at most MAX_DEPTH levels (Python's parser recurses: 100,000 brackets
+    were a RecursionError); PlainYAMLError with the reason else."""
+    data = read_bounded(path, max_bytes, "such a file")
+    if nesting(data.decode("utf-8", errors="replace")) > MAX_DEPTH:
+        raise PlainYAMLError(f"it nests more than {MAX_DEPTH} levels")
+    try:
+        return json.loads(data)
+    except (ValueError, RecursionError) as e:
+        raise PlainYAMLError(f"not JSON ({str(e).splitlines()[0][:100]})") from None
+
+
 def load(path: str | Path) -> Any:
     path = Path(path)
-    size = path.stat().st_size
-    if size > MAX_BYTES:
-        raise PlainYAMLError(f"{size:,} bytes, more than a config holds ({MAX_BYTES:,})")
-    text = path.read_text(encoding="utf-8")
+    text = read_bounded(path).decode("utf-8")
     depth = nesting(text)
     if depth > MAX_DEPTH:
         raise PlainYAMLError(f"it nests {depth} levels deep, more than a config does ({MAX_DEPTH})")
@@ -43,27 +67,22 @@ def load(path: str | Path) -> Any:
 
 
 def nesting(text: str) -> int:
-    """An upper bound of the text's nesting depth, in one pass without parsing: open flow brackets ([ and {,
-    outside quotes) plus indentation steps of block lines (two spaces each, tabs not allowed in YAML)."""
-    deepest, flow, quote = 0, 0, ""
+    """An upper bound of the text's nesting depth, in one pass without parsing: every open bracket ([ and {, even
+    inside quotes or after a '#': YAML's plain scalars may hold both, so skipping them could be fooled) plus the
+    indentation steps of block lines (two spaces each) and compact sequence dashes."""
+    deepest, flow = 0, 0
     for line in text.splitlines():
         stripped = line.lstrip(" ")
-        if stripped and not stripped.startswith("#"):
-            block = (len(line) - len(stripped) + 1) // 2 + stripped.startswith("- ")
+        if stripped:
+            dashes = len(stripped) - len(stripped.lstrip("- "))  # "- - - x": nested sequences on one line
+            block = (len(line) - len(stripped) + 1) // 2 + dashes // 2 + stripped.startswith("-")
             deepest = max(deepest, block + flow)
         for c in line:
-            if quote:
-                quote = "" if c == quote else quote
-            elif c in "'\"":
-                quote = c
-            elif c in "[{":
+            if c in "[{":
                 flow += 1
                 deepest = max(deepest, flow)
             elif c in "]}":
                 flow = max(0, flow - 1)
-            elif c == "#":
-                break
-        quote = ""  # quoted scalars in a saved config do not span lines
     return deepest
 
 

@@ -63,7 +63,8 @@ def fetch(source: str, cache_dir: str | Path | None = None, what: str = "init_fr
 def model_settings(folder: Path, what: str = "init_from") -> dict:
     """GPTConfig fields from a GPT-2 ``config.json``."""
     try:
-        hf = json.loads((folder / "config.json").read_text())
+        from attnlab import plain_yaml
+        hf = plain_yaml.load_json(folder / "config.json")
     except (OSError, ValueError) as e:
         raise ConfigError(f"{what}={folder}: config.json cannot be read ({e})") from None
     if not isinstance(hf, dict) or hf.get("model_type") != "gpt2":
@@ -122,7 +123,12 @@ def read_weights(folder: Path) -> dict[str, torch.Tensor]:
     if (folder / "model.safetensors").is_file():
         from safetensors.torch import load_file
         return load_file(str(folder / "model.safetensors"), device="cpu")
-    return torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    state = torch.load(folder / "pytorch_model.bin", map_location="cpu", weights_only=True)
+    from attnlab.checkpoints import views_beyond_storage
+    bloated = views_beyond_storage(state)
+    if bloated:  # a stride-0 view would be allocated whole by the conversion (32 GiB from a 33 kB file)
+        raise ValueError(f"its tensor {bloated} views more elements than the file stores for it")
+    return state
 
 
 def convert(hf: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
@@ -192,8 +198,17 @@ def tokenizer_folder(folder: Path, cache_dir: str | Path) -> Path:
     """A folder with ``tokenizer.json`` for this checkpoint (built once from vocab.json + merges.txt if need be)."""
     if (folder / "tokenizer.json").is_file():
         return folder
+    import hashlib
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    out = Path(cache_dir).expanduser() / "pretrained-tokenizers" / folder.resolve().name
+    from attnlab import plain_yaml
+    from attnlab.data.tokenizers import MAX_TOKENIZER_BYTES
+    h = hashlib.sha256()
+    for name in TOKENIZER_FILES[1:]:  # keyed by the files' contents: two folders of one name are two tokenizers
+        try:
+            h.update(plain_yaml.read_bounded(folder / name, MAX_TOKENIZER_BYTES, "a tokenizer file"))
+        except (OSError, plain_yaml.PlainYAMLError) as e:
+            raise ConfigError(f"{folder / name}: {e}") from None
+    out = Path(cache_dir).expanduser() / "pretrained-tokenizers" / f"{folder.resolve().name}-{h.hexdigest()[:16]}"
     if not (out / "tokenizer.json").is_file():
         tok = Tokenizer(models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt")))
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -88,7 +88,7 @@ def find_runs(paths: list[str]) -> list[Path]:
 def _continued(folder: Path) -> bool:
     """A folder made by a command that resumed a run elsewhere (its status.json says where): not a run itself."""
     try:
-        return bool(json.loads((folder / "status.json").read_text()).get("continued_in"))
+        return bool(plain_yaml.load_json(folder / "status.json").get("continued_in"))
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -97,7 +97,7 @@ def _refused(folder: Path) -> bool:
     """A command refused before it trained anything (a bad setting, ``ckpt_path=last`` with no checkpoint): its
     folder holds no result. (A sweep's summary still counts it.)"""
     try:
-        return json.loads((folder / "status.json").read_text()).get("status") == "refused"
+        return plain_yaml.load_json(folder / "status.json").get("status") == "refused"
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -164,7 +164,7 @@ def read_run(folder: Path) -> Run:
     without_seed = [str(o) for o in (ov or []) if not SEED_OVERRIDE.match(str(o))] if job is not None else []
     run.group_label = " ".join(without_seed) or run.attention
     status = folder / "status.json"
-    s = _read("status.json", folder, problems, lambda: json.loads(status.read_text())) if status.exists() else None
+    s = _read("status.json", folder, problems, lambda: plain_yaml.load_json(status)) if status.exists() else None
     if isinstance(s, dict) and isinstance(s.get("status"), str):
         run.status = s["status"] + (f": {s['reason']}" if s.get("reason") else "")
         run.wall_s = s.get("wall_seconds") if isinstance(s.get("wall_seconds"), (int, float)) else None
@@ -186,6 +186,8 @@ def read_run(folder: Path) -> Run:
                                                           and dataset.get("source") == "synthetic")
     metrics = folder / "csv" / "metrics.csv"
     rows = _read("metrics.csv", folder, problems, lambda: _metric_rows(metrics)) if metrics.exists() else None
+    if rows is not None and not metrics.is_file():
+        rows = None
     if rows is not None:
         val = _floats(rows, "val/ppl")
         times = _floats(rows, "time/train_s")
@@ -217,13 +219,9 @@ def read_run(folder: Path) -> Run:
         last = [x for x in lines if x["step"] == lines[-1]["step"]]
         run.sample = last[0] if last else None
     found = folder / "analysis" / "analysis.json"  # written by analyze.py
-    analysed = _read("analysis.json", folder, problems, lambda: json.loads(found.read_text())) if found.exists() else None
-    if isinstance(analysed, dict):
-        distances = [d for row in analysed.get("layers", []) if isinstance(row, dict)
-                     for d in row.get("distance", []) if isinstance(d, (int, float))]
-        run.attn_distance = sum(distances) / len(distances) if distances else None
-        curve = (analysed.get("loss_by_position") or {}).get("mean", [])
-        run.loss_by_position = [float(v) for v in curve if isinstance(v, (int, float))]
+    analysed = _read("analysis.json", folder, problems, lambda: _analysis(found)) if found.exists() else None
+    if analysed is not None:
+        run.attn_distance, run.loss_by_position = analysed
     found = folder / "task_accuracy.json"  # written by callbacks.TaskAccuracy (dataset=copy|mqar)
     scored = _read("task_accuracy.json", folder, problems, lambda: _task_scores(found)) if found.exists() else None
     if scored:
@@ -254,8 +252,24 @@ def experiment_key(raw: dict) -> str:
 SEED_OVERRIDE = re.compile(r"^\+?seed=")
 
 
+def _analysis(path: Path) -> tuple[float | None, list[float]]:
+    """(mean attention distance, loss by position) from analyze.py's analysis.json, read as plain values of the
+    expected shapes (anything else: the file is unreadable, its cells stay empty)."""
+    d = plain_yaml.load_json(path)
+    layers = d.get("layers", []) if isinstance(d, dict) else None
+    curve = (d.get("loss_by_position") or {}) if isinstance(d, dict) else None
+    if not isinstance(layers, list) or not isinstance(curve, dict) or not isinstance(curve.get("mean", []), list):
+        raise ValueError("not analyze.py's analysis")
+    distances = [x for row in layers if isinstance(row, dict) and isinstance(row.get("distance", []), list)
+                 for x in row.get("distance", []) if isinstance(x, (int, float)) and not isinstance(x, bool)]
+    mean = [float(v) for v in curve.get("mean", []) if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    return (sum(distances) / len(distances) if distances else None), mean
+
+
 def _task_scores(path: Path) -> tuple[float, list[tuple[float, float]], float, float | None]:
-    d = json.loads(path.read_text())
+    d = plain_yaml.load_json(path)
+    if not isinstance(d, dict):
+        raise ValueError("not the callback's scores")
     number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)  # noqa: E731
     bins, accuracy = d.get("distance_bins"), d.get("accuracy")
     if not (isinstance(bins, list) and isinstance(accuracy, list) and len(bins) == len(accuracy)
@@ -267,8 +281,9 @@ def _task_scores(path: Path) -> tuple[float, list[tuple[float, float]], float, f
 
 
 def _metric_rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    import io
+    text = plain_yaml.read_bounded(path, 256 << 20, "a metrics file").decode("utf-8")  # regular, bounded
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
     for r in rows:  # every value a number or empty, every step a finite number, else the file is damaged
         for k, v in r.items():
             if k is None or (v not in (None, "") and not _is_number(v)):
@@ -287,7 +302,8 @@ def _is_number(v: str) -> bool:
 
 
 def _sample_lines(path: Path) -> list[dict]:
-    lines = [json.loads(x) for x in path.read_text(encoding="utf-8").splitlines() if x.strip()]
+    lines = [json.loads(x) for x in plain_yaml.read_bounded(path, 16 << 20, "a samples file").decode("utf-8").splitlines()
+             if x.strip()]
     if not all(isinstance(x, dict) and isinstance(x.get("step"), int) and isinstance(x.get("prompt"), str)
                and isinstance(x.get("continuation"), str) for x in lines):
         raise ValueError("a line without step, prompt and continuation")

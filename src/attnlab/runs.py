@@ -32,7 +32,7 @@ def checkpoints_of(folder: Path) -> list[Path]:
 def run_status(folder: Path) -> tuple[str, int | None]:
     """(how the run ended, its step) from status.json: 'running or killed' when it has none."""
     try:
-        s = json.loads((folder / "status.json").read_text())
+        s = plain_yaml.load_json(folder / "status.json")
     except (OSError, ValueError):
         return "running or killed (no status.json)", None
     if not isinstance(s, dict) or not isinstance(s.get("status"), str):

@@ -130,7 +130,8 @@ def write_status(output_dir: str | Path, status: str, step: int, started: float,
 def earlier_wall_seconds(output_dir: str | Path) -> float:
     """The wall time a run folder's earlier commands recorded (0 when none or unreadable): a resume adds to it."""
     try:
-        value = json.loads((Path(output_dir) / STATUS_FILE).read_text()).get("wall_seconds")
+        from attnlab import plain_yaml
+        value = plain_yaml.load_json(Path(output_dir) / STATUS_FILE).get("wall_seconds")
     except (OSError, ValueError, AttributeError):
         return 0.0
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else 0.0

@@ -39,15 +39,21 @@ def load(entry: Path, verify: bool = True) -> dict[str, np.ndarray] | None:
     if not entry.exists():
         return None
     try:
-        meta = json.loads(meta_path.read_text())
+        from attnlab import plain_yaml
+        meta = plain_yaml.load_json(meta_path)
         if meta.get("version") != CACHE_VERSION:
             raise ValueError(f"cache version {meta.get('version')} != {CACHE_VERSION}")
         for name, sha in meta["files"].items():  # the tokenizer and anything else written beside the arrays
+            if not isinstance(name, str) or Path(name).name != name or name in (".", "..") \
+                    or not (entry / name).is_file():  # a name that leaves the entry (/dev/zero, ../x): damage
+                raise ValueError(f"file name {name!r} is not a file of the entry")
             if _sha(entry / name) != sha:
                 raise ValueError(f"{name} checksum mismatch")
         out = {}
         for split, info in meta["splits"].items():
             f = entry / f"{split}.bin"
+            if split not in ("train", "val", "test") or not f.is_file():
+                raise ValueError(f"split {split!r} is not a file of the entry")
             dtype = np.dtype(info["dtype"])
             if f.stat().st_size != info["length"] * dtype.itemsize:
                 raise ValueError(f"{f.name} has {f.stat().st_size} bytes, expected {info['length'] * dtype.itemsize}")

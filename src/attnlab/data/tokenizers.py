@@ -131,15 +131,19 @@ MAX_TOKENIZER_BYTES = 32 << 20  # GPT-2's tokenizer.json is 1.4 MB; a folder som
 
 
 def load_tokenizer(directory: str | Path):
+    from attnlab import plain_yaml
     path = Path(directory) / "tokenizer.json"
-    size = path.stat().st_size
-    if size > MAX_TOKENIZER_BYTES:  # checked before reading: 36 MB of JSON cost 1 GB of memory to parse
-        raise DataError(f"{path}: {size:,} bytes, more than a tokenizer holds ({MAX_TOKENIZER_BYTES:,})")
-    data = json.loads(path.read_text())
+    try:  # bounded before parsing (36 MB of JSON cost 1 GB of memory), a regular file, not nested without end
+        data = plain_yaml.load_json(path, MAX_TOKENIZER_BYTES)
+    except plain_yaml.PlainYAMLError as e:
+        raise DataError(f"{path}: {e} (more than a tokenizer holds: {MAX_TOKENIZER_BYTES:,} bytes at most)"
+                        if "more than" in str(e) else f"{path}: {e}") from None
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: not a tokenizer (a JSON object)")
     if data.get("kind") == "char":
         return CharTokenizer(data["itos"])
     from tokenizers import Tokenizer
-    tok = Tokenizer.from_str(path.read_text())
+    tok = Tokenizer.from_str(json.dumps(data))
     return HFTokenizer(tok, "gpt2" if tok.token_to_id("<|endoftext|>") is not None else "bpe")
 
 
