@@ -148,7 +148,7 @@ def build_logger(cfg: DictConfig, lg_cfg: dict, resume_id: str | None, floor: in
         logger.floor = floor
     if offline:  # every command of the run (a resume, analyze.py) adds an offline folder of the same run id
         log.info("W&B is offline. Upload the whole run later with:  wandb sync %s",
-                 Path(run.dir).parent.parent / f"offline-run-*-{run.id}")
+                 Path(run.dir).parent.parent / f"offline-run-*-{run.id}*")
     return logger
 
 
@@ -220,7 +220,7 @@ def log_analysis(run, result: dict, pictures: list[Path]) -> None:
             tables["analysis/extrapolation"] = wandb.Table(columns=["length", "perplexity"],
                                                            data=[list(r) for r in zip(x["lengths"], x["perplexity"])])
         w.log({**media, **tables}, step=run.step)  # at the checkpoint's step: the run's steps stay monotonic
-        where = Path(w.dir).parent.parent / f"offline-run-*-{run.wandb_id}"
+        where = Path(w.dir).parent.parent / f"offline-run-*-{run.wandb_id}*"
         log.info("analysis logged to W&B run %s%s", run.wandb_id,
                  f" (offline; the whole run: wandb sync {where})" if w.settings.mode != "online" else "")
     finally:
