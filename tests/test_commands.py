@@ -69,7 +69,7 @@ def bad_runs(trained_run, tmp_path_factory):
 SAMPLE_CASES = [  # (overrides, message); {run}, {diverged}, {prompts} are filled in
     (["run={run}", "use_cache=maybe"], "use_cache='maybe' must be true or false"),
     (["run={run}", "escapes=2"], "escapes=2 must be true or false"),
-    (["run={run}", "max_new_tokens=0"], "max_new_tokens=0 must be an integer >= 1"),
+    (["run={run}", "max_new_tokens=0"], "max_new_tokens=0 must be an integer in [1, 1000000]"),
     (["run={run}", "num_samples=-3"], "num_samples=-3 must be an integer >= 1"),
     (["run={run}", "temperature=0"], "temperature=0 must be a number >= 0.001"),
     (["run={run}", "temperature=1e-300"], "temperature=1e-300 must be a number >= 0.001"),

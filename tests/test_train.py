@@ -229,16 +229,21 @@ def test_a_run_says_its_threads_and_warns_when_the_machine_is_busy(make_cfg, mon
     from attnlab.train import set_threads
     before = torch.get_num_threads()
     try:
-        monkeypatch.setattr(os, "getloadavg", lambda: (len(os.sched_getaffinity(0)) + 0.0, 0.0, 0.0))  # all busy
+        from attnlab import threads
+        monkeypatch.setattr(threads, "usable_cores", lambda: 2)
+        monkeypatch.setattr(threads, "running_elsewhere", lambda: 2.0)  # both cores busy with other work
         with caplog.at_level(logging.INFO):
             set_threads(make_cfg(["mode=debug", "threads=2"]))
-        assert torch.get_num_threads() == 2 and "torch uses 2 CPU threads" in caplog.text
-        assert "this machine is busy" in caplog.text and "threads=1 matches what is free" in caplog.text
+        assert torch.get_num_threads() == 2 and "torch uses 2 CPU threads: threads=2 given" in caplog.text
+        assert "only 1 of 2 cores free, 2 busy with other work" in caplog.text and "threads=1 would match" in caplog.text
         caplog.clear()
-        monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
         with caplog.at_level(logging.INFO):
-            set_threads(make_cfg(["mode=debug", "threads=1"]))
-        assert "busy" not in caplog.text
+            set_threads(make_cfg(["mode=debug", "threads=1"]))  # what the warning said: no warning again
+        assert "would match" not in caplog.text
+        caplog.clear()
+        with caplog.at_level(logging.INFO):
+            set_threads(make_cfg(["mode=debug"]))  # none given: the free core
+        assert torch.get_num_threads() == 1 and "torch uses 1 CPU thread: 1 of 2 cores free" in caplog.text
     finally:
         torch.set_num_threads(before)
 

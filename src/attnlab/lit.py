@@ -123,12 +123,12 @@ class LitGPT(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_bits_per_byte("test", self.test_loss)
         # how many targets the figure counts: a test limited to some batches (mode=debug) is not the split's
-        self.log("test/targets", self.test_loss.count.double(), sync_dist=False)
+        self.log("test/targets", self.test_loss.count.double(), sync_dist=True, reduce_fx="sum")  # all ranks
 
     def on_validation_epoch_end(self) -> None:
         if not self.trainer.sanity_checking:
             self._log_bits_per_byte("val", self.val_loss)
-            self.log("val/targets", self.val_loss.count.double(), sync_dist=False)
+            self.log("val/targets", self.val_loss.count.double(), sync_dist=True, reduce_fx="sum")
         if self.trainer.sanity_checking or not self.val_ppl.update_called or self.trainer.state.fn != "fit":
             return  # validate_first's score is of the weights before training: not this run's best
         self.val_ppl_best.update(self.val_ppl.compute())

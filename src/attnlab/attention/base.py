@@ -71,10 +71,10 @@ class AttentionType:
         model is built on the CPU before it moves, so construction checks the settings only)."""
         if self.block_size < 1:
             raise ValueError(f"attention.block_size must be >= 1, got {self.block_size}")
-        if self.block_size > max(context, 64):  # 64: every type's default tile, whatever the context
+        if self.block_size > max(context, 1024):  # a bound (a tile of 10^9 would be allocated), not a tuning rule
             raise ValueError(f"attention.block_size={self.block_size} is larger than the context {context} "
-                             f"(model.context): one tile would cover the whole sequence; use at most "
-                             f"{max(context, 64)}")
+                             f"(model.context) and than 1024: one tile would cover the whole sequence; use at most "
+                             f"{max(context, 1024)}")
         self.validate(context, n_head)
         if self.backend == "auto":
             return
