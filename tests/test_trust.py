@@ -267,17 +267,22 @@ def test_resuming_on_edited_text_that_keeps_the_tokenizer_is_refused(make_cfg, t
 
 # 12. an interrupt saves the work and says so -------------------------------------------------------------
 
-def test_an_interrupt_saves_last_ckpt_records_interrupted_and_resume_continues_in_the_same_folder(make_cfg,
-                                                                                                 monkeypatch):
-    args = [*FAST, *STOPPABLE, "trainer.limit_train_batches=9", "trainer.log_every_n_steps=1"]  # last.ckpt: every 500
-    cfg = make_cfg(args, "2026-01-01_00-00-00")
-    monkeypatch.setenv("ATTNLAB_TEST_STOP_AT", "4:interrupt")
+def train_until_interrupted(cfg, monkeypatch, stop_at: str) -> None:
+    """Train until StopAt raises the Ctrl-C that ``stop_at`` names ("<step>:interrupt" or "<step>:in_validation")."""
+    monkeypatch.setenv("ATTNLAB_TEST_STOP_AT", stop_at)
     sigint = signal.getsignal(signal.SIGINT)
     try:
         with pytest.raises(KeyboardInterrupt):
             train(cfg)
     finally:
         signal.signal(signal.SIGINT, sigint)  # Lightning ignores further Ctrl-C while it shuts down
+
+
+def test_an_interrupt_saves_last_ckpt_records_interrupted_and_resume_continues_in_the_same_folder(make_cfg,
+                                                                                                 monkeypatch):
+    args = [*FAST, *STOPPABLE, "trainer.limit_train_batches=9", "trainer.log_every_n_steps=1"]  # last.ckpt: every 500
+    cfg = make_cfg(args, "2026-01-01_00-00-00")
+    train_until_interrupted(cfg, monkeypatch, "4:interrupt")
     folder = Path(cfg.paths.output_dir)
     status = json.loads((folder / "status.json").read_text())
     assert status["status"] == "interrupted" and status["step"] == 4, status
@@ -301,13 +306,7 @@ def test_ctrl_c_during_a_validation_runs_that_validation_again_on_resume(make_cf
     args = [*FAST, *STOPPABLE, "trainer.limit_train_batches=8", "trainer.val_check_interval=4",
             "trainer.limit_val_batches=3", "trainer.log_every_n_steps=1"]
     cfg = make_cfg(args, "2026-01-01_00-00-00")
-    monkeypatch.setenv("ATTNLAB_TEST_STOP_AT", "4:in_validation")
-    sigint = signal.getsignal(signal.SIGINT)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            train(cfg)
-    finally:
-        signal.signal(signal.SIGINT, sigint)
+    train_until_interrupted(cfg, monkeypatch, "4:in_validation")
     monkeypatch.delenv("ATTNLAB_TEST_STOP_AT")
     train(make_cfg([*args, "ckpt_path=last"], "2026-01-01_01-00-00"))
     import csv
