@@ -228,13 +228,18 @@ def test_a_diverged_run_keeps_its_last_finite_checkpoint(make_cfg):
 
 # 8. a run pins its tokenizer -----------------------------------------------------------------------------
 
-def test_editing_the_training_text_changes_nothing_for_a_trained_run(make_cfg, tmp_path):
+def trained_on_a_text_file(make_cfg, tmp_path) -> tuple[Path, list[str], Path]:
+    """(the text file, the training arguments, the run folder) of a run trained on a small text file."""
     text = tmp_path / "text.txt"
     text.write_text("the cat sat on the mat.\n" * 400)
     args = [*FAST, "dataset=text_files", f"dataset.path={text}", "data.batch_size=4"]
     cfg = make_cfg(args, "run")
     train(cfg)
-    folder = Path(cfg.paths.output_dir)
+    return text, args, Path(cfg.paths.output_dir)
+
+
+def test_editing_the_training_text_changes_nothing_for_a_trained_run(make_cfg, tmp_path):
+    text, args, folder = trained_on_a_text_file(make_cfg, tmp_path)
     before = runs.load_run(str(folder), str(tmp_path / "cache")).tokenizer
     text.write_text("QXZ! brand new characters everywhere\n" * 400)  # the corpus is edited afterwards
     after = runs.load_run(str(folder), str(tmp_path / "cache")).tokenizer
@@ -251,12 +256,7 @@ def test_editing_the_training_text_changes_nothing_for_a_trained_run(make_cfg, t
 def test_resuming_on_edited_text_that_keeps_the_tokenizer_is_refused(make_cfg, tmp_path):
     """An edit that adds no new character keeps the char tokenizer identical; the checkpoint records the training
     tokens' identity, so the resume is still refused, naming it."""
-    text = tmp_path / "text.txt"
-    text.write_text("the cat sat on the mat.\n" * 400)
-    args = [*FAST, "dataset=text_files", f"dataset.path={text}", "data.batch_size=4"]
-    cfg = make_cfg(args, "run")
-    train(cfg)
-    folder = Path(cfg.paths.output_dir)
+    text, args, folder = trained_on_a_text_file(make_cfg, tmp_path)
     same = make_cfg([*args, f"ckpt_path={folder}", "trainer.limit_train_batches=7"], "same")
     train(same)  # the same text: resumes
     text.write_text("the mat sat on the cat.\n" * 400)  # the same characters, other tokens
