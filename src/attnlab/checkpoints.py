@@ -191,11 +191,17 @@ def run_key(cfg: DictConfig, legacy: bool = False) -> str:
     resolved = {k: OmegaConf.to_container(placeholder[k], resolve=True) if OmegaConf.is_config(placeholder[k])
                 else placeholder[k] for k in placeholder if k not in NOT_IN_RUN_KEY}
     if not legacy:
-        for section, keys in EXECUTION.items():
-            node = resolved.get(section) if section else resolved
-            for k in keys if isinstance(node, dict) else ():
-                node.pop(k, None)
+        resolved = without_execution(resolved)
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def without_execution(config: dict) -> dict:
+    """A copy of a plain config without the ``EXECUTION`` settings (the run key's and report.py's one rule)."""
+    out = {k: v for k, v in config.items() if k not in EXECUTION[""]}
+    for section, keys in EXECUTION.items():
+        if section and isinstance(out.get(section), dict):
+            out[section] = {k: v for k, v in out[section].items() if k not in keys}
+    return out
 
 
 def run_keys(cfg: DictConfig) -> tuple[str, str]:

@@ -238,17 +238,13 @@ NOT_THE_EXPERIMENT = ("seed", "paths", "hydra", "ckpt_path", "tags", "logger", "
 
 def experiment_key(raw: dict) -> str:
     """The config without its seed, paths and execution settings: runs that share it differ only in their seed."""
-    kept = {k: v for k, v in raw.items() if k not in NOT_THE_EXPERIMENT}
-    for section, keys in checkpoints.EXECUTION.items():
-        node = kept.get(section) if section else kept
-        if isinstance(node, dict):
-            kept = kept if section else {k: v for k, v in kept.items() if k not in keys}
-            if section:
-                kept[section] = {k: v for k, v in node.items() if k not in keys}
+    kept = checkpoints.without_execution({k: v for k, v in raw.items() if k not in NOT_THE_EXPERIMENT})
     data = kept.get("data")
     if isinstance(data, dict) and data.get("seed") in ("${seed}", raw.get("seed")):
         kept["data"] = {k: v for k, v in data.items() if k != "seed"}  # data.seed follows seed
     return json.dumps(kept, sort_keys=True, default=str)
+
+
 SEED_OVERRIDE = re.compile(r"^\+?seed=")
 
 
