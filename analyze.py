@@ -3,18 +3,10 @@
 Examples:
     python analyze.py run=last                           # maps, per-head statistics, loss by position (val split)
     python analyze.py run=outputs/multirun/<date>/3 prompt="ROMEO: What light"
+
+The same as ``attnlab analyze ...``: the command is ``attnlab.analyze.main``.
 """
-import hydra
-from omegaconf import DictConfig
-
-from attnlab.analyze import analyze
-from attnlab.cli import run_task
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="analyze")
-def main(cfg: DictConfig) -> None:
-    run_task(analyze, cfg)
-
+from attnlab.analyze import main
 
 if __name__ == "__main__":
     main()

@@ -4,7 +4,9 @@ what is allowed, exit code 2, no traceback, and nothing is silently accepted.
 The bad values are written here by hand, not taken from the rules that reject them, so a rule that is too
 loose fails its case.
 """
+import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -229,14 +231,47 @@ def test_the_attnlab_command_runs_the_tools_from_any_folder(tmp_path):
     assert r.returncode == 2 and "must be one of ['train', 'sample', 'evaluate', 'analyze', 'export', 'report'], got 'fly'" in r.stderr
 
 
-def test_the_attnlab_command_names_its_commands_and_its_missing_checkout(monkeypatch, tmp_path, capsys):
+def test_the_attnlab_command_names_its_commands(capsys):
     from attnlab import commands
     for argv in ([], ["fly"]):
         with pytest.raises(SystemExit) as e:
             commands.main(argv)
         assert e.value.code == 2
         assert "must be one of ['train', 'sample', 'evaluate', 'analyze', 'export', 'report']" in capsys.readouterr().err
-    monkeypatch.setattr(commands, "CHECKOUT", tmp_path)  # installed without its checkout's scripts
-    with pytest.raises(SystemExit) as e:
-        commands.main(["train", "mode=debug"])
-    assert e.value.code == 2 and "pip install -e <checkout>" in capsys.readouterr().err
+
+
+@pytest.mark.subprocess
+def test_a_built_wheel_installed_in_a_fresh_venv_trains_from_an_empty_folder(tmp_path):
+    """``pip install .`` (not editable): the wheel carries the package, its configs and the launcher plugin, so
+    ``attnlab train mode=debug`` works from a folder that has no checkout. The fresh venv borrows this one's
+    dependencies through a .pth line (a .pth file inside that folder, e.g. an editable attnlab, is not read)."""
+    import sysconfig
+    import venv
+    wheels, env, empty = tmp_path / "wheels", tmp_path / "venv", tmp_path / "empty"
+    source = tmp_path / "source"  # the tracked files only: a build/ or egg-info left in the checkout could add files
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in filter(None, tracked.decode().split("\0")):
+        (source / name).parent.mkdir(parents=True, exist_ok=True)
+        if (ROOT / name).exists() or (ROOT / name).is_symlink():
+            shutil.copy2(ROOT / name, source / name, follow_symlinks=False)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", str(source), "-w", str(wheels)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    venv.create(env, with_pip=False)
+    python = env / "bin" / "python"
+    site = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    (Path(site) / "attnlab-test-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    r = subprocess.run([sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps", "--no-index",
+                        "-q", *map(str, wheels.glob("attnlab-*.whl"))], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    empty.mkdir()
+    where = subprocess.run([str(python), "-c", "import attnlab, attnlab.conf; print(attnlab.__file__)"], cwd=empty,
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert Path(where).is_relative_to(env), where  # the installed copy, not the checkout
+    r = subprocess.run([str(env / "bin" / "attnlab"), "train", "mode=debug"], cwd=empty, capture_output=True,
+                       text=True, timeout=600, env={**os.environ, "PYTHONPATH": ""})
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    status = list(empty.glob("outputs/*/*/status.json"))
+    assert len(status) == 1 and json.loads(status[0].read_text())["status"] == "finished"
+    assert list(status[0].parent.glob("checkpoints/*.ckpt")) and (status[0].parent / "train.log").is_file()

@@ -17,12 +17,15 @@ import math
 import logging
 from pathlib import Path
 
+import hydra
 import torch
 from omegaconf import DictConfig
 
 from attnlab import analysis, runs, schema
 from attnlab.attention.pictures import _pyplot  # matplotlib without a display
 from attnlab.schema import Choice, ConfigError, Flag, Number, Text, check_rules
+from attnlab.cli import run_task
+from attnlab.commands import CONFIG_PATH
 
 log = logging.getLogger(__name__)
 RULES = {
@@ -184,3 +187,9 @@ def analyze(cfg: DictConfig) -> dict:
             log.warning("could not log the analysis to W&B run %s (%s: %s); the files are in %s", loaded.wandb_id,
                         type(e).__name__, e, out)
     return result
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="analyze")
+def main(cfg: DictConfig) -> None:
+    """``attnlab analyze`` / ``python analyze.py``: one Hydra job."""
+    run_task(analyze, cfg)

@@ -1,21 +1,21 @@
-"""``attnlab <command> [overrides ...]``: the project's four commands from any folder, after ``pip install -e .``.
+"""``attnlab <command> [overrides ...]``: the project's commands, from any folder, after ``pip install attnlab``.
 
-    attnlab train mode=debug            = python train.py mode=debug
+    attnlab train mode=debug            (= python train.py mode=debug in a checkout)
     attnlab sample run=last prompt=ROMEO:
     attnlab evaluate run=last split=test
     attnlab report outputs/multirun/<date>
 
-Outputs go under the current folder (``outputs/``), as with the scripts. The commands are the scripts beside
-``conf/`` in the checkout this package was installed from (an editable install).
+Each command is the ``main`` of its module in this package (``attnlab.train.main`` ...); the configs ship inside
+the package (``attnlab/conf``), so an installed wheel needs no checkout. Outputs go under the current folder
+(``outputs/``). The checkout's root scripts (``train.py`` ...) call the same functions.
 """
 from __future__ import annotations
 
-import runpy
+import importlib
 import sys
-from pathlib import Path
 
 COMMANDS = ("train", "sample", "evaluate", "analyze", "export", "report")
-CHECKOUT = Path(__file__).resolve().parents[2]  # src/attnlab/commands.py -> the checkout
+CONFIG_PATH = "pkg://attnlab.conf"  # Hydra's search path for every command: the package's own configs
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -25,10 +25,6 @@ def main(argv: list[str] | None = None) -> None:
         print(f"attnlab: the command must be one of {list(COMMANDS)}, got {given}; e.g. attnlab train mode=debug",
               file=sys.stderr)
         sys.exit(2)
-    script = CHECKOUT / f"{argv[0]}.py"
-    if not script.is_file() or not (CHECKOUT / "conf").is_dir():
-        print(f"attnlab: {script} and its conf/ folder are not there; install attnlab from a checkout with "
-              f"pip install -e <checkout>", file=sys.stderr)
-        sys.exit(2)
-    sys.argv = [str(script), *argv[1:]]
-    runpy.run_path(str(script), run_name="__main__")
+    command, rest = argv[0], argv[1:]
+    sys.argv = [f"attnlab {command}", *rest]  # Hydra and argparse read the overrides from sys.argv
+    importlib.import_module(f"attnlab.{command}").main()

@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf
 from attnlab import ddp, runs, schema
 from attnlab.schema import Choice, ConfigError, Number, Text, check_rules
 from attnlab.train import build_trainer
+from attnlab.cli import run_task
+from attnlab.commands import CONFIG_PATH
 
 log = logging.getLogger(__name__)
 SPLITS = ("val", "test")
@@ -68,3 +70,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
                  cfg.split, result["loss"], result["ppl"], f"{result['bpb']:.4f}" if result["bpb"] else "n/a",
                  f"{result['targets']:,}" if result["targets"] else "?", out)
     return result
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="evaluate")
+def main(cfg: DictConfig) -> float | None:
+    """``attnlab evaluate`` / ``python evaluate.py``: one Hydra job; its loss is what a sweeper minimises."""
+    result = run_task(evaluate, cfg)
+    return None if result is None else result["loss"]

@@ -9,12 +9,15 @@ import logging
 import shutil
 from pathlib import Path
 
+import hydra
 import torch
 from omegaconf import DictConfig
 
 from attnlab import runs
 from attnlab.pretrained import LAYER_NORMS, LINEARS
 from attnlab.schema import ConfigError, Text, check_rules
+from attnlab.cli import run_task
+from attnlab.commands import CONFIG_PATH
 
 log = logging.getLogger(__name__)
 RULES = {"run": Text(meaning="a run folder, a .ckpt file, <sweep folder>/<job number>, or last"),
@@ -95,3 +98,9 @@ def export(cfg: DictConfig) -> Path:
     tmp.rename(out)  # the folder appears whole or not at all
     log.info("run %s exported as a Hugging Face GPT-2 folder: %s", loaded.folder, out)
     return out
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="export")
+def main(cfg: DictConfig) -> None:
+    """``attnlab export`` / ``python export.py``: one Hydra job."""
+    run_task(export, cfg)

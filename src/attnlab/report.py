@@ -571,3 +571,18 @@ def report(paths: list[str], out: str | None = None) -> tuple[list[Run], dict[st
         target = Path(glob.glob(str(Path(paths[0]).expanduser()))[0])
         target = target if target.is_dir() else target.parent
     return runs, write_report(runs, target)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``attnlab report`` / ``python report.py``: the report of the runs given, printed and written."""
+    import argparse
+    from attnlab.cli import run_plain
+    ap = argparse.ArgumentParser(prog="report", description="A sweep side by side, offline: report.md, report.csv "
+                                 "and plots, written into the first folder given (or --out), and the table printed.")
+    ap.add_argument("paths", nargs="+", help="a sweep folder, run folders or globs")
+    ap.add_argument("--out", help="where to write the report (default: the first folder given)")
+    args = ap.parse_args(argv)
+    _, files = run_plain("report", lambda: report(args.paths, args.out))
+    print(files["markdown"].read_text())
+    print("\n".join(f"{kind}: {path}" for kind, path in files.items()))
+

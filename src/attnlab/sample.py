@@ -13,12 +13,15 @@ import re
 import time
 from pathlib import Path
 
+import hydra
 import torch
 from omegaconf import DictConfig
 
 from attnlab import runs
 from attnlab import schema
 from attnlab.schema import SEED, Choice, ConfigError, Flag, Number, Text, check_rules
+from attnlab.cli import run_task
+from attnlab.commands import CONFIG_PATH
 
 log = logging.getLogger(__name__)
 DEVICES = ("auto", "cpu", "cuda")
@@ -113,3 +116,9 @@ def sample(cfg: DictConfig) -> list[str]:
               "device": str(device), "dtype": dtype, "seconds": seconds, "tokens_per_s": rate, "samples": texts}
     (Path(cfg.paths.output_dir) / "samples.json").write_text(json.dumps(record, indent=1, ensure_ascii=False))
     return texts
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="sample")
+def main(cfg: DictConfig) -> None:
+    """``attnlab sample`` / ``python sample.py``: one Hydra job."""
+    run_task(sample, cfg)

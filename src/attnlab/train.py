@@ -22,6 +22,8 @@ from attnlab import checkpoints, csv_log, ddp, pretrained, schema, sweep, wandb_
 from attnlab.attention import AttentionType, build_attention
 from attnlab.lit import LitGPT
 from attnlab.model import GPTConfig
+from attnlab.callbacks import TrainingDiverged
+from attnlab.commands import CONFIG_PATH
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ def given_settings(cfg: DictConfig, group: str) -> dict:
     keys = {o.split("=", 1)[0].lstrip("+~").removeprefix(f"{group}.") for o in hc.overrides.task
             if o.lstrip("+~").startswith(f"{group}.")}
     choice = hc.runtime.choices.get(group)
-    own = Path(__file__).resolve().parents[2] / "conf" / group / f"{choice}.yaml"  # the project's own file
+    own = Path(__file__).resolve().parent / "conf" / group / f"{choice}.yaml"  # the package's own file
     if choice and own.is_file():
         defaults = OmegaConf.load(own)  # read as Hydra reads it (1e-5 is a number there, a string to PyYAML)
         keys |= {k for k in cfg[group] if k in defaults and cfg[group][k] != defaults[k]}
@@ -384,3 +386,36 @@ def build_datamodule(cfg: DictConfig, **overrides):
     return TextDataModule(dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
                           tokenizer=OmegaConf.to_container(cfg.tokenizer, resolve=True),
                           **{k: data[k] for k in DATA_KEYS if k in data}, **overrides)
+
+
+def _train_or_stop(cfg: DictConfig) -> dict:
+    try:
+        return train(cfg)
+    except TrainingDiverged as e:  # its message says what happened and what to try: one line, exit 1
+        if sweep.is_multirun():
+            raise
+        log.error("%s", e)
+        raise SystemExit(1) from None
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PATH, config_name="config")
+def _hydra_main(cfg: DictConfig) -> float | None:
+    from attnlab.cli import run_task
+    metrics = run_task(_train_or_stop, cfg, records_status=True)  # train() writes the run's status.json itself
+    if metrics is None:
+        return None
+    return metrics.get(cfg.get("optimized_metric") or "val/ppl")  # for a sweeper (hparams_search=...) to minimise
+
+
+def main() -> None:
+    """``attnlab train`` / ``python train.py``: one run, or a sweep with -m. Without a GPU and without a chosen
+    model size, ``CPU_DEFAULT`` runs (said in one line and recorded as an override)."""
+    import sys
+    cpu_default = cpu_default_override(sys.argv[1:], torch.cuda.is_available())
+    if cpu_default:  # recorded in the run's .hydra/overrides.yaml like any override
+        print(f"attnlab: no GPU here and no model size chosen, so this runs {cpu_default} (about 12 minutes on "
+              f"2 CPU cores); `attnlab train model=small` runs the full-size default (hours on a CPU)",
+              file=sys.stderr)
+        sys.argv.append(cpu_default)
+    _hydra_main()
+
