@@ -275,3 +275,31 @@ def test_a_built_wheel_installed_in_a_fresh_venv_trains_from_an_empty_folder(tmp
     status = list(empty.glob("outputs/*/*/status.json"))
     assert len(status) == 1 and json.loads(status[0].read_text())["status"] == "finished"
     assert list(status[0].parent.glob("checkpoints/*.ckpt")) and (status[0].parent / "train.log").is_file()
+
+
+def test_a_bug_is_shown_as_a_bug_not_as_bad_input(monkeypatch, caplog, tmp_path):
+    """Only attnlab.errors' classes are bad input (one line, exit 2); a ValueError from a bug keeps its traceback
+    and is said to be a bug, also when it happens where settings are checked."""
+    from attnlab import train as train_module
+    from conftest import compose
+
+    def broken(*args, **kwargs):
+        raise ValueError("an index went wrong")
+    monkeypatch.setattr(train_module, "build_attention", broken)
+    cfg = compose(["mode=debug"], tmp_path / "run")
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="attnlab"), pytest.raises(ValueError, match="an index went wrong"):
+        run_task(train_module.train, cfg, records_status=True)
+    assert any("this is a bug in attnlab" in r.getMessage() and "an index went wrong" in r.getMessage()
+               for r in caplog.records), [r.getMessage() for r in caplog.records]
+    caplog.clear()
+    with caplog.at_level(logging.ERROR, logger="attnlab"), pytest.raises(ValueError):
+        run_plain("report", lambda: broken())
+    assert any("this is a bug in attnlab" in r.getMessage() for r in caplog.records)
+
+
+def test_a_setting_the_model_refuses_is_bad_input_with_one_line(caplog, tmp_path):
+    from attnlab.train import train
+    from conftest import compose
+    cfg = compose(["mode=debug", "model.d_model=30", "model.n_head=4"], tmp_path / "run")
+    expect_one_line(caplog, train, cfg, "model.d_model=30 is not divisible by model.n_head=4")

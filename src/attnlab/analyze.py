@@ -23,21 +23,11 @@ from omegaconf import DictConfig
 
 from attnlab import analysis, runs, schema
 from attnlab.attention.pictures import _pyplot  # matplotlib without a display
-from attnlab.schema import Choice, ConfigError, Flag, Number, Text, check_rules
+from attnlab.schema import ConfigError
 from attnlab.cli import run_task
 from attnlab.commands import CONFIG_PATH
 
 log = logging.getLogger(__name__)
-RULES = {
-    "run": Text(meaning="a run folder, a .ckpt file, <sweep folder>/<job number>, last, or a pretrained model"),
-    "split": Choice(("val", "test")),
-    "tokens": Number(int, low=2, meaning="the length of the text whose attention is drawn"),
-    "max_windows": Number(int, low=1),
-    "prompt": Text(nullable=True, meaning="null: the start of the split"),
-    "wandb": Flag(),
-}
-
-
 MAX_TOKEN_LABELS = 48  # more labels than this per axis are unreadable at a panel's size: every k-th is shown
 
 
@@ -119,7 +109,7 @@ def draw_extrapolation(curve: dict, context: int, title: str, path: Path) -> Pat
 
 
 def analyze(cfg: DictConfig) -> dict:
-    check_rules(cfg, RULES)
+    schema.check_command("analyze", cfg)
     schema.check(cfg)
     loaded = runs.load_run(cfg.run, cfg.paths.cache_dir, cfg.paths.outputs_root)
     model = loaded.model.model.eval()

@@ -16,6 +16,7 @@ import torch
 
 from attnlab import lightning_internals, memory
 from attnlab.attention import get_backend
+from attnlab.errors import ConfigError, TrainingDiverged
 from attnlab.memory import peak_rss_bytes, rss_bytes
 
 log = logging.getLogger(__name__)
@@ -543,7 +544,7 @@ class TaskAccuracy(L.Callback):
         batch = examples(task, self.examples, length, split_seed(settings, "score"))  # a seed no split uses
         ids = tokenizer.encode_batch([e.text for e in batch])
         if any(len(i) != length for i in ids):
-            raise ValueError(f"dataset.task={task.name} needs one token per character (tokenizer=char), got "
+            raise ConfigError(f"dataset.task={task.name} needs one token per character (tokenizer=char), got "
                              f"{len(ids[0])} tokens for {length} characters")
         idx = torch.tensor(ids)  # (N, L)
         model = getattr(pl_module.model, "_orig_mod", pl_module.model)
@@ -560,7 +561,7 @@ class TaskAccuracy(L.Callback):
         which = torch.tensor([min((d - 1) // width, n_bins - 1) for e in batch for _, d in e.answers])
         truth = torch.tensor([i for e in batch for i in tokenizer.encode(e.expected)])  # the answers' ids
         if len(truth) != len(pos):
-            raise ValueError(f"dataset.task={task.name} needs one token per character (tokenizer=char)")
+            raise ConfigError(f"dataset.task={task.name} needs one token per character (tokenizer=char)")
         right = (predicted[rows, pos - 1] == truth).long()
         counts = torch.bincount(which, minlength=n_bins).tolist()
         hits = torch.bincount(which, weights=right.double(), minlength=n_bins).long().tolist()
@@ -593,10 +594,6 @@ class TaskAccuracy(L.Callback):
             tmp.write_text(json.dumps({**self.last, "step": trainer.global_step,
                                        "attention": pl_module.model.attention.name}, indent=1))
             os.replace(tmp, path)
-
-
-class TrainingDiverged(RuntimeError):
-    """The training loss stopped being a finite number."""
 
 
 class NonFiniteLossGuard(L.Callback):

@@ -28,6 +28,8 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from attnlab.errors import CheckpointError  # (re-exported: callers name it from here)
+
 log = logging.getLogger(__name__)
 
 RUN_FILE = "run.json"
@@ -42,10 +44,6 @@ NOT_IN_RUN_KEY = ("ckpt_path", "init_from", "paths", "hydra", "logger", "test_af
 EXECUTION = {"": ("threads", "callbacks"), "data": ("num_workers", "verify", "cache_dir", "eval_batch_size"),
              "trainer": ("log_every_n_steps", "enable_model_summary", "enable_progress_bar", "default_root_dir",
                          "benchmark")}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be used; the message names the file, why, and what to do."""
 
 
 def _safe_globals() -> list:

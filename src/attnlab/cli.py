@@ -12,13 +12,11 @@ import time
 import warnings
 from typing import Any, Callable
 
-from attnlab import sweep, threads  # sweep registers the resolvers the configs use (unique_dir, short_dirname)
-from attnlab.checkpoints import CheckpointError
-from attnlab.data.corpus import DataError
-from attnlab.schema import ConfigError
+from attnlab import sweep, threads
+from attnlab.errors import BUG_REPORT, ConfigError, TrainingDiverged, UserError
 
 log = logging.getLogger("attnlab")
-USER_ERRORS = (ConfigError, DataError, CheckpointError)  # the input is wrong: say which and what is allowed
+USER_ERRORS = (UserError,)  # the input is wrong: say which and what is allowed (attnlab.errors)
 EXIT_BAD_INPUT, EXIT_INTERRUPTED = 2, 130
 # Lightning 2.6 under torch >= 2.10 warns on every run that a torch helper it calls is deprecated: nothing a
 # user can act on, so the commands keep it out of their output (tests and library use still see it)
@@ -49,6 +47,7 @@ def run_task(task: Callable[[Any], Any], cfg, records_status: bool = False) -> A
         sys.exit(EXIT_BAD_INPUT)
     except Exception as e:  # out of memory, a diverged loss, a bug: one job's failure does not end a sweep
         if not multirun:
+            say_what_failed(e)
             raise
         log.exception("job failed: %s", sweep.one_line(e))
         if not records_status:
@@ -57,6 +56,16 @@ def run_task(task: Callable[[Any], Any], cfg, records_status: bool = False) -> A
     if multirun and not records_status:
         sweep.write_status(cfg.paths.output_dir, "finished", 0, started)
     return result
+
+
+def say_what_failed(e: BaseException) -> None:
+    """One line before the traceback of an exception that is not bad input: out of memory, or a bug."""
+    import torch
+    if isinstance(e, (MemoryError, torch.OutOfMemoryError)):
+        log.error("out of memory (%s): lower data.batch_size, model.context or the model size, or use "
+                  "trainer.precision=bf16-mixed on a GPU", sweep.one_line(e))
+    elif not isinstance(e, TrainingDiverged):
+        log.error("%s: %s; %s", type(e).__name__, sweep.one_line(e), BUG_REPORT)
 
 
 def checked_threads(value) -> int | None:
@@ -78,3 +87,6 @@ def run_plain(name: str, task: Callable[[], Any]) -> Any:
     except USER_ERRORS as e:
         print(f"{name}: {e}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    except Exception as e:
+        say_what_failed(e)
+        raise

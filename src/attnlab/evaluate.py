@@ -13,28 +13,18 @@ from pathlib import Path
 
 import hydra
 import lightning as L
-import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from attnlab import ddp, runs, schema
-from attnlab.schema import Choice, ConfigError, Number, Text, check_rules
+from attnlab.schema import ConfigError
 from attnlab.train import build_trainer
 from attnlab.cli import run_task
 from attnlab.commands import CONFIG_PATH
 
 log = logging.getLogger(__name__)
-SPLITS = ("val", "test")
-RULES = {  # the schema's rule types (schema.py), for this command's own settings
-    "run": Text(meaning="a run folder, a .ckpt file, <sweep folder>/<job number>, or last"),
-    "split": Choice(SPLITS),
-    "batch_size": Number(int, low=1, nullable=True, meaning="null: the run's evaluation batch size"),
-    "limit_batches": Number(float, count_or_fraction=True, nullable=True, meaning="null: the whole split"),
-}
-
-
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    check_rules(cfg, RULES)
+    schema.check_command("evaluate", cfg)
     schema.check(cfg)  # the trainer's and dataset's ruled settings
     other = cfg.get("dataset")
     loaded = runs.load_run(cfg.run, cfg.paths.cache_dir, cfg.paths.outputs_root)

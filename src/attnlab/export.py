@@ -13,15 +13,13 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from attnlab import runs
+from attnlab import runs, schema
 from attnlab.pretrained import LAYER_NORMS, LINEARS
-from attnlab.schema import ConfigError, Text, check_rules
+from attnlab.schema import ConfigError
 from attnlab.cli import run_task
 from attnlab.commands import CONFIG_PATH
 
 log = logging.getLogger(__name__)
-RULES = {"run": Text(meaning="a run folder, a .ckpt file, <sweep folder>/<job number>, or last"),
-         "out": Text(meaning="the folder to write the Hugging Face model into")}
 GPT2_ATTENTION = ("full", "flash")  # the pattern GPT-2 computes: every earlier token
 
 
@@ -64,7 +62,7 @@ def to_hugging_face(model) -> tuple[dict, dict[str, torch.Tensor]]:
 
 
 def export(cfg: DictConfig) -> Path:
-    check_rules(cfg, RULES)
+    schema.check_command("export", cfg)
     loaded = runs.load_run(cfg.run, cfg.paths.cache_dir, cfg.paths.outputs_root)
     model = loaded.model.model
     problems = unsupported(model)

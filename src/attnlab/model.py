@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attnlab.attention import AttentionType, build_attention
+from attnlab.errors import ConfigError
 from attnlab.kv_cache import KVCache, LayerCache
 
 POSITIONS = ("learned", "rope")
@@ -41,24 +42,24 @@ class GPTConfig:
             self.d_ff = 4 * self.d_model
         for name in ("vocab_size", "context", "n_layer", "n_head", "d_model", "d_ff"):
             if getattr(self, name) < 1:
-                raise ValueError(f"model.{name}={getattr(self, name)} must be >= 1")
+                raise ConfigError(f"model.{name}={getattr(self, name)} must be >= 1")
         if self.d_model % self.n_head != 0:
-            raise ValueError(f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}: "
+            raise ConfigError(f"model.d_model={self.d_model} is not divisible by model.n_head={self.n_head}: "
                              f"each head gets d_model / n_head dimensions "
                              f"(try n_head in {[h for h in range(1, 33) if self.d_model % h == 0]})")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
+            raise ConfigError(f"model.dropout={self.dropout} must be in [0, 1)")
         if self.positions not in POSITIONS:
-            raise ValueError(f"model.positions={self.positions!r}; valid: {list(POSITIONS)}")
+            raise ConfigError(f"model.positions={self.positions!r}; valid: {list(POSITIONS)}")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"model.activation={self.activation!r}; valid: {sorted(ACTIVATIONS)}")
+            raise ConfigError(f"model.activation={self.activation!r}; valid: {sorted(ACTIVATIONS)}")
         if not 0 < self.layer_norm_eps < 1:
-            raise ValueError(f"model.layer_norm_eps={self.layer_norm_eps} must be in (0, 1)")
+            raise ConfigError(f"model.layer_norm_eps={self.layer_norm_eps} must be in (0, 1)")
         if self.positions == "rope" and self.head_dim % 2:
-            raise ValueError(f"model.positions=rope rotates pairs of dimensions: the head dimension "
+            raise ConfigError(f"model.positions=rope rotates pairs of dimensions: the head dimension "
                              f"d_model / n_head = {self.head_dim} must be even")
         if self.rope_base <= 1:
-            raise ValueError(f"model.rope_base={self.rope_base} must be > 1")
+            raise ConfigError(f"model.rope_base={self.rope_base} must be > 1")
 
     @property
     def head_dim(self) -> int:

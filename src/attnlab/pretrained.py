@@ -11,7 +11,6 @@ needed. Weights load as data (``weights_only=True`` for ``.bin``); ``config.json
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 

@@ -7,7 +7,6 @@ checkpoint). Used by ``evaluate.py`` and ``sample.py``: nothing of the training 
 """
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -251,25 +250,25 @@ def load_run(run: str, cache_dir: str, outputs_root: str | Path = "outputs") -> 
             rule = rule_for(f"{group}.{k}")
             if rule is not None and rule.problem(v):
                 raise ConfigError(f"run folder {folder}: its config has {group}.{k}={v!r}; it must be {rule.allowed()}")
-    try:
-        check_fields(GPTConfig, model_cfg, "model")
-        attention = build_attention(_plain(run_cfg, "attention", folder))
-        tokenizer = run_tokenizer(folder, settings, cache_dir)
-        recorded = (state.get("attnlab") or {}).get("settings") or {}  # the checkpoint's one copy of its settings
-        diff = checkpoints.differing_keys(recorded, {"model": _plain(run_cfg, "model", folder),
-                                                     "attention": _plain(run_cfg, "attention", folder)})
-        if recorded and diff:
-            raise ConfigError(f"run={run}: checkpoint {ckpt.name} was trained with other settings than {folder}'s "
-                              f"config says ({', '.join(diff)}); the folder was altered or the file belongs elsewhere")
-        saved = state.get("attnlab", {}).get("tokenizer")
-        if saved and saved != tokenizer.fingerprint:
-            raise ConfigError(f"run={run}: checkpoint {ckpt.name} was trained with another tokenizer than the one in "
-                              f"{folder} (fingerprints {saved} and {tokenizer.fingerprint}); the folder was altered")
-        model = LitGPT(GPTConfig(**{**model_cfg, "vocab_size": tokenizer.vocab_size}), attention)
-    except ConfigError:
-        raise
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"run folder {folder}: {one_line(e)}") from None
+    def folder_says(build):  # a recorded setting the model refuses: named with the folder it came from
+        try:
+            return build()
+        except ConfigError as e:
+            raise ConfigError(f"run folder {folder}: {one_line(e)}") from None
+    folder_says(lambda: check_fields(GPTConfig, model_cfg, "model"))
+    attention = folder_says(lambda: build_attention(_plain(run_cfg, "attention", folder)))
+    tokenizer = run_tokenizer(folder, settings, cache_dir)
+    recorded = (state.get("attnlab") or {}).get("settings") or {}  # the checkpoint's one copy of its settings
+    diff = checkpoints.differing_keys(recorded, {"model": _plain(run_cfg, "model", folder),
+                                                 "attention": _plain(run_cfg, "attention", folder)})
+    if recorded and diff:
+        raise ConfigError(f"run={run}: checkpoint {ckpt.name} was trained with other settings than {folder}'s "
+                          f"config says ({', '.join(diff)}); the folder was altered or the file belongs elsewhere")
+    saved = state.get("attnlab", {}).get("tokenizer")
+    if saved and saved != tokenizer.fingerprint:
+        raise ConfigError(f"run={run}: checkpoint {ckpt.name} was trained with another tokenizer than the one in "
+                          f"{folder} (fingerprints {saved} and {tokenizer.fingerprint}); the folder was altered")
+    model = LitGPT(folder_says(lambda: GPTConfig(**{**model_cfg, "vocab_size": tokenizer.vocab_size})), attention)
     try:
         model.load_state_dict(state["state_dict"], strict=True)
     except (KeyError, RuntimeError) as e:

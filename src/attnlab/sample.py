@@ -19,30 +19,15 @@ from omegaconf import DictConfig
 
 from attnlab import runs
 from attnlab import schema
-from attnlab.schema import SEED, Choice, ConfigError, Flag, Number, Text, check_rules
+from attnlab.schema import ConfigError
 from attnlab.cli import run_task
 from attnlab.commands import CONFIG_PATH
 
 log = logging.getLogger(__name__)
-DEVICES = ("auto", "cpu", "cuda")
-
-
-RULES = {  # the schema's rule types (schema.py), for this command's own settings
-    "run": Text(meaning="a run folder, a .ckpt file, <sweep folder>/<job number>, or last"),
-    "prompt_file": Text(nullable=True, meaning="a UTF-8 text file, or null to use prompt="),
-    "escapes": Flag(),
-    "use_cache": Flag(),
-    "max_new_tokens": Number(int, low=1, high=1_000_000, meaning="at most a million: hours of CPU, a GB of text"),
-    "num_samples": Number(int, low=1),
-    "temperature": Number(float, low=1e-3, meaning="top_k=1 is greedy; below 0.001 the scaled logits overflow"),
-    "top_k": Number(int, low=1, nullable=True, meaning="null: no cut"),
-    "seed": SEED,
-    "device": Choice(DEVICES),
-}
 
 
 def check_settings(cfg: DictConfig) -> None:
-    check_rules(cfg, RULES)
+    schema.check_command("sample", cfg)
     schema.check(cfg)  # any ruled setting of the shared groups
 
 

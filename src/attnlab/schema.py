@@ -20,9 +20,7 @@ from typing import Any, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-
-class ConfigError(ValueError):
-    """A bad configuration value, checkpoint or resume; the message names it and what is allowed."""
+from attnlab.errors import ConfigError  # (re-exported: callers name it from here)
 
 
 @dataclass(frozen=True)
@@ -211,6 +209,54 @@ RULES: dict[str, Number | Choice] = {
     "callbacks.*.examples": COUNT,
 }
 TYPED_BY_DATACLASS = ("model.", "attention.")  # their dataclasses hold the types (check_fields)
+
+
+# --- the other commands' own settings (sample, evaluate, analyze, export): the same rule types, one table -----
+
+RUN = Text(meaning="a run folder, a .ckpt file, <sweep folder>/<job number>, or last")
+DEVICES = ("auto", "cpu", "cuda")
+SPLITS = ("val", "test")
+COMMAND_RULES: dict[str, dict] = {
+    "sample": {
+        "run": RUN,
+        "prompt_file": Text(nullable=True, meaning="a UTF-8 text file, or null to use prompt="),
+        "escapes": Flag(),
+        "use_cache": Flag(),
+        "max_new_tokens": Number(int, low=1, high=1_000_000, meaning="at most a million: hours of CPU, a GB of text"),
+        "num_samples": Number(int, low=1),
+        "temperature": Number(float, low=1e-3, meaning="top_k=1 is greedy; below 0.001 the scaled logits overflow"),
+        "top_k": Number(int, low=1, nullable=True, meaning="null: no cut"),
+        "seed": SEED,
+        "device": Choice(DEVICES),
+        "threads": RULES["threads"],
+    },
+    "evaluate": {
+        "run": RUN,
+        "split": Choice(SPLITS),
+        "batch_size": Number(int, low=1, nullable=True, meaning="null: the run's evaluation batch size"),
+        "limit_batches": Number(float, count_or_fraction=True, nullable=True, meaning="null: the whole split"),
+        "threads": RULES["threads"],
+    },
+    "analyze": {
+        "run": Text(meaning="a run folder, a .ckpt file, <sweep folder>/<job number>, last, or a pretrained model"),
+        "split": Choice(SPLITS),
+        "tokens": Number(int, low=2, meaning="the length of the text whose attention is drawn"),
+        "max_windows": Number(int, low=1),
+        "prompt": Text(nullable=True, meaning="null: the start of the split"),
+        "wandb": Flag(),
+        "threads": RULES["threads"],
+    },
+    "export": {
+        "run": RUN,
+        "out": Text(meaning="the folder to write the Hugging Face model into"),
+        "threads": RULES["threads"],
+    },
+}
+
+
+def check_command(name: str, cfg) -> None:
+    """A command's own settings against ``COMMAND_RULES[name]``: the first bad one raises ConfigError."""
+    check_rules(cfg, COMMAND_RULES[name])
 
 
 def rule_for(key: str) -> Number | Choice | None:

@@ -72,14 +72,9 @@ def build_model_parts(cfg: DictConfig) -> tuple[dict, AttentionType]:
             name = sweep.pretrained_name(cfg.init_from, str(cfg.model.get("name")))
             cfg.model["name"] = name
             cfg.tokenizer["name"] = f"pretrained-{name}"
-    try:
-        GPTConfig(**{**model_cfg, "vocab_size": 1})  # dimension checks; the vocabulary comes from the data
-        attention = build_attention(OmegaConf.to_container(cfg.attention, resolve=True))
-        attention.check(cfg.model.context, cfg.model.n_head, run_device(cfg))
-    except ConfigError:
-        raise
-    except ValueError as e:
-        raise ConfigError(str(e)) from e
+    GPTConfig(**{**model_cfg, "vocab_size": 1})  # dimension checks; the vocabulary comes from the data
+    attention = build_attention(OmegaConf.to_container(cfg.attention, resolve=True))
+    attention.check(cfg.model.context, cfg.model.n_head, run_device(cfg))
     return model_cfg, attention
 
 

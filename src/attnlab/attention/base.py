@@ -17,6 +17,7 @@ import torch
 from attnlab.attention.backends import backends_for, get_backend
 from attnlab.attention.backends.layout import allowed_pairs
 from attnlab.attention.patterns import Pattern
+from attnlab.errors import ConfigError
 
 
 @dataclass
@@ -70,9 +71,9 @@ class AttentionType:
         block size usable, the settings valid and, when ``device`` is given, the backend usable there (the
         model is built on the CPU before it moves, so construction checks the settings only)."""
         if self.block_size < 1:
-            raise ValueError(f"attention.block_size must be >= 1, got {self.block_size}")
+            raise ConfigError(f"attention.block_size must be >= 1, got {self.block_size}")
         if self.block_size > max(context, 1024):  # a bound (a tile of 10^9 would be allocated), not a tuning rule
-            raise ValueError(f"attention.block_size={self.block_size} is larger than the context {context} "
+            raise ConfigError(f"attention.block_size={self.block_size} is larger than the context {context} "
                              f"(model.context) and than 1024: one tile would cover the whole sequence; use at most "
                              f"{max(context, 1024)}")
         self.validate(context, n_head)
@@ -80,14 +81,14 @@ class AttentionType:
             return
         backend = get_backend(self.backend)  # unknown names list the valid ones
         if self.backend not in self.backends():
-            raise ValueError(f"attention {self.name!r} does not support backend {self.backend!r}; "
+            raise ConfigError(f"attention {self.name!r} does not support backend {self.backend!r}; "
                              f"valid: {self.backends() + ['auto']}")
         bad_block = backend.bad_block(self.block_size)
         if bad_block:
-            raise ValueError(bad_block)
+            raise ConfigError(bad_block)
         reason = backend.unavailable_reason(torch.device(device)) if device is not None else None
         if reason:
-            raise ValueError(f"attention backend {self.backend!r} is not available: {reason}")
+            raise ConfigError(f"attention backend {self.backend!r} is not available: {reason}")
 
     def resolved_backend(self, device: torch.device | str) -> str:
         return self.auto_backend(torch.device(device)) if self.backend == "auto" else self.backend

@@ -10,6 +10,7 @@ from dataclasses import fields
 from typing import Any, Mapping
 
 from attnlab.attention.base import AttentionType
+from attnlab.errors import ConfigError
 from attnlab.schema import check_fields
 
 TYPE_MODULES = [  # one line per file in types/, in the order tables and pictures show them
@@ -34,12 +35,12 @@ def build_attention(cfg: Mapping[str, Any]) -> AttentionType:
     cfg = dict(cfg)
     name = cfg.pop("name", None)
     if name not in ATTENTION_TYPES:
-        raise ValueError(f"unknown attention type {name!r}; valid: {sorted(ATTENTION_TYPES)}")
+        raise ConfigError(f"unknown attention type {name!r}; valid: {sorted(ATTENTION_TYPES)}")
     cls = ATTENTION_TYPES[name]
     valid = {f.name for f in fields(cls)}
     unknown = sorted(set(cfg) - valid)
     if unknown:
-        raise ValueError(f"attention {name!r} has no setting(s) {unknown}; valid: {sorted(valid)}")
+        raise ConfigError(f"attention {name!r} has no setting(s) {unknown}; valid: {sorted(valid)}")
     check_fields(cls, cfg, "attention")  # types from the dataclass; ranges in its validate()
     return cls(**cfg)
 

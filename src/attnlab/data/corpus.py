@@ -16,16 +16,14 @@ import random
 import re
 from pathlib import Path
 
+from attnlab.errors import DataError  # (re-exported: callers name it from here)
+
 SPLITS = ("train", "val", "test")
 SEGMENT_CHARS = 1 << 20  # text files are read this many characters at a time: no file sits in memory whole
 PIECE_CHARS = 1 << 12  # documents are encoded in pieces of about this many characters (cut where CUT
 # allows): the batch encoder runs fastest on many short inputs (measured: 4k beat 16k and 256k)
 
 log = logging.getLogger(__name__)
-
-
-class DataError(ValueError):
-    """Bad or unreachable data; the message says what to do."""
 
 
 # --- the embedded corpus -------------------------------------------------------------------------

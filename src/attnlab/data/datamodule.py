@@ -7,7 +7,6 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Callable
 
 import lightning as L
 import numpy as np

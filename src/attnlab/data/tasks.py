@@ -31,6 +31,8 @@ import string
 from dataclasses import dataclass, fields
 from typing import ClassVar, NamedTuple
 
+from attnlab.errors import ConfigError
+
 FILLER, QUERY = ".", "?"
 KEYS = string.ascii_uppercase
 TOKEN_BASE = 0x4E00  # mqar's token id i is the character chr(TOKEN_BASE + i) (id 0 is the filler instead)
@@ -51,7 +53,7 @@ class Copy:
 
     def check(self, length: int) -> None:
         if length < 3:
-            raise ValueError(f"a copy example needs at least 3 characters, got {length}")
+            raise ConfigError(f"a copy example needs at least 3 characters, got {length}")
 
     def example(self, rng: random.Random, length: int) -> Example:
         """``length`` characters: X at p, ``?`` at p + d, X again at p + d + 1; d log-uniform in [1, length - 2]
@@ -84,14 +86,14 @@ class MQAR:
 
     def check(self, length: int) -> None:
         if self.pairs < 1:
-            raise ValueError(f"mqar needs pairs >= 1, got {self.pairs}")
+            raise ConfigError(f"mqar needs pairs >= 1, got {self.pairs}")
         if not 2 * self.pairs + 2 <= self.vocab_size <= MAX_VOCAB or self.vocab_size % 2:
-            raise ValueError(f"mqar's vocab_size={self.vocab_size} must be even and in [{2 * self.pairs + 2}, "
+            raise ConfigError(f"mqar's vocab_size={self.vocab_size} must be even and in [{2 * self.pairs + 2}, "
                              f"{MAX_VOCAB}] (keys and values each draw {self.pairs} distinct ids from half of it)")
         if not 0 < self.power_a <= 1:
-            raise ValueError(f"mqar's power_a={self.power_a} must be in (0, 1] (1: uniform gaps)")
+            raise ConfigError(f"mqar's power_a={self.power_a} must be in (0, 1] (1: uniform gaps)")
         if self.slots(length) < self.pairs:
-            raise ValueError(f"mqar with {self.pairs} pairs needs at least {4 * self.pairs + 1} characters, got "
+            raise ConfigError(f"mqar with {self.pairs} pairs needs at least {4 * self.pairs + 1} characters, got "
                              f"{length}")
 
     def slots(self, length: int) -> int:
@@ -147,11 +149,11 @@ TASKS = {"copy": Copy, "mqar": MQAR}
 def get_task(name: str, **settings) -> Copy | MQAR:
     """The task ``name`` with its settings (each task takes only its own: ``task_settings``)."""
     if name not in TASKS:
-        raise ValueError(f"unknown dataset.task {name!r}; valid: {sorted(TASKS)}")
+        raise ConfigError(f"unknown dataset.task {name!r}; valid: {sorted(TASKS)}")
     try:
         return TASKS[name](**settings)
     except TypeError:
-        raise ValueError(f"dataset.task={name} takes the settings {task_settings(name) or 'none'}, got "
+        raise ConfigError(f"dataset.task={name} takes the settings {task_settings(name) or 'none'}, got "
                          f"{sorted(settings)}") from None
 
 

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from attnlab.data.corpus import DataError, pieces, segments
+from attnlab.errors import ConfigError
 
 EOS = "<|eos|>"
 UNK = "<|unk|>"
@@ -82,7 +83,7 @@ class HFTokenizer:
         """``texts``: any iterable of strings (a generator keeps a large corpus out of memory)."""
         from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
         if vocab_size < 257 + 1:
-            raise ValueError(f"tokenizer.vocab_size={vocab_size}: byte-level BPE needs at least 258 "
+            raise ConfigError(f"tokenizer.vocab_size={vocab_size}: byte-level BPE needs at least 258 "
                              f"(256 bytes + special tokens)")
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -175,7 +176,7 @@ def build_tokenizer(kind: str, train_texts: list[str], vocab_size: int = 4096, t
         return HFTokenizer.train_bpe((p for text in texts for p in pieces(text)), vocab_size)
     if kind == "gpt2":
         return HFTokenizer.gpt2()
-    raise ValueError(f"unknown tokenizer {kind!r}; valid: {list(TOKENIZERS)}")
+    raise ConfigError(f"unknown tokenizer {kind!r}; valid: {list(TOKENIZERS)}")
 
 
 def _atomic_write(path: Path, text: str) -> None:

@@ -18,6 +18,7 @@ from attnlab.attention.backends import sdpa as _sdpa
 from attnlab.attention.backends.blocked import blocked_attention
 from attnlab.attention.backends.dense import dense_attention
 from attnlab.attention.patterns import Pattern
+from attnlab.errors import ConfigError
 
 AttentionFn = Callable[..., torch.Tensor]  # (q, k, v, pattern, block) -> out
 
@@ -83,7 +84,7 @@ BACKENDS: dict[str, Backend] = {
 
 def get_backend(name: str) -> Backend:
     if name not in BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r}; valid: {sorted(BACKENDS) + ['auto']}")
+        raise ConfigError(f"unknown attention backend {name!r}; valid: {sorted(BACKENDS) + ['auto']}")
     return BACKENDS[name]
 
 

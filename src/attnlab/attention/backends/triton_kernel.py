@@ -21,6 +21,7 @@ import triton.language as tl
 
 from attnlab.attention.backends.layout import DERIVED, block_layout, key_lists, mask_tiles, query_lists
 from attnlab.attention.patterns import Pattern
+from attnlab.errors import ConfigError
 
 LOG2E = 1.4426950408889634
 
@@ -266,5 +267,5 @@ class TritonAttentionFn(torch.autograd.Function):
 def triton_attention(q, k, v, pattern: Pattern, block: int = 64) -> torch.Tensor:
     """q, k, v: (B, H, N, D) -> (B, H, N, D); block must be a power of two >= 16 (tensor-core tiles)."""
     if block < 16 or block & (block - 1):
-        raise ValueError(f"attention.block_size={block}: the triton backend needs a power of two >= 16")
+        raise ConfigError(f"attention.block_size={block}: the triton backend needs a power of two >= 16")
     return TritonAttentionFn.apply(q, k, v, pattern, block)

@@ -20,6 +20,7 @@ import torch
 
 from attnlab.attention.base import AttentionType
 from attnlab.attention.patterns import Pattern, base, global_tokens, sliding_window
+from attnlab.errors import ConfigError
 
 _MASK31 = 0x7FFFFFFF  # hashes stay below 2^31, so a product with a 27-bit constant never overflows int64
 
@@ -105,15 +106,15 @@ class BigBirdAttention(AttentionType):
 
     def validate(self, context: int, n_head: int) -> None:
         if not 1 <= self.window <= context:
-            raise ValueError(f"attention.window={self.window} must be in [1, {context}] (the context length)")
+            raise ConfigError(f"attention.window={self.window} must be in [1, {context}] (the context length)")
         if not 0 <= self.global_tokens <= context:
-            raise ValueError(f"attention.global_tokens={self.global_tokens} must be in [0, {context}]")
+            raise ConfigError(f"attention.global_tokens={self.global_tokens} must be in [0, {context}]")
         if not 1 <= self.random_block <= context:
-            raise ValueError(f"attention.random_block={self.random_block} must be in [1, {context}]")
+            raise ConfigError(f"attention.random_block={self.random_block} must be in [1, {context}]")
         if not 0 <= self.random_blocks <= 16:
-            raise ValueError(f"attention.random_blocks={self.random_blocks} must be in [0, 16] (the paper uses 3)")
+            raise ConfigError(f"attention.random_blocks={self.random_blocks} must be in [0, 16] (the paper uses 3)")
         if self.seed < 0:
-            raise ValueError(f"attention.seed={self.seed} must be >= 0")
+            raise ConfigError(f"attention.seed={self.seed} must be >= 0")
 
     def auto_backend(self, device: torch.device) -> str:
         return "flex" if device.type == "cuda" else "blocked"

@@ -18,6 +18,7 @@ import torch
 
 from attnlab.attention.base import AttentionType
 from attnlab.attention.patterns import Pattern, base, global_tokens, sliding_window
+from attnlab.errors import ConfigError
 
 
 @dataclass
@@ -75,18 +76,18 @@ class LongformerAttention(AttentionType):
     def validate(self, context: int, n_head: int) -> None:
         for w in (self.windows or [self.window]):
             if not 1 <= w <= context:
-                raise ValueError(f"attention.window={w} must be in [1, {context}] (the context length)")
+                raise ConfigError(f"attention.window={w} must be in [1, {context}] (the context length)")
         if self.dilation < 1:
-            raise ValueError(f"attention.dilation={self.dilation} must be >= 1")
+            raise ConfigError(f"attention.dilation={self.dilation} must be >= 1")
         g = self.global_tokens
         if isinstance(g, int):
             if not 0 <= g <= context:
-                raise ValueError(f"attention.global_tokens={g}: the number of global tokens must be in "
+                raise ConfigError(f"attention.global_tokens={g}: the number of global tokens must be in "
                                  f"[0, {context}] (the context length)")
         else:
             bad = [p for p in g if not 0 <= p < context]
             if bad:
-                raise ValueError(f"attention.global_tokens has positions {bad} outside the context [0, {context})")
+                raise ConfigError(f"attention.global_tokens has positions {bad} outside the context [0, {context})")
 
     def auto_backend(self, device: torch.device) -> str:
         return "flex" if device.type == "cuda" else super().auto_backend(device)

@@ -18,6 +18,7 @@ import torch
 
 from attnlab.attention.base import AttentionType
 from attnlab.attention.patterns import Pattern, band, base, block_summaries, every_lth, same_block, split_heads
+from attnlab.errors import ConfigError
 
 KINDS = ("fixed", "strided")
 HEAD_LAYOUTS = ("alternate", "split", "union")
@@ -56,17 +57,17 @@ class SparseAttention(AttentionType):
 
     def validate(self, context: int, n_head: int) -> None:
         if self.pattern_kind not in KINDS:
-            raise ValueError(f"attention.pattern_kind={self.pattern_kind!r}; valid: {sorted(KINDS)}")
+            raise ConfigError(f"attention.pattern_kind={self.pattern_kind!r}; valid: {sorted(KINDS)}")
         if not 1 <= self.stride <= context:
-            raise ValueError(f"attention.stride={self.stride} makes no pattern: it must be in [1, {context}] "
+            raise ConfigError(f"attention.stride={self.stride} makes no pattern: it must be in [1, {context}] "
                              f"(the context length)")
         if self.pattern_kind == "fixed" and not 1 <= self.summary <= self.stride:
-            raise ValueError(f"attention.summary={self.summary} makes no pattern: it must be in "
+            raise ConfigError(f"attention.summary={self.summary} makes no pattern: it must be in "
                              f"[1, stride={self.stride}]")
         if self.heads not in HEAD_LAYOUTS:
-            raise ValueError(f"attention.heads={self.heads!r}; valid: {list(HEAD_LAYOUTS)}")
+            raise ConfigError(f"attention.heads={self.heads!r}; valid: {list(HEAD_LAYOUTS)}")
         if self.heads == "split" and n_head < 2:
-            raise ValueError(f"attention.heads=split needs at least 2 heads, the model has n_head={n_head}")
+            raise ConfigError(f"attention.heads=split needs at least 2 heads, the model has n_head={n_head}")
 
     def auto_backend(self, device: torch.device) -> str:
         return "flex" if device.type == "cuda" else super().auto_backend(device)
