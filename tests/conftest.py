@@ -24,8 +24,9 @@ except ImportError:
 
 
 # The test tiers. `integration`: trains through Lightning, runs a command in a subprocess, or shares a trained
-# run; everything else is a unit test (`python -m pytest -m "not integration"`: the fast tier). Marked here,
-# once, from what a test uses, so a new test lands in the right tier without remembering a marker.
+# run; everything else is a unit test (`python -m pytest -m "not integration"`: the fast tier). Marked here from
+# what a test uses, or by hand (@pytest.mark.integration); `unit_tests_do_not_train` below fails a unit test
+# that trains after all, so the guess is checked on every run.
 INTEGRATION_FIXTURES = {"make_cfg", "trained_run", "bad_runs", "run_folder", "runs", "sweep", "trained"}
 
 
@@ -41,6 +42,32 @@ def pytest_collection_modifyitems(config, items):
         uses = set(getattr(item, "fixturenames", ()))
         if item.get_closest_marker("slow") or item.get_closest_marker("subprocess") or uses & INTEGRATION_FIXTURES:
             item.add_marker(pytest.mark.integration)
+
+
+UNIT_MAX_STEPS = 50  # optimizer steps a unit test may take; a training loop beyond it belongs to the integration tier
+
+
+@pytest.fixture(autouse=True)
+def unit_tests_do_not_train(request):
+    """The unit tier stays fast because nothing in it trains: a test there that takes more than UNIT_MAX_STEPS
+    optimizer steps (by hand or through Lightning) fails, naming the marker that moves it."""
+    if request.node.get_closest_marker("integration"):
+        yield
+        return
+    import torch
+    steps = [0]
+
+    def count(optimizer, args, kwargs):
+        steps[0] += 1
+    from torch.optim.optimizer import register_optimizer_step_post_hook
+    handle = register_optimizer_step_post_hook(count)
+    try:
+        yield
+    finally:
+        handle.remove()
+    if steps[0] > UNIT_MAX_STEPS:
+        pytest.fail(f"this unit test took {steps[0]} optimizer steps (the unit tier allows {UNIT_MAX_STEPS}): it "
+                    f"trains, so mark it @pytest.mark.integration", pytrace=False)
 
 
 def compose(overrides: list[str], output_dir: Path | None = None):

@@ -55,3 +55,19 @@ def test_cpu_auto_picks_banded_where_the_pattern_has_the_shape():
     assert build_attention({"name": "longformer"}).resolved_backend(cpu) == "banded"
     assert build_attention({"name": "sparse", "pattern_kind": "fixed"}).resolved_backend(cpu) == "banded"
     assert build_attention({"name": "sparse", "pattern_kind": "strided"}).resolved_backend(cpu) == "blocked"
+
+
+def test_a_plan_first_built_under_inference_mode_still_trains():
+    """The backends' derived plans are cached for the process: one first built by an evaluation (inference mode)
+    must still serve a training step (autograd) afterwards, as in a sweep run in one process."""
+    from attnlab.attention import build_attention
+    from attnlab.attention.backends.layout import DERIVED
+    DERIVED._entries.clear()
+    attention = build_attention({"name": "longformer", "window": 8, "backend": "banded", "block_size": 16})
+    q, k, v = (torch.randn(1, 2, 64, 8) for _ in range(3))
+    with torch.inference_mode():
+        attention(q, k, v)
+    for t in (q, k, v):
+        t.requires_grad_(True)
+    attention(q, k, v).sum().backward()
+    assert all(t.grad is not None and torch.isfinite(t.grad).all() for t in (q, k, v))

@@ -201,8 +201,9 @@ def test_execution_settings_are_not_the_run_so_ckpt_path_last_finds_it_with_thre
 def test_a_refused_resume_leaves_a_folder_that_report_does_not_list(make_cfg, tmp_path):
     from attnlab.report import find_runs
     from attnlab.schema import ConfigError
+    from attnlab.errors import UserError
     cfg = make_cfg(["mode=debug", "ckpt_path=last", "seed=77"], "nothing-to-resume")
-    with pytest.raises(ConfigError, match="no checkpoint of this run"):
+    with pytest.raises(UserError, match="no checkpoint of this run"):
         train(cfg)
     status = json.loads((Path(cfg.paths.output_dir) / "status.json").read_text())
     assert status["status"] == "refused"

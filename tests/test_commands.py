@@ -285,7 +285,8 @@ def test_a_bug_is_shown_as_a_bug_not_as_bad_input(monkeypatch, caplog, tmp_path)
 
     def broken(*args, **kwargs):
         raise ValueError("an index went wrong")
-    monkeypatch.setattr(train_module, "build_attention", broken)
+    import attnlab.attention
+    monkeypatch.setattr(attnlab.attention, "build_attention", broken)  # where the spec checks the settings
     cfg = compose(["mode=debug"], tmp_path / "run")
     caplog.clear()
     with caplog.at_level(logging.ERROR, logger="attnlab"), pytest.raises(ValueError, match="an index went wrong"):

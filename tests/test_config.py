@@ -73,7 +73,7 @@ BAD_CONFIGS = [
     (["model.n_head=5"], "model.d_model=64 is not divisible by model.n_head=5"),
     (["ckpt_path=/nonexistent.ckpt"], "ckpt_path=/nonexistent.ckpt: no such file"),
     (["ckpt_path=last"], "ckpt_path=last: no checkpoint of this run"),
-    (["init_from=/nonexistent.ckpt"], "checkpoint /nonexistent.ckpt: no such file"),
+    (["init_from=/nonexistent.ckpt"], "init_from=/nonexistent.ckpt: no such file or folder"),
     pytest.param(["trainer=gpu"], "trainer.accelerator=gpu needs a CUDA GPU and none is visible here",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
     (["dataset=text_files", "dataset.path=/nonexistent/x.txt"], "matches no .txt file"),
@@ -82,10 +82,10 @@ BAD_CONFIGS = [
 
 @pytest.mark.parametrize("args,message", BAD_CONFIGS)
 def test_bad_config_one_clear_message_before_training(args, message, make_cfg):
-    from attnlab.data.corpus import DataError
-    from attnlab.train import ConfigError, train
+    from attnlab.errors import UserError
+    from attnlab.train import train
     cfg = make_cfg(["mode=debug", *args])
-    with pytest.raises((ConfigError, DataError)) as e:
+    with pytest.raises(UserError) as e:
         train(cfg)
     assert message in str(e.value)
     assert not list(Path(cfg.paths.output_dir).glob("**/*.ckpt"))

@@ -163,10 +163,11 @@ def test_concurrent_builders_of_one_entry_both_succeed(tmp_path):
 
 def test_bits_per_byte_rescale_the_loss_by_the_splits_tokens_per_byte(make_cfg):
     import math
-    from attnlab.train import build_datamodule, train
+    from attnlab.spec import RunSpec
+    from attnlab.train import train
     cfg = make_cfg(["mode=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=3"])
     metrics = train(cfg)
-    dm = build_datamodule(cfg)
+    dm = RunSpec.from_hydra(cfg).data.build()
     dm.prepare_data()
     ratio = dm.tokens_per_byte("test")
     assert 0.95 < ratio <= 1.0  # characters: one token per byte, fewer where a character takes several bytes

@@ -199,9 +199,9 @@ def test_global_projections_converted_from_gpt2_start_as_copies_and_change_nothi
 def test_a_presets_longer_context_counts_as_chosen(hf_folder, make_cfg):
     """experiment=finetune_cpu sets model.context=512 in its file, not on the command line: the run must still
     get the longer context (copying the positions), not the checkpoint's 32."""
-    from attnlab.train import build_model_parts
+    from attnlab.spec import RunSpec
     cfg = make_cfg(["experiment=finetune_cpu", f"init_from={hf_folder}", "attention=longformer"])
-    model_cfg, _ = build_model_parts(cfg)
+    model_cfg = RunSpec.from_hydra(cfg).model
     assert model_cfg["context"] == 512 and cfg.model.context == 512
     assert model_cfg["n_layer"] == 2  # the checkpoint's shape still decides the rest
 

@@ -45,11 +45,11 @@ def test_every_numeric_setting_of_every_option_has_a_rule():
 
 def build(option: str, key: str, value):
     """The run's checks, before any data is read, with one setting replaced."""
-    from attnlab.train import build_model_parts
+    from attnlab.spec import RunSpec
     cfg = copy.deepcopy(COMPOSED[option])
     with open_dict(cfg):
         OmegaConf.update(cfg, key, value, force_add=True)
-    build_model_parts(cfg)
+    RunSpec.from_hydra(cfg)
 
 
 def bad_values(key: str) -> list:
@@ -96,9 +96,9 @@ def test_messages_say_what_is_allowed(key, value, allowed):
 
 
 def test_a_mandatory_value_left_unset_is_named():
-    from attnlab.train import build_model_parts
+    from attnlab.spec import RunSpec
     with pytest.raises(schema.ConfigError, match=r"^dataset.path is required and not set"):
-        build_model_parts(compose(["dataset=text_files"]))
+        RunSpec.from_hydra(compose(["dataset=text_files"]))
 
 
 def test_every_attention_setting_is_typed_by_its_dataclass():
@@ -144,8 +144,8 @@ HAND_WRITTEN = [
 
 @pytest.mark.parametrize("override,message", HAND_WRITTEN, ids=[o for o, _ in HAND_WRITTEN])
 def test_a_hand_written_wrong_value_is_refused_in_one_line(override, message):
-    from attnlab.train import build_model_parts
+    from attnlab.spec import RunSpec
     cfg = compose(override.split())
     with pytest.raises(schema.ConfigError) as error:
-        build_model_parts(cfg)
+        RunSpec.from_hydra(cfg)
     assert message in str(error.value) and "\n" not in str(error.value), str(error.value)

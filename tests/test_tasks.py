@@ -263,8 +263,8 @@ def test_a_task_run_scores_recall_by_distance_and_the_report_plots_it(make_cfg, 
 
 
 def run_loader(cfg):
-    from attnlab.train import build_datamodule
-    dm = build_datamodule(cfg)
+    from attnlab.spec import RunSpec
+    dm = RunSpec.from_hydra(cfg).data.build()
     dm.setup("fit")
     return dm.train_dataloader()
 

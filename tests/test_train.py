@@ -233,16 +233,16 @@ def test_a_run_says_its_threads_and_warns_when_the_machine_is_busy(make_cfg, mon
         monkeypatch.setattr(threads, "usable_cores", lambda: 2)
         monkeypatch.setattr(threads, "running_elsewhere", lambda: 2.0)  # both cores busy with other work
         with caplog.at_level(logging.INFO):
-            set_threads(make_cfg(["mode=debug", "threads=2"]))
+            set_threads(2, "cpu")
         assert torch.get_num_threads() == 2 and "torch uses 2 CPU threads: threads=2 given" in caplog.text
         assert "only 1 of 2 cores free, 2 busy with other work" in caplog.text and "threads=1 would match" in caplog.text
         caplog.clear()
         with caplog.at_level(logging.INFO):
-            set_threads(make_cfg(["mode=debug", "threads=1"]))  # what the warning said: no warning again
+            set_threads(1, "cpu")  # what the warning said: no warning again
         assert "would match" not in caplog.text
         caplog.clear()
         with caplog.at_level(logging.INFO):
-            set_threads(make_cfg(["mode=debug"]))  # none given: the free core
+            set_threads(None, "cpu")  # none given: the free core
         assert torch.get_num_threads() == 1 and "torch uses 1 CPU thread: 1 of 2 cores free" in caplog.text
     finally:
         torch.set_num_threads(before)
@@ -294,7 +294,7 @@ def test_the_test_perplexity_is_one_number_and_says_what_it_counts(make_cfg, tmp
     metrics = train(cfg)
     status = json.loads((Path(cfg.paths.output_dir) / "status.json").read_text())["metrics"]
     assert status["test/ppl"] == pytest.approx(metrics["test/ppl"], rel=1e-5) and status["test/targets"] == 4 * 16 * 64
-    assert "over 4,096 targets, trainer.limit_test_batches" in summary_table(cfg, status, 3, 1.0)
+    assert "over 4,096 targets, trainer.limit_test_batches" in summary_table(status, 3, 1.0, Path(cfg.paths.output_dir) / "checkpoints", limited_test=True)
     result = evaluate(command_cfg("evaluate", [f"run={cfg.paths.output_dir}", "split=test", "limit_batches=4",
                                                "batch_size=16"], tmp_path / "eval"))
     assert result["targets"] == 4096 and result["ppl"] == pytest.approx(metrics["test/ppl"], rel=1e-5)

@@ -51,9 +51,36 @@ def run_folder(trained_run) -> Path:
     return trained_run
 
 
-def copy_run(folder: Path, dest: Path) -> Path:
+def copy_run(folder: Path, dest: Path, keep_spec: bool = False) -> Path:
+    """A copy of a run folder. Without ``keep_spec`` its run.json loses its spec, so the folder's settings are
+    read from ``.hydra/config.yaml`` (as a run folder of before 2026-12-05 is read): the tests below craft that
+    file. ``test_a_crafted_spec_is_refused_as_a_crafted_config_is`` crafts the spec itself."""
     shutil.copytree(folder, dest)
+    if not keep_spec:
+        record = json.loads((dest / "run.json").read_text())
+        record.pop("spec", None)
+        (dest / "run.json").write_text(json.dumps(record))
     return dest
+
+
+SPEC_CRAFTS = [  # (what a crafted run.json spec says, the one line that refuses it)
+    (lambda s: s["data"]["dataset"].update(_target_="builtins.open"), r"sets dataset._target_=.*never chooses"),
+    (lambda s: s["model"].update(name="${unique_dir:/tmp/x}"), r"model.name=.*a resolver call"),
+    (lambda s: s["data"].update(batch_size=0), r"data.batch_size=0; it must be an integer >= 1"),
+    (lambda s: s["data"]["dataset"].update(val_plays=-1), r"dataset.val_plays=-1; it must be an integer >= 1"),
+    (lambda s: s.update(seed=-5), r"seed=-5; it must be an integer in \[0, 4294967295\]"),
+    (lambda s: s.pop("attention"), r"run.json has no attention settings"),
+]
+
+
+@pytest.mark.parametrize("craft,message", SPEC_CRAFTS)
+def test_a_crafted_spec_is_refused_as_a_crafted_config_is(run_folder, tmp_path, craft, message):
+    folder = copy_run(run_folder, tmp_path / "crafted", keep_spec=True)
+    record = json.loads((folder / "run.json").read_text())
+    craft(record["spec"])
+    (folder / "run.json").write_text(json.dumps(record))
+    with pytest.raises(ConfigError, match=message):
+        runs.load_run(str(folder), str(tmp_path / "cache"))
 
 
 # 1. a run folder's config runs no code --------------------------------------------------------------------

@@ -28,12 +28,14 @@ import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
+from attnlab import run_folder
 from attnlab.errors import CheckpointError  # (re-exported: callers name it from here)
+from attnlab.run_folder import RunFolder
 
 log = logging.getLogger(__name__)
 
-RUN_FILE = "run.json"
-CHECKPOINT_DIR = "checkpoints"  # inside the run folder, always: nothing records where that folder is
+RUN_FILE = run_folder.RECORD
+CHECKPOINT_DIR = run_folder.CHECKPOINTS  # inside the run folder, always: nothing records where that folder is
 DIGEST_KEY = "attnlab_digest"  # the checkpoint's own SHA-256 of its contents
 FORMAT = 2  # checkpoint["attnlab"]["format"]; from 2 on every checkpoint carries its digest
 # config keys that say where a run writes or how it was started, not what it trains
@@ -208,23 +210,13 @@ def run_keys(cfg: DictConfig) -> tuple[str, str]:
 
 
 def write_run_file(output_dir: str | Path, key: str, **facts) -> None:
-    """``run.json``: the run key (what ``ckpt_path=last`` matches) and facts about the run, no absolute path."""
-    path = Path(output_dir) / RUN_FILE
-    path.parent.mkdir(parents=True, exist_ok=True)
-    old = read_run_file(path.parent)
-    tmp = path.with_name(f".{RUN_FILE}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps({**old, "run_key": key, **facts}, indent=1, default=str))
-    os.replace(tmp, path)
+    """``run.json``: the run key (what ``ckpt_path=last`` matches) and facts about the run (RunFolder's record)."""
+    RunFolder(output_dir).write_record(run_key=key, **facts)
 
 
 def read_run_file(folder: str | Path) -> dict:
     """A run folder's run.json as plain values ({} when missing or unreadable)."""
-    try:
-        from attnlab import plain_yaml
-        info = plain_yaml.load_json(Path(folder) / RUN_FILE)
-    except (OSError, ValueError):
-        return {}
-    return info if isinstance(info, dict) else {}
+    return RunFolder(folder).record()
 
 
 def step_of(path: Path) -> int:
@@ -262,10 +254,13 @@ def settings_of(cfg: DictConfig) -> dict[str, dict]:
 
 
 def differing_keys(saved: dict, current: dict) -> list[str]:
+    """The model and attention settings that differ (model.name is a label, not a shape: a run's spec records
+    its names apart)."""
     keys = []
     for group in ("model", "attention"):
         a, b = saved.get(group) or {}, current.get(group) or {}
-        keys += [f"{group}.{k}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
+        keys += [f"{group}.{k}" for k in sorted(set(a) | set(b))
+                 if a.get(k) != b.get(k) and (group, k) != ("model", "name")]
     return keys
 
 

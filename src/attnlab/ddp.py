@@ -51,10 +51,8 @@ def job():
     group is closed and the launch variables Lightning set in this process are removed, so the next job of a
     sweep in this process launches its own children instead of waiting for the last job's, which are gone.
     Variables set before the job (torchrun, SLURM) are left alone."""
-    from lightning.fabric.strategies.launchers import subprocess_script as fabric_launcher
-    from lightning.pytorch.strategies.launchers import subprocess_script as trainer_launcher
-    fabric_launcher._hydra_subprocess_cmd = child_command
-    trainer_launcher._hydra_subprocess_cmd = child_command  # it imported the function by name
+    from attnlab.lightning_internals import launch_children_with
+    launch_children_with(child_command)
     before = {k: os.environ.get(k) for k in _LAUNCH_ENV}
     try:
         yield

@@ -18,6 +18,7 @@ from pathlib import Path
 
 
 from attnlab import checkpoints, plain_yaml
+from attnlab.run_folder import RunFolder
 from attnlab.compare import Group, difference, group_runs
 from attnlab.schema import ConfigError
 
@@ -145,7 +146,7 @@ def read_run(folder: Path) -> Run:
     """One run's row from its files, read as plain values; a damaged file leaves its cells empty and says so."""
     problems: list[str] = []
     raw = _read("config.yaml", folder, problems,
-                lambda: plain_yaml.load(folder / ".hydra" / "config.yaml"))  # plain values: no tags, no alias bombs
+                lambda: RunFolder(folder).config_as_ran())  # plain values: no tags, no alias bombs
     raw = raw if isinstance(raw, dict) else {}
     group = lambda name: raw.get(name) if isinstance(raw.get(name), dict) else {}  # noqa: E731
     label = folder.name

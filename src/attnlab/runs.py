@@ -13,37 +13,32 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from attnlab import checkpoints, plain_yaml, pretrained
+from attnlab import checkpoints, pretrained, run_folder
 from attnlab.attention import build_attention
 from attnlab.lit import LitGPT
 from attnlab.model import GPTConfig
 from attnlab.data.tokenizers import load_tokenizer
-from attnlab.schema import SEED, Choice, ConfigError, Number, check_fields, rule_for
+from attnlab.run_folder import RunFolder, is_run_folder
+from attnlab.schema import ConfigError, check_fields, rule_for
 
 log = logging.getLogger(__name__)
 
 
 def checkpoints_of(folder: Path) -> list[Path]:
     """A run folder's checkpoints, newest first (always in ``<run folder>/checkpoints``)."""
-    return checkpoints.checkpoints_in(folder)
+    return RunFolder(folder).checkpoints()
 
 
 def run_status(folder: Path) -> tuple[str, int | None]:
     """(how the run ended, its step) from status.json: 'running or killed' when it has none."""
-    try:
-        s = plain_yaml.load_json(folder / "status.json")
-    except (OSError, ValueError):
-        return "running or killed (no status.json)", None
-    if not isinstance(s, dict) or not isinstance(s.get("status"), str):
-        return "unknown (status.json unreadable)", None
-    return s["status"][:40], s.get("step") if isinstance(s.get("step"), int) else None
+    return RunFolder(folder).status()
 
 
 def newest_run(outputs_root: str | Path) -> Path:
     """``run=last``: the newest finished run with a checkpoint; where none has finished, the newest run with a
     checkpoint, saying plainly that it did not finish (it may still be training)."""
     root = Path(str(outputs_root)).expanduser()
-    folders = [p.parents[1] for p in root.glob("**/.hydra/config.yaml")]
+    folders = [p.parents[1] for p in root.glob(f"**/{run_folder.CONFIG}")]
     with_ckpt = [(ckpts[0].stat().st_mtime, f) for f in folders if (ckpts := checkpoints_of(f))]
     if not with_ckpt:
         raise ConfigError(f"run=last: no run folder with a checkpoint under {root} (train one first)")
@@ -72,12 +67,12 @@ def find_run(run: str, outputs_root: str | Path = "outputs") -> tuple[Path, Path
         raise ConfigError(f"run={run}: no such file or folder (give a run folder under outputs/, a .ckpt file, "
                           f"a sweep's job as <sweep folder>/<job number>, or run=last)")
     if path.is_file():
-        folder = next((p for p in path.parents if (p / ".hydra" / "config.yaml").is_file()), None)
+        folder = next((p for p in path.parents if is_run_folder(p)), None)
         if folder is None:
             raise ConfigError(f"run={run}: no run folder (with .hydra/config.yaml) above this checkpoint, so its "
                               f"model and data settings are unknown")
         return folder, path
-    if not (path / ".hydra" / "config.yaml").is_file():
+    if not is_run_folder(path):
         raise ConfigError(f"run={run}: not a run folder (it has no .hydra/config.yaml)")
     ckpts = checkpoints_of(path)
     best = [p for p in ckpts if p.name != "last.ckpt"]  # best_checkpoint's file: ranked by its own validation
@@ -87,68 +82,11 @@ def find_run(run: str, outputs_root: str | Path = "outputs") -> tuple[Path, Path
     return path, (best or ckpts)[0]
 
 
-CODE_KEYS = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_")  # what instantiate would obey
-READ_SECTIONS = ("model", "attention", "dataset", "tokenizer", "data")  # all a run folder's config gives
-LEGACY_DATA_TARGET = "attnlab.data.datamodule.TextDataModule"  # written by runs of before 2026-11-28
-RESOLVER_CALL = re.compile(r"\$\{\s*[\w.]+\s*:")  # ${name:...}: a resolver, i.e. code, not a value
-
-
-def _walk(node, where: str):
-    if isinstance(node, dict):
-        for k, v in node.items():
-            yield f"{where}.{k}", k, v
-            yield from _walk(v, f"{where}.{k}")
-    elif isinstance(node, list):
-        for i, v in enumerate(node):
-            yield f"{where}[{i}]", None, v
-            yield from _walk(v, f"{where}[{i}]")
-
-
-def read_run_config(folder: Path) -> dict:
-    """A run folder's ``.hydra/config.yaml`` as plain values (``plain_yaml``: no tags, no aliases, no resolvers).
-    Only the sections a model and its data need are read; any instantiation key in them is refused in one line
-    (a run folder someone sent you must not choose what is called)."""
-    path = folder / ".hydra" / "config.yaml"
-    try:
-        cfg = plain_yaml.load(path)
-    except (OSError, UnicodeDecodeError, plain_yaml.PlainYAMLError) as e:
-        raise ConfigError(f"run folder {folder}: {path.name} cannot be read ({one_line(e)})") from None
-    if not isinstance(cfg, dict):
-        raise ConfigError(f"run folder {folder}: .hydra/config.yaml is not a mapping of settings")
-    for section in READ_SECTIONS:
-        if not isinstance(cfg.get(section), dict):
-            raise ConfigError(f"run folder {folder}: .hydra/config.yaml has no {section} settings")
-        for where, key, value in _walk(cfg[section], section):
-            if key in CODE_KEYS and not (where == "data._target_" and value == LEGACY_DATA_TARGET):
-                raise ConfigError(f"run folder {folder}: its config sets {where}={value!r}; a run folder's config is "
-                                  f"read as plain values and never chooses what code runs, so it is refused")
-            if isinstance(value, str) and RESOLVER_CALL.search(value):
-                raise ConfigError(f"run folder {folder}: its config sets {where}={value!r}, a resolver call; a run "
-                                  f"folder's config is read as plain values, so it is refused")
-    return cfg
-
-
-def _plain(cfg: dict, key: str, folder: Path):
-    """The value of ``key`` (dotted) with plain references followed; anything else is refused in one line."""
-    try:
-        return plain_yaml.resolve(plain_yaml.lookup(cfg, key), cfg, key)
-    except plain_yaml.PlainYAMLError as e:
-        raise ConfigError(f"run folder {folder}: setting {key} in its config cannot be read as a plain value "
-                          f"({one_line(e)})") from None
-
-
-# what a run folder's config may say about its data; settings that choose resources (data.num_workers: processes)
-# never come from a folder someone sent: they are the command's (its own settings) or the machine's
-RUN_DATA_RULES = {"data.batch_size": Number(int, low=1), "data.eval_batch_size": Number(int, low=1, nullable=True),
-                  "seed": SEED,
-                  "data.loss_on": Choice(("auto", "all", "answers"), nullable=True)}
-
-
 @dataclass
 class Run:
     folder: Path
     checkpoint: Path
-    cfg: dict  # the run's own config, as read (plain values; see read_run_config)
+    cfg: dict  # the run's Hydra config, as read (plain values; RunFolder.config): its trainer and logger settings
     model: LitGPT  # weights loaded, on the CPU
     tokenizer: object  # the run's own tokenizer (from its folder)
     settings: dict  # the run's dataset, tokenizer and data settings, checked
@@ -223,7 +161,8 @@ def load_run(run: str, cache_dir: str, outputs_root: str | Path = "outputs") -> 
     if pretrained.is_source(run):
         return load_pretrained(str(run), cache_dir)
     folder, ckpt = find_run(run, outputs_root)
-    run_cfg = read_run_config(folder)
+    record = RunFolder(folder)
+    recorded_settings = record.settings()  # plain values, checked for code (run_folder.py)
     try:
         state = checkpoints.safe_load(ckpt)
     except checkpoints.CheckpointError as e:
@@ -232,20 +171,19 @@ def load_run(run: str, cache_dir: str, outputs_root: str | Path = "outputs") -> 
     if bad:
         raise ConfigError(f"run={run}: checkpoint {ckpt} holds NaN or inf weights ({len(bad)} tensors, first {bad[0]}): "
                           f"the run diverged; use an earlier checkpoint of it (run=<file>.ckpt)")
-    model_cfg = {k: v for k, v in _plain(run_cfg, "model", folder).items() if k != "name"}
-    settings = {"dataset": _plain(run_cfg, "dataset", folder), "tokenizer": _plain(run_cfg, "tokenizer", folder)}
-    for key, rule in RUN_DATA_RULES.items():
-        try:
-            plain_yaml.lookup(run_cfg, key)
-            value = _plain(run_cfg, key, folder)
-        except plain_yaml.PlainYAMLError:
-            value = None if rule.nullable else 0
+    model_cfg = {k: v for k, v in recorded_settings["model"].items() if k != "name"}
+    attention_cfg = recorded_settings["attention"]
+    settings = {"dataset": recorded_settings["dataset"], "tokenizer": recorded_settings["tokenizer"],
+                "seed": recorded_settings.get("seed", 0)}  # (a config without one: seed 0)
+    data = recorded_settings["data"]
+    settings.update(batch_size=data.get("batch_size"), eval_batch_size=data.get("eval_batch_size"),
+                    loss_on=data.get("loss_on") or "auto")  # (runs before 2026-12-03 had no loss_on: all targets)
+    for key, value in (("seed", settings["seed"]), *((f"data.{k}", settings[k]) for k in
+                                                     ("batch_size", "eval_batch_size", "loss_on"))):
+        rule = rule_for(key)  # the training command line's own rules (schema.RULES)
         if rule.problem(value):
             raise ConfigError(f"run folder {folder}: its config has {key}={value!r}; it must be {rule.allowed()}")
-        settings[key.split(".")[-1]] = value
     for group in ("dataset", "tokenizer"):  # the same rules as a training command line
-        if not isinstance(settings[group], dict):
-            raise ConfigError(f"run folder {folder}: its {group} settings are not a mapping")
         for k, v in settings[group].items():
             rule = rule_for(f"{group}.{k}")
             if rule is not None and rule.problem(v):
@@ -256,11 +194,10 @@ def load_run(run: str, cache_dir: str, outputs_root: str | Path = "outputs") -> 
         except ConfigError as e:
             raise ConfigError(f"run folder {folder}: {one_line(e)}") from None
     folder_says(lambda: check_fields(GPTConfig, model_cfg, "model"))
-    attention = folder_says(lambda: build_attention(_plain(run_cfg, "attention", folder)))
+    attention = folder_says(lambda: build_attention(attention_cfg))
     tokenizer = run_tokenizer(folder, settings, cache_dir)
     recorded = (state.get("attnlab") or {}).get("settings") or {}  # the checkpoint's one copy of its settings
-    diff = checkpoints.differing_keys(recorded, {"model": _plain(run_cfg, "model", folder),
-                                                 "attention": _plain(run_cfg, "attention", folder)})
+    diff = checkpoints.differing_keys(recorded, {"model": recorded_settings["model"], "attention": attention_cfg})
     if recorded and diff:
         raise ConfigError(f"run={run}: checkpoint {ckpt.name} was trained with other settings than {folder}'s "
                           f"config says ({', '.join(diff)}); the folder was altered or the file belongs elsewhere")
@@ -277,7 +214,7 @@ def load_run(run: str, cache_dir: str, outputs_root: str | Path = "outputs") -> 
     wandb_id = (state.get("attnlab") or {}).get("wandb_run_id")
     wandb_id = wandb_id if isinstance(wandb_id, str) and re.fullmatch(r"[A-Za-z0-9_-]{1,64}", wandb_id) else None
     step = state.get("global_step")
-    return Run(folder, ckpt, run_cfg, model, tokenizer, settings, wandb_id=wandb_id,
+    return Run(folder, ckpt, record.config(), model, tokenizer, settings, wandb_id=wandb_id,
                step=step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else 0)
 
 

@@ -1,7 +1,8 @@
-"""train(cfg): compose datamodule, model, callbacks, loggers and trainer from the Hydra config and fit.
+"""train(cfg): build the run's spec once from the Hydra config, then the data, model, callbacks, loggers and
+trainer from it, and fit.
 
-Everything is built once and passed on: the model config and the attention type are built and checked
-before any data is read, the checkpoint to resume is read once (and handed to Lightning from memory).
+``RunSpec.from_hydra`` checks every setting and resolves init_from before any data is read; the checkpoint to
+resume is read once (and handed to Lightning from memory); ``_train`` is the list of build steps.
 """
 from __future__ import annotations
 
@@ -18,17 +19,15 @@ import torch
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
-from attnlab import checkpoints, csv_log, ddp, pretrained, schema, sweep, wandb_run
-from attnlab.attention import AttentionType, build_attention
-from attnlab.lit import LitGPT
-from attnlab.model import GPTConfig
+from attnlab import checkpoints, csv_log, ddp, lightning_internals, pretrained, sweep, wandb_run
 from attnlab.callbacks import TrainingDiverged
 from attnlab.commands import CONFIG_PATH
+from attnlab.errors import ConfigError, UserError
+from attnlab.lit import LitGPT
+from attnlab.run_folder import RunFolder
+from attnlab.spec import InitFrom, RunSpec
 
 log = logging.getLogger(__name__)
-
-
-ConfigError = schema.ConfigError
 
 
 CPU_DEFAULT = "experiment=shakespeare_cpu"  # what `python train.py` runs where no GPU is visible
@@ -45,54 +44,6 @@ def cpu_default_override(argv: list[str], cuda_available: bool) -> str | None:
         if key in SIZE_CHOICES or arg in ("--help", "-h", "--hydra-help", "--info", "-i"):
             return None
     return CPU_DEFAULT
-
-
-def run_device(cfg: DictConfig) -> str:
-    accel = str(cfg.trainer.accelerator)
-    if accel in ("gpu", "cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"trainer.accelerator={accel} needs a CUDA GPU and none is visible here; "
-                          f"use trainer=default (picks the device) or trainer=cpu")
-    return "cuda" if accel in ("gpu", "cuda") or (accel == "auto" and torch.cuda.is_available()) else "cpu"
-
-
-def build_model_parts(cfg: DictConfig) -> tuple[dict, AttentionType]:
-    """The model settings and the attention type, built once and checked before any data is read."""
-    schema.check(cfg)
-    model_cfg = {k: v for k, v in OmegaConf.to_container(cfg.model, resolve=True).items() if k != "name"}
-    schema.check_fields(GPTConfig, model_cfg, "model")
-    if pretrained.is_source(cfg.get("init_from")):  # the checkpoint decides the model's shape
-        folder = pretrained.fetch(str(cfg.init_from), cfg.paths.cache_dir)
-        model_cfg = pretrained.merge_settings(model_cfg, pretrained.model_settings(folder),
-                                              given_settings(cfg, "model"), str(cfg.init_from))
-        from omegaconf import open_dict
-        with open_dict(cfg):  # the run records (and its checkpoints hold) the settings it really has
-            for k, v in model_cfg.items():
-                cfg.model[k] = v
-            # and its names say what ran (report.py's rows): the pretrained model's shape and tokenizer
-            name = sweep.pretrained_name(cfg.init_from, str(cfg.model.get("name")))
-            cfg.model["name"] = name
-            cfg.tokenizer["name"] = f"pretrained-{name}"
-    GPTConfig(**{**model_cfg, "vocab_size": 1})  # dimension checks; the vocabulary comes from the data
-    attention = build_attention(OmegaConf.to_container(cfg.attention, resolve=True))
-    attention.check(cfg.model.context, cfg.model.n_head, run_device(cfg))
-    return model_cfg, attention
-
-
-def given_settings(cfg: DictConfig, group: str) -> dict:
-    """The ``group.key`` settings chosen for this run beyond the group's own file: on the command line or by an
-    experiment preset (e.g. experiment=finetune_cpu's model.context). Their composed values."""
-    from hydra.core.hydra_config import HydraConfig
-    if not HydraConfig.initialized():
-        return {}
-    hc = HydraConfig.get()
-    keys = {o.split("=", 1)[0].lstrip("+~").removeprefix(f"{group}.") for o in hc.overrides.task
-            if o.lstrip("+~").startswith(f"{group}.")}
-    choice = hc.runtime.choices.get(group)
-    own = Path(__file__).resolve().parent / "conf" / group / f"{choice}.yaml"  # the package's own file
-    if choice and own.is_file():
-        defaults = OmegaConf.load(own)  # read as Hydra reads it (1e-5 is a number there, a string to PyYAML)
-        keys |= {k for k in cfg[group] if k in defaults and cfg[group][k] != defaults[k]}
-    return {k: cfg[group][k] for k in keys if k in cfg[group]}
 
 
 def build_trainer(trainer_cfg: DictConfig, **kwargs) -> L.Trainer:
@@ -118,30 +69,36 @@ def build_loggers(cfg: DictConfig, resume_id: str | None, floor: int = -1) -> li
     return loggers
 
 
-def load_initial_weights(model: LitGPT, path: str, settings: dict) -> None:
-    """init_from=<ckpt>: start from a checkpoint's weights (e.g. another attention type's), with a fresh
-    optimizer, schedule and step count. The checkpoint's own settings say first whether its weights can fit."""
-    try:
+def load_initial_weights(model: LitGPT, init: InitFrom, settings: dict) -> None:
+    """init_from: start from a checkpoint's weights (e.g. another attention type's) or a Hugging Face GPT-2's,
+    with a fresh optimizer, schedule and step count. A checkpoint's own settings say first whether its weights fit."""
+    if init.kind == "hugging_face":
+        pretrained.load_into(model.model, init.path, init.source)
+    elif init.kind == "checkpoint":
+        path = init.path
         loaded = checkpoints.safe_load(path)
         saved = (loaded.get("attnlab") or {}).get("settings") or {}
         shape_keys = ("n_layer", "n_head", "d_model", "d_ff", "context", "bias", "tie_weights", "positions")
         diff = [f"model.{k}={saved['model'][k]!r} there, {settings['model'].get(k)!r} here" for k in shape_keys
                 if "model" in saved and k in saved["model"] and saved["model"][k] != settings["model"].get(k)]
         if diff:
-            raise ConfigError(f"init_from={path}: its weights do not fit this model ({'; '.join(diff)})")
+            raise ConfigError(f"init_from={init.source}: its weights do not fit this model ({'; '.join(diff)})")
         state = dict(loaded["state_dict"])
         lit_prefix = "model."  # LitGPT holds the GPT as .model
         inner = {k[len(lit_prefix):]: v for k, v in state.items() if k.startswith(lit_prefix)}
         if model.model.fill_global_projections(inner):
-            log.info("init_from=%s: the global projections start as copies of the shared ones", path)
+            log.info("init_from=%s: the global projections start as copies of the shared ones", init.source)
             state.update({lit_prefix + k: v for k, v in inner.items()})
-        model.load_state_dict(state, strict=True)
-    except checkpoints.CheckpointError as e:
-        raise ConfigError(str(e)) from e
-    except RuntimeError as e:
-        raise ConfigError(f"init_from={path}: its weights do not fit this model "
-                          f"({str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else e})") from e
-    log.info("initial weights from %s", path)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as e:
+            lines = str(e).splitlines()
+            raise ConfigError(f"init_from={init.source}: its weights do not fit this model "
+                              f"({lines[1].strip() if len(lines) > 1 else e})") from e
+        log.info("initial weights from %s", path)
+    else:
+        return
+    model.initialised_from = init.source  # trained weights: the loss is not at initialisation
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -165,22 +122,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer = progress.get("trainer")
         step = trainer.global_step if trainer is not None else 0
         # refused: bad input found before anything trained (the folder holds no result; report.py skips it)
-        refused = isinstance(error, ConfigError) and trainer is None
+        refused = isinstance(error, UserError) and trainer is None
         status = "interrupted" if interrupted else "refused" if refused else "failed" if error else "finished"
         reason = (f"stopped by an interrupt (Ctrl-C or SIGTERM) at step {step}; ckpt_path=last resumes it"
                   if interrupted else sweep.one_line(error) if error else "")
         if rank_zero_only.rank == 0:  # under DDP every rank runs train(); one of them records the outcome
             final = {k: round(v, 6) for k, v in (progress.get("metrics") or {}).items() if k in SUMMARY_METRICS}
             earlier = progress.get("earlier_seconds", 0.0)
-            sweep.write_status(cfg.paths.output_dir, status, step, started, reason, final, earlier_seconds=earlier)
+            folder = progress["spec"].output_dir if "spec" in progress else Path(cfg.paths.output_dir)
+            sweep.write_status(folder, status, step, started, reason, final, earlier_seconds=earlier)
             if "started_in" in progress:  # the folder this command made says where the run went on (a sweep's
                 import os  # summary reads it); a relative path, so the tree can move
                 sweep.write_status(progress["started_in"], status, step, started, reason, final,
-                                   continued_in=os.path.relpath(cfg.paths.output_dir, progress["started_in"]))
+                                   continued_in=os.path.relpath(folder, progress["started_in"]))
             if status == "finished":
-                log.info("%s", summary_table(cfg, final, step, earlier + time.time() - started,
-                                             time.time() - started if earlier else None))
-            if error is not None and "model_parts" not in progress:
+                log.info("%s", summary_table(final, step, earlier + time.time() - started, RunFolder(folder).checkpoint_dir,
+                                             time.time() - started if earlier else None,
+                                             cfg.trainer.get("limit_test_batches") not in (None, 1.0)))
+            if error is not None and "spec" not in progress:
                 wandb_run.record_failed_job(cfg, reason)  # a sweep job with a bad config still gets its W&B run
         wandb_run.finish(failed=error is not None)
 
@@ -207,180 +166,202 @@ SUMMARY_METRICS = ("start/val_ppl", "val/ppl_best", "val/ppl", "val/bpb", "test/
                    "val/targets", "throughput/tokens_per_s")
 
 
-def summary_table(cfg: DictConfig, metrics: dict, step: int, seconds: float, this_command: float | None = None) -> str:
+def summary_table(metrics: dict, step: int, seconds: float, checkpoint_dir: Path, this_command: float | None = None,
+                  limited_test: bool = False) -> str:
     """The end of a run, in a few lines: what a person looks for first. ``seconds``: the whole run's wall time
-    (every command of a resumed run); ``this_command``: this command's share, when it resumed."""
+    (every command of a resumed run); ``this_command``: this command's share, when it resumed; ``limited_test``:
+    trainer.limit_test_batches scored part of the test split (evaluate.py gives it all)."""
     fmt = lambda k: f"{metrics[k]:,.3f}" if k in metrics else "–"  # noqa: E731
-    limited = cfg.trainer.get("limit_test_batches") not in (None, 1.0)  # part of the split: evaluate.py gives it all
     rows = [("steps", f"{step:,}")] + ([("val perplexity at the start", fmt("start/val_ppl"))]
                                        if "start/val_ppl" in metrics else []) + [
             ("best val perplexity", fmt("val/ppl_best")),
             ("final val perplexity", fmt("val/ppl")), ("val bits per byte", fmt("val/bpb")),
             ("test perplexity", fmt("test/ppl") + (f" (over {metrics['test/targets']:,.0f} targets"
-                                                    f"{', trainer.limit_test_batches' if limited else ''})"
+                                                    f"{', trainer.limit_test_batches' if limited_test else ''})"
                                                     if "test/targets" in metrics else "")),
             ("test bits per byte", fmt("test/bpb")),
             ("training tokens/s", f"{metrics['throughput/tokens_per_s']:,.0f}" if "throughput/tokens_per_s" in metrics
              else "–"), ("wall time", f"{seconds:,.1f} s" + (f" (this command {this_command:,.1f} s)"
                                                              if this_command is not None else "")),
-            ("checkpoints", str(Path(cfg.paths.output_dir) / checkpoints.CHECKPOINT_DIR))]
+            ("checkpoints", str(checkpoint_dir))]
     width = max(len(k) for k, _ in rows)
     return "run finished:\n" + "\n".join(f"  {k:<{width}}  {v}" for k, v in rows)
 
 
-def set_threads(cfg: DictConfig) -> None:
+def set_threads(threads: int | None, device: str) -> None:
     """torch's threads for this run: ``threads`` when given, else the cores free at its start (``attnlab.threads``),
     said in one line; a warning only when a given number exceeds the free cores."""
-    from attnlab import threads
+    from attnlab import threads as cores
     if sweep.parallel_jobs() > 1:  # cpu_share pinned this job and set its threads
         return
-    n = threads.apply(cfg.get("threads"))
-    if cfg.get("threads") and run_device(cfg) == "cpu":
-        free, why = threads.choose(None)
+    n = cores.apply(threads)
+    if threads and device == "cpu":
+        free, why = cores.choose(None)
         if n > free:
             log.warning("threads=%d, but only %s: each step waits for the slowest thread; threads=%d would match",
                         n, why.split(" (")[0], free)
 
 
-def continue_in(cfg: DictConfig, folder: Path) -> None:
-    """A resumed run writes into its own run folder (checkpoints, logs, status), not the new one Hydra made."""
-    from omegaconf import open_dict
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(folder)
+def check_checkpoint_folder(cfg: DictConfig) -> None:
+    """Checkpoints are always ``<run folder>/checkpoints`` (RunFolder): resume, run= and report look only there,
+    so a checkpoint callback pointed elsewhere is refused in one line."""
+    expected = RunFolder(cfg.paths.output_dir).checkpoint_dir.resolve()
+    given = [("paths.checkpoint_dir", cfg.paths.get("checkpoint_dir"))] + [
+        (f"callbacks.{name}.dirpath", c.get("dirpath")) for name, c in (cfg.get("callbacks") or {}).items()
+        if c is not None and str(c.get("_target_", "")).endswith("ModelCheckpoint")]
+    for key, value in given:
+        if value is not None and Path(str(value)).expanduser().resolve() != expected:
+            raise ConfigError(f"{key}={value}: checkpoints are always written to the run folder's checkpoints/ "
+                              f"(resume, sample and evaluate look only there); drop the setting")
 
 
-def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
-    model_cfg, attention = build_model_parts(cfg)
-    progress["model_parts"] = True
-    if pretrained.is_source(cfg.get("init_from")) and rank_zero_only.rank == 0:
-        # the checkpoint set the model's shape: the run folder's config says what the run really is
-        saved = Path(cfg.paths.output_dir) / ".hydra" / "config.yaml"
-        if saved.is_file():
-            OmegaConf.save(OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"]), saved)
-    set_threads(cfg)
-    if not attention.causal:
-        log.warning("attention.causal=false: every position sees the token it is trained to predict, so the "
-                    "next-token loss will collapse towards 0 without learning; bidirectional patterns are for "
-                    "encoder use")
-    try:
-        resume = checkpoints.resolve(cfg)
-    except checkpoints.CheckpointError as e:
-        raise ConfigError(str(e)) from e
-    key = checkpoints.run_key(cfg)
-    L.seed_everything(cfg.seed, workers=True)
-    source = str(cfg.get("init_from") or "")
-    hf_folder = pretrained.fetch(source, cfg.paths.cache_dir) if pretrained.is_source(source) else None
-    datamodule = build_datamodule(cfg, **({"tokenizer_from": str(pretrained.tokenizer_folder(hf_folder, cfg.paths.cache_dir))}
-                                          if hf_folder else {}))  # a pretrained model reads with its own tokenizer
-    datamodule.prepare_data()
-    log.info("data: %s", {k: v for k, v in datamodule.info.items() if k != "plays"})
+def check_resume_fits(resume: checkpoints.Resume, datamodule, ckpt_path: str) -> None:
+    """A checkpoint resumes only on the data it trained on: its tokenizer and its training tokens."""
+    saved = resume.state.get("attnlab", {}).get("tokenizer")
     tokenizer = datamodule.tokenizer
-    resume_id = None
-    if resume:  # every check before anything is written into the run folder being resumed
-        saved = resume.state.get("attnlab", {}).get("tokenizer")
-        if saved and saved != tokenizer.fingerprint:
-            raise ConfigError(f"ckpt_path={cfg.ckpt_path}: checkpoint {resume.path} was trained with another "
-                              f"tokenizer (fingerprint {saved}, this data gives {tokenizer.fingerprint}): the "
-                              f"training text or tokenizer settings changed; resume with the same data, or start "
-                              f"from its weights with init_from=")
-        saved_corpus = resume.state.get("attnlab", {}).get("corpus")
-        if saved_corpus and datamodule.corpus_id and saved_corpus != datamodule.corpus_id:
-            raise ConfigError(f"ckpt_path={cfg.ckpt_path}: checkpoint {resume.path} was trained on other training "
-                              f"tokens (corpus {saved_corpus}, this data gives {datamodule.corpus_id}): the training "
-                              f"text changed since; resume with the same text, or start from its weights with "
-                              f"init_from=")
-        if resume.folder is not None and Path(resume.folder).resolve() != Path(cfg.paths.output_dir).resolve():
-            log.info("resuming run %s from %s (step %s); its records continue in that folder (this one keeps only "
-                     "this command's log)", resume.folder, Path(resume.path).name, resume.state.get("global_step"))
-            progress["started_in"] = str(cfg.paths.output_dir)
-            continue_in(cfg, resume.folder)
-        else:
-            log.info("resuming from %s (step %s)", resume.path, resume.state.get("global_step"))
-        progress["earlier_seconds"] = sweep.earlier_wall_seconds(cfg.paths.output_dir)  # the run's folder by now
-        resume_id = resume.state.get("attnlab", {}).get("wandb_run_id")
-        if rank_zero_only.rank == 0:
-            progress["logged_up_to"] = csv_log.trim(cfg.paths.output_dir, int(resume.state.get("global_step", 0)))
-    if rank_zero_only.rank == 0:  # the run folder holds its own tokenizer: sample/evaluate need no corpus
-        tokenizer.save(cfg.paths.output_dir)
-    model = LitGPT(GPTConfig(**{**model_cfg, "vocab_size": datamodule.vocab_size}), attention,
-                   optimizer=hydra.utils.instantiate(cfg.optimizer),
-                   scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True), compile=cfg.compile,
-                   run_info={"run_key": key, "settings": checkpoints.settings_of(cfg),
-                             "tokenizer": tokenizer.fingerprint, "corpus": datamodule.corpus_id})
-    if hf_folder is not None:
-        pretrained.load_into(model.model, hf_folder, source)
-        model.initialised_from = source
-    elif cfg.get("init_from"):
-        load_initial_weights(model, str(cfg.init_from), checkpoints.settings_of(cfg))
-        model.initialised_from = str(cfg.init_from)  # trained weights: the loss is not at initialisation
-    device = run_device(cfg)
-    log.info("model: %.2fM parameters, %s attention, backend %s on %s (%s)", model.model.num_params() / 1e6,
-             attention.name, attention.resolved_backend(device), device, attention.describe())
-    if rank_zero_only.rank == 0:  # what ran, for report.py and for whoever reads the folder later
-        checkpoints.write_run_file(cfg.paths.output_dir, key, tokenizer=tokenizer.fingerprint,
-                                   backend=attention.resolved_backend(device), device=device,
-                                   params=model.model.num_params(), attention=checkpoints.settings_of(cfg)["attention"],
-                                   versions=versions())
+    if saved and saved != tokenizer.fingerprint:
+        raise ConfigError(f"ckpt_path={ckpt_path}: checkpoint {resume.path} was trained with another "
+                          f"tokenizer (fingerprint {saved}, this data gives {tokenizer.fingerprint}): the "
+                          f"training text or tokenizer settings changed; resume with the same data, or start "
+                          f"from its weights with init_from=")
+    saved_corpus = resume.state.get("attnlab", {}).get("corpus")
+    if saved_corpus and datamodule.corpus_id and saved_corpus != datamodule.corpus_id:
+        raise ConfigError(f"ckpt_path={ckpt_path}: checkpoint {resume.path} was trained on other training "
+                          f"tokens (corpus {saved_corpus}, this data gives {datamodule.corpus_id}): the training "
+                          f"text changed since; resume with the same text, or start from its weights with "
+                          f"init_from=")
 
-    position = sweep.job_position()
-    later_job = position is not None and position[0] > 1  # the model summary is printed for a sweep's first job
-    callbacks = []
-    for name, c in (cfg.get("callbacks") or {}).items():
-        if c is None or "_target_" not in c or (later_job and name == "model_summary"):
-            continue
-        callbacks.append(hydra.utils.instantiate(c))
-    loggers = build_loggers(cfg, resume_id, progress.get("logged_up_to", -1))  # (steps after it run again)
-    model.wandb_run_id = wandb_run.run_id(loggers)
+
+def continue_resumed_run(cfg: DictConfig, spec: RunSpec, resume: checkpoints.Resume, progress: dict) -> RunSpec:
+    """A resumed run writes into its own run folder (checkpoints, logs, status), not the new one Hydra made;
+    the CSV log is cut back to the checkpoint's step (the steps after it run again)."""
+    step = resume.state.get("global_step")
+    if resume.folder is not None and Path(resume.folder).resolve() != spec.output_dir.resolve():
+        log.info("resuming run %s from %s (step %s); its records continue in that folder (this one keeps only "
+                 "this command's log)", resume.folder, Path(resume.path).name, step)
+        progress["started_in"] = str(spec.output_dir)
+        from omegaconf import open_dict
+        with open_dict(cfg):  # the callbacks' and loggers' paths interpolate it
+            cfg.paths.output_dir = str(resume.folder)
+        spec = spec.moved_to(resume.folder)
+    else:
+        log.info("resuming from %s (step %s)", resume.path, step)
+    progress["earlier_seconds"] = sweep.earlier_wall_seconds(spec.output_dir)
+    if rank_zero_only.rank == 0:
+        progress["logged_up_to"] = csv_log.trim(spec.output_dir, int(resume.state.get("global_step", 0)))
+    return spec
+
+
+def build_model(spec: RunSpec, cfg: DictConfig, datamodule) -> LitGPT:
+    """The LitGPT of the spec, its vocabulary from the data, its starting weights from init_from."""
+    attention = spec.attention_type()
+    model = LitGPT(spec.gpt_config(datamodule.vocab_size), attention, optimizer=hydra.utils.instantiate(cfg.optimizer),
+                   scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True), compile=spec.compile,
+                   run_info={"run_key": spec.run_key, "settings": {"model": cfg_model(cfg), "attention": spec.attention},
+                             "tokenizer": datamodule.tokenizer.fingerprint, "corpus": datamodule.corpus_id})
+    load_initial_weights(model, spec.init, {"model": cfg_model(cfg)})
     model.answers_only = datamodule.loss_on == "answers"
-    trainer: L.Trainer = build_trainer(
-        cfg.trainer, callbacks=callbacks, logger=loggers or False, **({"enable_model_summary": False} if later_job else {}),
-        plugins=[checkpoints.CheckpointIO(preloaded=(resume.path, resume.state) if resume else None)])
-    progress["trainer"] = trainer
-    start = {}
-    if cfg.get("validate_first") and resume is None:  # the weights as they start: e.g. GPT-2 right after the swap
-        # under no_grad rather than inference mode: tensors the backends cache on this pass (layouts, plans) are
-        # used by training afterwards, and inference tensors cannot take part in autograd
-        loop = trainer.validate_loop
-        inference_mode, loop.inference_mode = loop.inference_mode, False
-        try:
-            scores = (trainer.validate(model, datamodule=datamodule, verbose=False) or [{}])[0]
-        finally:
-            loop.inference_mode = inference_mode
-        start = {f"start/{k.replace('/', '_')}": float(v) for k, v in scores.items()}
-        if "val/ppl" in scores:  # (nothing when validation is off: trainer.limit_val_batches=0)
-            log.info("before training: val/ppl %.3f (val/loss %.4f)", scores["val/ppl"], scores["val/loss"])
+    log.info("model: %.2fM parameters, %s attention, backend %s on %s (%s)", model.model.num_params() / 1e6,
+             attention.name, spec.backend, spec.device, attention.describe())
+    return model
+
+
+def cfg_model(cfg: DictConfig) -> dict:
+    """The model settings as checkpoints record them (name included: a checkpoint of an older run compares them)."""
+    return OmegaConf.to_container(cfg.model, resolve=True)
+
+
+def build_callbacks(cfg: DictConfig) -> list:
+    """The callbacks of ``cfg.callbacks`` (a named dict; null entries are off). A sweep prints the model summary
+    for its first job only."""
+    position = sweep.job_position()
+    later_job = position is not None and position[0] > 1
+    return [hydra.utils.instantiate(c) for name, c in (cfg.get("callbacks") or {}).items()
+            if c is not None and "_target_" in c and not (later_job and name == "model_summary")]
+
+
+def validate_first(trainer: L.Trainer, model: LitGPT, datamodule) -> dict:
+    """The starting weights' validation scores (``start/*``): e.g. GPT-2 right after the attention swap."""
+    scores = lightning_internals.validate_with_grad_allowed(trainer, model, datamodule)
+    if "val/ppl" in scores:  # (nothing when validation is off: trainer.limit_val_batches=0)
+        log.info("before training: val/ppl %.3f (val/loss %.4f)", scores["val/ppl"], scores["val/loss"])
+    return {f"start/{k.replace('/', '_')}": float(v) for k, v in scores.items()}
+
+
+def fit(trainer: L.Trainer, model: LitGPT, datamodule, resume: checkpoints.Resume | None) -> None:
     with warnings.catch_warnings():
         # Lightning cannot see that TextDataModule restores the data position itself (its state_dict, with
         # ResumableSampler skipping the batches already trained on), so it warns that a mid-epoch resume is unsafe
         warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
         trainer.fit(model, datamodule=datamodule, ckpt_path=resume.path if resume else None)
-    metrics = {**start, **{k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}}
+
+
+def scalar_metrics(trainer: L.Trainer) -> dict[str, float]:
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
+
+
+def run_throughput(callbacks: list) -> dict[str, float]:
+    """The run's tokens/s as report.py computes it (the median of its windows), not the last window's."""
     from attnlab.callbacks import ThroughputMonitor, run_tokens_per_s
-    windows = [w for c in callbacks if isinstance(c, ThroughputMonitor) for w in c.windows]
-    if run_tokens_per_s(windows) is not None:  # the run's tokens/s as report.py computes it, not the last window's
-        metrics["throughput/tokens_per_s"] = run_tokens_per_s(windows)
-    if cfg.get("test_after_fit"):
-        best = next((c.best_model_path for c in callbacks
-                     if isinstance(c, L.pytorch.callbacks.ModelCheckpoint) and c.monitor and c.best_model_path), None)
-        if best:
-            log.info("testing the best checkpoint %s", best)
-        trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=True)
-        metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
-    log.info("outputs in %s", cfg.paths.output_dir)
+    rate = run_tokens_per_s([w for c in callbacks if isinstance(c, ThroughputMonitor) for w in c.windows])
+    return {} if rate is None else {"throughput/tokens_per_s": rate}
+
+
+def test_best(trainer: L.Trainer, model: LitGPT, datamodule, callbacks: list) -> dict[str, float]:
+    """The test split scored with the best checkpoint (by validation), else the final weights."""
+    best = next((c.best_model_path for c in callbacks
+                 if isinstance(c, L.pytorch.callbacks.ModelCheckpoint) and c.monitor and c.best_model_path), None)
+    if best:
+        log.info("testing the best checkpoint %s", best)
+    trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=True)
+    return scalar_metrics(trainer)
+
+
+def record_run(spec: RunSpec, model: LitGPT, tokenizer) -> None:
+    """The run folder's record (run.json): its key, its spec, and facts about what ran."""
+    if rank_zero_only.rank == 0:
+        RunFolder(spec.output_dir).write_record(run_key=spec.run_key, spec=spec.record(), tokenizer=tokenizer.fingerprint,
+                                                backend=spec.backend, device=spec.device,
+                                                params=model.model.num_params(), versions=versions())
+
+
+def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
+    spec = RunSpec.from_hydra(cfg)  # every setting checked, init_from resolved: before any data is read
+    progress["spec"] = spec
+    set_threads(spec.threads, spec.device)
+    if not spec.attention.get("causal", True):
+        log.warning("attention.causal=false: every position sees the token it is trained to predict, so the "
+                    "next-token loss will collapse towards 0 without learning; bidirectional patterns are for "
+                    "encoder use")
+    check_checkpoint_folder(cfg)
+    resume = checkpoints.resolve(cfg)
+    L.seed_everything(spec.seed, workers=True)
+    datamodule = spec.data.build()
+    datamodule.prepare_data()
+    log.info("data: %s", {k: v for k, v in datamodule.info.items() if k != "plays"})
+    if resume:  # every check before anything is written into the run folder being resumed
+        check_resume_fits(resume, datamodule, str(cfg.ckpt_path))
+        spec = progress["spec"] = continue_resumed_run(cfg, spec, resume, progress)
+    if rank_zero_only.rank == 0:  # the run folder holds its own tokenizer: sample/evaluate need no corpus
+        datamodule.tokenizer.save(spec.output_dir)
+    model = build_model(spec, cfg, datamodule)
+    record_run(spec, model, datamodule.tokenizer)
+    callbacks = build_callbacks(cfg)
+    loggers = build_loggers(cfg, resume and resume.state.get("attnlab", {}).get("wandb_run_id"),
+                            progress.get("logged_up_to", -1))
+    model.wandb_run_id = wandb_run.run_id(loggers)
+    position = sweep.job_position()
+    trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                            **({"enable_model_summary": False} if position is not None and position[0] > 1 else {}),
+                            plugins=[checkpoints.CheckpointIO(preloaded=(resume.path, resume.state) if resume else None)])
+    progress["trainer"] = trainer
+    start = validate_first(trainer, model, datamodule) if spec.validate_first and resume is None else {}
+    fit(trainer, model, datamodule, resume)
+    metrics = {**start, **scalar_metrics(trainer), **run_throughput(callbacks)}
+    if spec.test_after_fit:
+        metrics.update(test_best(trainer, model, datamodule, callbacks))
+    log.info("outputs in %s", spec.output_dir)
     return metrics
-
-
-DATA_KEYS = ("context", "batch_size", "eval_batch_size", "num_workers", "seed", "cache_dir", "overfit_batches", "verify",
-             "loss_on")
-
-
-def build_datamodule(cfg: DictConfig, **overrides):
-    """The data module from the ``data`` settings: plain values, no ``_target_`` (the class is always ours)."""
-    from attnlab.data.datamodule import TextDataModule
-    data = OmegaConf.to_container(cfg.data, resolve=True)
-    return TextDataModule(dataset=OmegaConf.to_container(cfg.dataset, resolve=True),
-                          tokenizer=OmegaConf.to_container(cfg.tokenizer, resolve=True),
-                          **{k: data[k] for k in DATA_KEYS if k in data}, **overrides)
 
 
 def _train_or_stop(cfg: DictConfig) -> dict:

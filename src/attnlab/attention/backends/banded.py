@@ -48,9 +48,10 @@ class Bias:
         self._by_dtype: dict = {}
 
     def __call__(self, dtype: torch.dtype) -> torch.Tensor:
-        if dtype not in self._by_dtype:
-            self._by_dtype[dtype] = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device
-                                                ).masked_fill_(~self.mask, -math.inf)
+        if dtype not in self._by_dtype:  # kept for every later pass: never made as an inference tensor, which a
+            with torch.inference_mode(False):  # training step after an evaluation in one process could not use
+                self._by_dtype[dtype] = torch.zeros(self.mask.shape, dtype=dtype, device=self.mask.device
+                                                    ).masked_fill_(~self.mask, -math.inf)
         return self._by_dtype[dtype]
 
 

@@ -31,7 +31,8 @@ class DerivedCache:
         if key in self._entries:
             self._entries.move_to_end(key)
             return self._entries[key]
-        value = build()
+        with torch.inference_mode(False):  # built once, used by every later pass: never as inference tensors,
+            value = build()  # which a training step after an evaluation in the same process could not use
         self._entries[key] = value
         if len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)

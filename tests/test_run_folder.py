@@ -1,0 +1,71 @@
+"""Run folders written by earlier versions stay usable: ``tests/fixtures/run-format-2026-12-04`` was written by
+attnlab at commit ec8768e (before RunSpec and RunFolder; run.json without a spec). A copy of it, moved to a new
+place, must still sample, evaluate, appear in a report and resume; and a folder written today records its spec."""
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from attnlab.run_folder import RunFolder
+from conftest import compose
+
+FIXTURE = Path(__file__).parent / "fixtures" / "run-format-2026-12-04"
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def old_run(tmp_path) -> Path:
+    folder = tmp_path / "moved" / "somewhere" / "old-run"
+    shutil.copytree(FIXTURE, folder)
+    return folder
+
+
+def test_an_old_run_folder_reads_its_settings_from_its_config(old_run):
+    assert "spec" not in RunFolder(old_run).record()  # the old format indeed
+    settings = RunFolder(old_run).settings()
+    assert settings["model"]["d_model"] == 16 and settings["attention"]["window"] == 8
+    assert settings["dataset"]["source"] == "shakespeare" and settings["data"]["batch_size"] == 16
+
+
+def test_an_old_run_folder_samples_evaluates_and_is_reported(old_run, tmp_path):
+    from attnlab.evaluate import evaluate
+    from attnlab.report import report
+    from attnlab.sample import sample
+    from test_commands import command_cfg
+    texts = sample(command_cfg("sample", [f"run={old_run}", "max_new_tokens=8", "num_samples=1", "prompt=ROMEO:"],
+                               tmp_path / "sample"))
+    assert len(texts) == 1 and len(texts[0]) >= 8  # 8 new characters at least (the prompt is not returned)
+    result = evaluate(command_cfg("evaluate", [f"run={old_run}", "split=val", "limit_batches=2"], tmp_path / "eval"))
+    assert result["ppl"] > 1 and result["targets"] > 0
+    runs, _ = report([str(old_run)], str(tmp_path / "report"))
+    assert [(r.attention, r.backend, r.status) for r in runs] == [("longformer", "banded", "finished")]
+
+
+def test_an_old_run_folder_resumes_and_then_records_its_spec(old_run, tmp_path):
+    from attnlab.train import train
+    overrides = yaml.safe_load((old_run / ".hydra" / "overrides.yaml").read_text())
+    overrides = [o for o in overrides if not o.startswith("trainer.max_epochs")] + ["trainer.max_epochs=2",
+                                                                                    f"ckpt_path={old_run}"]
+    cfg = compose(overrides, tmp_path / "outputs" / "resumed")
+    train(cfg)
+    status = json.loads((old_run / "status.json").read_text())
+    assert status["status"] == "finished" and status["step"] == 8  # 4 steps of the fixture, 4 more
+    record = RunFolder(old_run).record()
+    assert record["spec"]["model"]["d_model"] == 16 and record["spec"]["backend"] == "banded"
+    assert record["run_key"]  # still there, for ckpt_path=last
+
+
+def test_a_new_run_folder_records_its_spec_and_no_absolute_path(make_cfg):
+    from attnlab.train import train
+    cfg = make_cfg(["mode=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "test_after_fit=false",
+                    "logger=csv", "callbacks.attention_picture=null", "callbacks.sample_texts=null"])
+    train(cfg)
+    folder = Path(cfg.paths.output_dir)
+    record = RunFolder(folder).record()
+    spec = record["spec"]
+    assert spec["attention"]["name"] == "full" and spec["init"] == {"kind": "scratch", "source": ""}
+    assert spec["names"]["model"] == str(cfg.model.name) and spec["device"] == "cpu"
+    assert str(folder) not in json.dumps(record) and str(Path.home()) not in json.dumps(record)
+    assert RunFolder(folder).settings()["model"] == spec["model"]  # read back from the record, not the config
