@@ -140,7 +140,7 @@ def nanogpt_text(nanogpt: Path) -> Path:
     text_path = data / "input.txt"
     if not text_path.exists():
         from attnlab.data.corpus import shakespeare_splits
-        splits, _ = shakespeare_splits()
+        splits, _ = shakespeare_splits(3, 3, 1234)  # conf/dataset/shakespeare.yaml's split
         text = "\n".join(splits["train"] + splits["val"] + splits["test"])
         cut = text.rfind("\n", 0, TINY_SHAKESPEARE_CHARS) + 1  # a whole line, about tiny Shakespeare's size
         tmp = text_path.with_suffix(".txt.partial")
@@ -181,7 +181,8 @@ def run_nanogpt(nanogpt: Path, out_dir: Path) -> dict:
 def run_attnlab(text: Path, out_dir: Path, extra: list[str]) -> dict:
     import csv
     _, wall = run_streaming([sys.executable, str(ROOT / "train.py"), "experiment=nanogpt_cpu", "dataset=text_files",
-                             f"dataset.path={text}", "logger=csv", f"hydra.run.dir={out_dir}", *extra], ROOT,
+                             f"dataset.path={text}", "dataset.val_fraction=0.1", "dataset.test_fraction=0.001",
+                             "logger=csv", f"hydra.run.dir={out_dir}", *extra], ROOT,
                             show=r"estimated time left|val/loss")
     rows = list(csv.DictReader(open(out_dir / "csv" / "metrics.csv")))
     tps = [float(r["throughput/tokens_per_s"]) for r in rows if r.get("throughput/tokens_per_s")]

@@ -120,13 +120,13 @@ def test_hub_dataset_offline_says_how_to_use_local_files(tmp_path, monkeypatch):
 def test_text_files_split(tmp_path):
     for i in range(5):
         (tmp_path / f"doc{i}.txt").write_text(f"document {i}\n" * 20)
-    s = text_file_splits(str(tmp_path))
+    s = text_file_splits(str(tmp_path), 0.05, 0.05, 1234)
     assert sum(len(v) for v in s.values()) == 5 and all(s.values())
     one = tmp_path / "doc0.txt"
-    s = text_file_splits(str(one), 0.1, 0.1)
+    s = text_file_splits(str(one), 0.1, 0.1, 1234)
     assert "".join([*s["train"], *s["val"], *s["test"]]) == one.read_text()
     with pytest.raises(DataError, match=r"dataset.path='/nonexistent/\*.txt' matches no .txt file"):
-        text_file_splits("/nonexistent/*.txt")
+        text_file_splits("/nonexistent/*.txt", 0.05, 0.05, 1234)
 
 
 def _build(cache_dir):
@@ -176,12 +176,12 @@ def test_bits_per_byte_rescale_the_loss_by_the_splits_tokens_per_byte(make_cfg):
 
 def test_train_plays_keeps_a_slice_of_the_training_plays_and_the_same_held_out_plays():
     from attnlab.data.corpus import DataError, shakespeare_splits
-    _, every = shakespeare_splits()
-    _, three = shakespeare_splits(train_plays=3)
+    _, every = shakespeare_splits(3, 3, 1234)
+    _, three = shakespeare_splits(3, 3, 1234, train_plays=3)
     assert len(three["train"]) == 3 and set(three["train"]) < set(every["train"])
     assert three["val"] == every["val"] and three["test"] == every["test"]
     with pytest.raises(DataError, match=r"dataset.train_plays=40 must be in \[1, 32\]"):
-        shakespeare_splits(train_plays=40)
+        shakespeare_splits(3, 3, 1234, train_plays=40)
 
 
 # -- data sources: a registry like the attention types' ------------------------------------------------------
@@ -230,7 +230,7 @@ def test_hub_split_names_text_column_and_a_missing_test_split(tmp_path, monkeypa
     """documents=joined (the default): a split's rows are the lines of one document, read in parts (never the
     split whole); a split the dataset lacks is cut from the training rows."""
     import datasets
-    from attnlab.data import corpus
+    from attnlab.data import corpus, sources
     from attnlab.data.sources import hub
     rows = [f"row {i}" for i in range(100)]
     ds = {"train": datasets.Dataset.from_dict({"content": rows}), "dev": datasets.Dataset.from_dict({"content": ["held out"]})}
@@ -238,16 +238,16 @@ def test_hub_split_names_text_column_and_a_missing_test_split(tmp_path, monkeypa
     monkeypatch.setattr(corpus, "SEGMENT_CHARS", 40)
     settings = {"source": "hub", "path": "someone/corpus", "text_field": "content",
                 "split_names": {"val": "dev", "test": "test"}}
-    splits = hub.corpus(settings, tmp_path).read()  # no test split: 5 rows of train become it
+    splits = sources.corpus(settings, tmp_path).read()  # no test split: 5 rows of train become it
     assert sum(1 for _ in splits["train"].segments()) > 10
     [val], [test], [train] = (list(splits[s]) for s in ("val", "test", "train"))
     assert val == "held out" and test.count("row") == 5 and train.count("row") == 95
     assert sorted(test.split("\n") + train.split("\n")) == sorted(rows)  # each row once, as a line
     assert train == "\n".join(r for r in rows if r not in test.split("\n"))  # in their order
     with pytest.raises(DataError, match=r"dataset.text_field='text' is not a column of 'someone/corpus' \(its columns: \['content'\]\)"):
-        hub.corpus({**settings, "text_field": "text"}, tmp_path).read()
+        sources.corpus({**settings, "text_field": "text"}, tmp_path).read()
     with pytest.raises(DataError, match=r"dataset.split_names.train='training' is not a split of 'someone/corpus'; it has \['dev', 'train'\]"):
-        hub.corpus({**settings, "split_names": {"train": "training"}}, tmp_path).read()
+        sources.corpus({**settings, "split_names": {"train": "training"}}, tmp_path).read()
 
 
 def test_a_cache_hit_reads_no_text_and_hashes_no_token_array(tmp_path, monkeypatch):
@@ -329,11 +329,11 @@ def test_hub_rows_are_documents_read_in_batches_and_equal_encoding_each_row(tmp_
 
 
 def test_streaming_needs_rows_and_documents_is_checked(tmp_path):
-    from attnlab.data.sources import hub
+    from attnlab.data import sources
     with pytest.raises(DataError, match="dataset.streaming=true reads rows as they come: it needs dataset.documents=rows"):
-        hub.corpus({"source": "hub", "path": "x/y", "streaming": True}, tmp_path)
+        sources.corpus({"source": "hub", "path": "x/y", "streaming": True}, tmp_path)
     with pytest.raises(DataError, match="dataset.documents='pages' must be joined or rows"):
-        hub.corpus({"source": "hub", "path": "x/y", "documents": "pages"}, tmp_path)
+        sources.corpus({"source": "hub", "path": "x/y", "documents": "pages"}, tmp_path)
 
 
 def test_pieces_never_cut_a_blank_line(tmp_path, monkeypatch):
@@ -422,7 +422,7 @@ def test_one_file_is_split_by_lines_without_being_read_whole(tmp_path, monkeypat
     a, b = line_cut(0.8), line_cut(0.9)
     monkeypatch.setattr(corpus, "SEGMENT_CHARS", 50)
     monkeypatch.setattr(Path, "read_text", lambda *a, **k: pytest.fail("a whole file was read"))
-    s = text_file_splits(str(one), 0.1, 0.1)
+    s = text_file_splits(str(one), 0.1, 0.1, 1234)
     assert [list(s[k]) for k in ("train", "val", "test")] == [[text[:a]], [text[a:b]], [text[b:]]]
     assert s["train"].bytes_hint == a
 
@@ -489,3 +489,29 @@ def test_progress_ends_at_its_total_for_non_ascii_text(tmp_path, monkeypatch):
     monkeypatch.setattr(datamodule.TokenisingProgress, "__exit__", lambda self, *exc: ends.append((self.done, self.total)))
     datamodule.write_tokens(build_tokenizer("char", docs), docs, tmp_path / "t.bin", np.uint16)
     assert ends == [(docs.bytes_hint, docs.bytes_hint)] and docs.bytes_hint > sum(len(d) for d in docs)
+
+
+def test_a_sources_settings_are_typed_and_an_unknown_one_is_named(tmp_path):
+    """Each source's settings are one dataclass (one default each): a misspelt key is not silently ignored, a
+    value of the wrong type is refused, and the seeded split's defaults are stated once (sources.Split)."""
+    from attnlab.data import sources
+    from attnlab.data.sources import Split, text_files
+    from attnlab.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"dataset.val_fracton is not a setting of the text_files source; valid: "
+                                          r"\['path', 'split_seed', 'test_fraction', 'val_fraction'\]"):
+        sources.settings_of({"name": "mine", "source": "text_files", "path": "x.txt", "val_fracton": 0.2})
+    with pytest.raises(ConfigError, match=r"dataset.text_field=3 must be a string"):
+        sources.settings_of({"source": "jsonl", "path": "x.jsonl", "text_field": 3})
+    settings = sources.settings_of({"name": "mine", "source": "text_files", "path": "x.txt"})
+    assert isinstance(settings, text_files.Settings) and (settings.val_fraction, settings.split_seed) == \
+        (Split.val_fraction, Split.split_seed) == (0.05, 1234)
+    for name in sources.SOURCE_MODULES:  # every source declares its settings
+        assert sources.setting_names(name), name
+
+
+def test_a_misspelt_dataset_setting_stops_a_run_before_any_data(make_cfg):
+    from attnlab.errors import ConfigError
+    from attnlab.spec import RunSpec
+    cfg = make_cfg(["mode=debug", "+dataset.val_plays_=4"])
+    with pytest.raises(ConfigError, match=r"dataset.val_plays_ is not a setting of the shakespeare source"):
+        RunSpec.from_hydra(cfg)

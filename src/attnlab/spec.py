@@ -145,6 +145,8 @@ class RunSpec:
         device = run_device(str(cfg.trainer.accelerator))
         attention.check(model["context"], model["n_head"], device)
         data = plain(cfg.data)
+        from attnlab.data.sources import settings_of
+        settings_of(plain(cfg.dataset))  # the source's typed settings: an unknown or mistyped key before any data
         data_spec = DataSpec(dataset=plain(cfg.dataset), tokenizer=plain(cfg.tokenizer),
                              tokenizer_from=tokenizer_from, **{k: data[k] for k in DATA_KEYS if k in data})
         return cls(model=model, attention=attention_settings, data=data_spec, seed=int(cfg.seed), init=init,

@@ -80,7 +80,7 @@ def markdown_to_play(md: str) -> str:
 MARKDOWN_VERSION = 1  # bump when markdown_to_play's output changes: token caches of the plays are keyed by it
 
 
-def shakespeare_choice(val_plays: int = 3, test_plays: int = 3, split_seed: int = 1234,
+def shakespeare_choice(val_plays: int, test_plays: int, split_seed: int,
                        train_plays: int | None = None) -> dict[str, list[str]]:
     """Which plays go to which split ({split: [play name, ...]}), without reading a play.
 
@@ -114,7 +114,7 @@ def shakespeare_fingerprint(chosen: dict[str, list[str]]) -> str:
     return h.hexdigest()[:16]
 
 
-def shakespeare_splits(val_plays: int = 3, test_plays: int = 3, split_seed: int = 1234,
+def shakespeare_splits(val_plays: int, test_plays: int, split_seed: int,
                        train_plays: int | None = None):
     """The plays as text, split as ``shakespeare_choice`` says.
 
@@ -257,8 +257,8 @@ class FileDocuments(DocumentsInParts):
             yield from cut_segments(read_chars(f, start, end))
 
 
-def text_file_splits(path: str, val_fraction: float = 0.05, test_fraction: float = 0.05,
-                     split_seed: int = 1234) -> dict[str, FileDocuments]:
+def text_file_splits(path: str, val_fraction: float, test_fraction: float,
+                     split_seed: int) -> dict[str, FileDocuments]:
     """A .txt file, a folder of .txt files, or a glob. With >= 3 files the split is by file (seeded);
     with fewer, each file is cut by characters at line boundaries: first train, then val, then test."""
     if not path:

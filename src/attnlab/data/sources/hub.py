@@ -16,16 +16,34 @@ import hashlib
 import logging
 import random
 from array import array
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from attnlab.data import corpus as texts
 from attnlab.data.corpus import SPLITS, DataError, DocumentsInParts, cut_segments, fingerprint
-from attnlab.data.sources import Corpus
+from attnlab.data.sources import Corpus, Split
 
 log = logging.getLogger(__name__)
 DEFAULT_SPLIT_NAMES = {"train": "train", "val": "validation", "test": "test"}
+
+
+@dataclass(frozen=True)
+class Settings(Split):
+    path: str | None = None  # the dataset's hub id (e.g. Salesforce/wikitext) or a local dataset folder (required)
+    hf_config: str | None = None  # its configuration (wikitext-2-raw-v1); None: its only one
+    revision: str | None = None  # a commit of the dataset repository (streams); None: the newest
+    text_field: str = "text"  # the text column
+    documents: str = "joined"  # joined: a split's rows are lines of one text (wikitext); rows: each row a document
+    streaming: bool = False  # read as a stream (rows only): nothing downloaded first
+    split_names: dict = field(default_factory=dict)  # the project's split -> the dataset's name (DEFAULT_SPLIT_NAMES)
+    val_rows: int = 1000  # streaming: the first rows of the training stream are the validation split ...
+    test_rows: int = 1000  # ... and the next ones the test split
+
+    @property
+    def names(self) -> dict:
+        return {**DEFAULT_SPLIT_NAMES, **(self.split_names or {})}
 
 
 def load(path: str, name: str | None, cache_dir: str, streaming: bool = False, revision: str | None = None):
@@ -102,35 +120,33 @@ class JoinedRows(DocumentsInParts):
         yield "".join(lines)
 
 
-def stream_splits(ds, settings: dict) -> dict[str, RowDocuments]:
-    names = {**DEFAULT_SPLIT_NAMES, **(settings.get("split_names") or {})}
-    field = settings.get("text_field", "text")
+def stream_splits(ds, settings: Settings) -> dict[str, RowDocuments]:
+    names, field = settings.names, settings.text_field
     if names["train"] not in ds:
-        raise DataError(f"dataset.split_names.train={names['train']!r} is not a split of {settings.get('path')!r}; "
+        raise DataError(f"dataset.split_names.train={names['train']!r} is not a split of {settings.path!r}; "
                         f"it has {sorted(ds.keys())}")
-    n_val, n_test = int(settings.get("val_rows", 1000)), int(settings.get("test_rows", 1000))
+    n_val, n_test = settings.val_rows, settings.test_rows
     train = ds[names["train"]]
     return {"val": RowDocuments(train, field, skip=0, take=n_val),
             "test": RowDocuments(train, field, skip=n_val, take=n_test),
             "train": RowDocuments(train, field, skip=n_val + n_test)}
 
 
-def splits_of(ds, settings: dict) -> dict[str, RowDocuments | JoinedRows]:
-    names = {**DEFAULT_SPLIT_NAMES, **(settings.get("split_names") or {})}
-    field = settings.get("text_field", "text")
+def splits_of(ds, settings: Settings) -> dict[str, RowDocuments | JoinedRows]:
+    names, field = settings.names, settings.text_field
     available = sorted(ds.keys())
     if names["train"] not in available:
-        raise DataError(f"dataset.split_names.train={names['train']!r} is not a split of {settings.get('path')!r}; "
+        raise DataError(f"dataset.split_names.train={names['train']!r} is not a split of {settings.path!r}; "
                         f"it has {available}")
     tables = {}
     for s in SPLITS:
         if names[s] in available:
             tables[s] = ds[names[s]]
             if field not in tables[s].column_names:
-                raise DataError(f"dataset.text_field={field!r} is not a column of {settings.get('path')!r} "
+                raise DataError(f"dataset.text_field={field!r} is not a column of {settings.path!r} "
                                 f"(its columns: {tables[s].column_names})")
     # each row a document (an end token between them), or the rows as the lines of one document
-    documents = RowDocuments if settings.get("documents", "joined") == "rows" else JoinedRows
+    documents = RowDocuments if settings.documents == "rows" else JoinedRows
     train = tables["train"]
     out, taken, order = {}, 0, None
 
@@ -144,42 +160,45 @@ def splits_of(ds, settings: dict) -> dict[str, RowDocuments | JoinedRows]:
             continue
         if order is None:  # 8 bytes a row (a list would hold an int object each: ~1 GB for 29M rows)
             order = array("q", range(len(train)))
-            random.Random(settings.get("split_seed", 1234)).shuffle(order)  # a list's permutation exactly
-        n = max(1, round(settings.get(f"{s}_fraction", 0.05) * len(train)))
+            random.Random(settings.split_seed).shuffle(order)  # a list's permutation exactly
+        n = max(1, round(getattr(settings, f"{s}_fraction") * len(train)))
         if taken + n >= len(train):
-            raise DataError(f"{settings.get('path')!r} has no {names[s]!r} split and its training split is too "
+            raise DataError(f"{settings.path!r} has no {names[s]!r} split and its training split is too "
                             f"small to cut one from; name another split with dataset.split_names.{s}=...")
         out[s] = documents(train, field, kept(taken, taken + n))
         taken += n
         log.info("%s has no %r split: %d rows of its training split are the %s split (dataset.%s_fraction)",
-                 settings.get("path"), names[s], n, s, s)
+                 settings.path, names[s], n, s, s)
     out["train"] = documents(train, field, kept(taken, len(train)) if taken else None)
     return out
 
 
-def corpus(settings: dict, cache_dir: Path) -> Corpus:
+def corpus(settings: Settings, cache_dir: Path) -> Corpus:
     """Keyed by the dataset's own fingerprints (``datasets`` keeps one per split, for the data on disk) and the
     settings that cut it, so a cache hit joins and hashes no text."""
-    documents = settings.get("documents", "joined")
+    documents = settings.documents
     if documents not in ("joined", "rows"):
         raise DataError(f"dataset.documents={documents!r} must be joined or rows")
-    if settings.get("streaming"):
+    if not settings.path:
+        raise DataError("dataset.path is needed: a Hugging Face dataset's hub id or folder")
+    if settings.streaming:
         if documents != "rows":
             raise DataError("dataset.streaming=true reads rows as they come: it needs dataset.documents=rows")
         def read():  # the stream is opened only to build the token cache: a cached corpus needs no network
-            ds = load(settings["path"], settings.get("hf_config"), str(cache_dir / "hf"), streaming=True,
-                      revision=settings.get("revision"))
+            ds = load(settings.path, settings.hf_config, str(cache_dir / "hf"), streaming=True,
+                      revision=settings.revision)
             return stream_splits(ds, settings)
-        cut = [settings.get(k) for k in ("revision", "split_names", "text_field", "val_rows", "test_rows")]
-        key = hashlib.sha256(repr(("stream", settings["path"], settings.get("hf_config"), cut)).encode()).hexdigest()[:16]
+        cut = [settings.revision, settings.split_names, settings.text_field, settings.val_rows, settings.test_rows]
+        key = hashlib.sha256(repr(("stream", settings.path, settings.hf_config, cut)).encode()).hexdigest()[:16]
         return Corpus(key, read, {})
-    ds = load(settings["path"], settings.get("hf_config"), str(cache_dir / "hf"))
+    ds = load(settings.path, settings.hf_config, str(cache_dir / "hf"))
     prints = {name: getattr(ds[name], "_fingerprint", None) for name in sorted(ds.keys())}
     if all(prints.values()):
-        cut = [settings.get(k) for k in ("split_names", "text_field", "val_fraction", "test_fraction", "split_seed")]
+        cut = [settings.split_names, settings.text_field, settings.val_fraction, settings.test_fraction,
+               settings.split_seed]
         if documents != "joined":  # (the default keeps the keys of caches built before the setting existed)
             cut.append(documents)
-        key = hashlib.sha256(repr((settings["path"], settings.get("hf_config"), prints, cut)).encode()).hexdigest()[:16]
+        key = hashlib.sha256(repr((settings.path, settings.hf_config, prints, cut)).encode()).hexdigest()[:16]
         return Corpus(key, lambda: splits_of(ds, settings), {})
     splits = splits_of(ds, settings)  # no fingerprints (a plain mapping of tables): hash the text itself
     return Corpus(fingerprint(splits), lambda: splits, {})

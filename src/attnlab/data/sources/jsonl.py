@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 from attnlab.data.corpus import DataError
-from attnlab.data.sources import Corpus
+from attnlab.data.sources import Corpus, Split
 from attnlab.data.sources.text_files import matching_files, stat_key
+
+
+@dataclass(frozen=True)
+class Settings(Split):
+    path: str | None = None  # a .jsonl file, a folder of them or a glob (required)
+    text_field: str = "text"  # the field holding each document's text
 
 
 def files_of(path) -> list[str]:
@@ -55,12 +62,12 @@ def cut(items: list, val_fraction: float, test_fraction: float, seed: int) -> di
     return {"val": pick(order[:n_val]), "test": pick(order[n_val:n_val + n_test]), "train": pick(order[n_val + n_test:])}
 
 
-def corpus(settings: dict, cache_dir: Path) -> Corpus:
-    files = files_of(settings.get("path"))
+def corpus(settings: Settings, cache_dir: Path) -> Corpus:
+    files = files_of(settings.path)
     if not files:
-        raise DataError(f"dataset.path={settings.get('path')!r} matches no .jsonl file")
-    field = settings.get("text_field", "text")
-    fractions = (settings.get("val_fraction", 0.05), settings.get("test_fraction", 0.05), settings.get("split_seed", 1234))
+        raise DataError(f"dataset.path={settings.path!r} matches no .jsonl file")
+    field = settings.text_field
+    fractions = (settings.val_fraction, settings.test_fraction, settings.split_seed)
 
     def read() -> dict[str, list[str]]:  # only when the token cache is built
         if len(files) >= 3:
