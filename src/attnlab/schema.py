@@ -69,19 +69,6 @@ class Number:
             return True
         return self.high is not None and (value > self.high or (self.high_open and value == self.high))
 
-    def bad_examples(self) -> list:
-        """Values this rule rejects (the schema test feeds them through a run)."""
-        bad = ["two"]
-        if self.low is not None:
-            below = self.low if self.low_open else self.low - 1
-            bad.append(int(below) if self.kind is int else below)
-        if self.high is not None:
-            above = self.high if self.high_open else self.high + (1 if self.kind is int else 0.5)
-            bad.append(int(above) if self.kind is int else above)
-        if self.count_or_fraction:
-            bad += [0, 1.5]
-        return [b for b in bad if b not in self.special]
-
 
 @dataclass(frozen=True)
 class Choice:
@@ -95,9 +82,6 @@ class Choice:
     def problem(self, value: Any) -> bool:
         return not (value is None and self.nullable) and str(value) not in self.values
 
-    def bad_examples(self) -> list:
-        return ["two", 12]
-
 
 @dataclass(frozen=True)
 class Flag:
@@ -108,9 +92,6 @@ class Flag:
 
     def problem(self, value: Any) -> bool:
         return not isinstance(value, bool)
-
-    def bad_examples(self) -> list:
-        return ["maybe", 2]
 
 
 @dataclass(frozen=True)
@@ -126,9 +107,6 @@ class Text:
         if value is None:
             return not self.nullable
         return not isinstance(value, str) or not value.strip()
-
-    def bad_examples(self) -> list:
-        return [""]
 
 
 def check_rules(cfg, rules: dict) -> None:
