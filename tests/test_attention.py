@@ -187,3 +187,15 @@ def test_every_type_has_a_config_and_valid_examples():
         for n in (64, 1024):
             for settings in [cls.example(n), *cls.variants(n)]:
                 build_attention({"name": name, **settings}).check(n, 4)
+
+
+def test_what_auto_means_is_decided_in_one_place():
+    """``AttentionType.auto_backend`` owns the choice (flex on CUDA where it computes the pattern, banded or
+    blocked on a CPU); only the types that are a backend choice themselves override it."""
+    from attnlab.attention.base import AttentionType
+    assert sorted(n for n, cls in ATTENTION_TYPES.items() if "auto_backend" in vars(cls)) == ["flash", "full"]
+    for name in ("sparse", "longformer", "bigbird"):
+        a = build_attention({"name": name})
+        assert a.auto_backend(torch.device("cuda")) == "flex"
+        assert a.auto_backend(torch.device("cpu")) == ("banded" if "banded" in a.backends() else "blocked")
+    assert not AttentionType().is_global(torch.arange(4)).any() and AttentionType().last_global_query() == -1

@@ -34,30 +34,25 @@ class Inspection:
 
 @torch.no_grad()
 def inspect(model, idx: torch.Tensor, on_layer=None) -> Inspection:
-    """Run ``model`` (a ``model.GPT``, in eval mode) on idx (B, T) and return each layer's probabilities; with
+    """Run ``model`` (a ``model.GPT``, in eval mode) on idx (B, T) and return each layer's probabilities, computed
+    from the queries and keys of that same forward pass (``GPT.forward(intermediates=...)``); with
     ``on_layer(layer, probs)``, each layer's (B, H, T, T) probabilities go there instead of being kept (one
     layer's worth of memory at a time)."""
-    B, T = idx.shape
-    pos = torch.arange(T, device=idx.device)  # (T,)
-    x = model.tok_emb(idx)  # (B, T, C)
-    if model.pos_emb is not None:
-        x = x + model.pos_emb(pos)
-    x = model.drop(x)
+    T = idx.shape[1]
+    seen: list = []
+    logits = model(idx, intermediates=seen)  # (B, T, V)
     probs = []
-    for layer, block in enumerate(model.blocks):
-        h = block.ln_attn(x)  # (B, T, C)
-        q, k, _ = block.attn.project(h, pos)  # (B, H, T, D) each
-        p = attention_probabilities(block.attn.attention, q, k, layer)  # (B, H, T, T)
-        if block.attn.qkv_global is not None:  # Longformer's global rows come from their own projections
-            qg, kg, _ = block.attn.project(h, pos, block.attn.qkv_global)  # (B, H, T, D) each
-            rows = block.attn.attention.is_global(pos)  # (T,)
-            p = torch.where(rows.view(1, 1, T, 1), attention_probabilities(block.attn.attention, qg, kg, layer), p)
+    for inputs in seen:
+        attention = model.blocks[inputs.layer].attn.attention
+        p = attention_probabilities(attention, inputs.q, inputs.k, inputs.layer)  # (B, H, T, T)
+        if inputs.global_qk is not None:  # global rows come from their own projections (Longformer's option)
+            rows = attention.is_global(inputs.positions)  # (T,)
+            p = torch.where(rows.view(1, 1, T, 1), attention_probabilities(attention, *inputs.global_qk, inputs.layer), p)
         if on_layer is None:
             probs.append(p)
         else:
-            on_layer(layer, p)
-        x = block(x, pos)  # (B, T, C): the model's own computation, through its backend
-    return Inspection(probs, model.head(model.ln_f(x)))
+            on_layer(inputs.layer, p)
+    return Inspection(probs, logits)
 
 
 def global_positions(attention: AttentionType) -> list[int]:

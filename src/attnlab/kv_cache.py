@@ -35,7 +35,8 @@ class LayerCache:
         self.v: torch.Tensor | None = None  # (B, H, S, D)
         self.pos: torch.Tensor | None = None  # (S,) long
         self.filled = 0  # for a type that never drops keys: they fill slots 0..filled-1, in order
-        # Longformer's global projections: (k, v, positions) of every token so far, while a global query may come
+        # a type with separate global projections (AttentionType.separate_global_projections, e.g. Longformer's):
+        # those projections' (k, v, positions) of every token so far, while a global query may still come
         self.global_kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
 
     @property

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn as nn
@@ -83,6 +84,15 @@ class Rotary(nn.Module):
         return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1)  # (B, H, T, D)
 
 
+class AttentionInputs(NamedTuple):
+    """One layer's attention inputs from a forward pass: what ``attnlab.analysis`` turns into probabilities."""
+    layer: int
+    q: torch.Tensor  # (B, H, T, D), rotated when positions are rotary
+    k: torch.Tensor  # (B, H, T, D)
+    positions: torch.Tensor  # (T,)
+    global_qk: tuple[torch.Tensor, torch.Tensor] | None  # the global projections' (q, k) where the type has them
+
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention; *which* keys each query sees and *how* is the attention type's business."""
 
@@ -112,10 +122,16 @@ class SelfAttention(nn.Module):
             q, k = self.rotary(q, positions), self.rotary(k, positions)  # (B, H, T, D) each
         return q, k, v
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
-        """x: (B, T, C) at ``positions`` (T,) -> (B, T, C); with a cache, attends to its keys too and adds its own."""
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None = None,
+                intermediates: list | None = None) -> torch.Tensor:
+        """x: (B, T, C) at ``positions`` (T,) -> (B, T, C); with a cache, attends to its keys too and adds its own.
+        ``intermediates``: a list this layer appends its ``AttentionInputs`` to (analysis reads this forward's own
+        queries and keys, not a copy of it)."""
         B, T, C = x.shape
         q, k, v = self.project(x, positions)  # (B, H, T, D) each
+        if intermediates is not None:
+            global_qk = self.project(x, positions, self.qkv_global)[:2] if self.qkv_global is not None else None
+            intermediates.append(AttentionInputs(self.layer, q, k, positions, global_qk))
         if self._attend_device != q.device:  # built on the CPU, then moved: resolve where it runs, once
             self._attend, self._attend_device = self.attention.bind(q.device, self.layer), q.device
         y = self._attend(q, k, v) if cache is None else cache.attend(q, k, v, positions, self._attend)  # (B, H, T, D)
@@ -175,8 +191,9 @@ class Block(nn.Module):
         self.ln_mlp = nn.LayerNorm(cfg.d_model, eps=cfg.layer_norm_eps, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_attn(x), positions, cache)  # (B, T, C)
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None = None,
+                intermediates: list | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_attn(x), positions, cache, intermediates)  # (B, T, C)
         return x + self.mlp(self.ln_mlp(x))  # (B, T, C)
 
 
@@ -264,10 +281,12 @@ class GPT(nn.Module):
     def new_cache(self) -> KVCache:
         return KVCache(self.attention, self.cfg.n_layer, self.cfg.context)
 
-    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, only: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, cache: KVCache | None = None, only: torch.Tensor | None = None,
+                intermediates: list | None = None) -> torch.Tensor:
         """idx: (B, T) token ids -> logits (B, T, V). With a cache, idx continues the tokens already in it.
         ``only`` (B, T) bool: the logits of those positions alone, (N, V) in row-major order: a loss that counts
-        a few targets (a task's answers) skips the output layer everywhere else."""
+        a few targets (a task's answers) skips the output layer everywhere else. ``intermediates``: a list that
+        receives each layer's ``AttentionInputs`` (x-transformers' return_intermediates)."""
         if idx.dim() != 2:
             raise ValueError(f"expected token ids of shape (batch, time), got shape {tuple(idx.shape)}")
         B, T = idx.shape
@@ -288,7 +307,7 @@ class GPT(nn.Module):
             x = x + self.pos_emb(pos)  # (B, T, C)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, pos, cache.layers[i] if cache is not None else None)  # (B, T, C)
+            x = block(x, pos, cache.layers[i] if cache is not None else None, intermediates)  # (B, T, C)
         if cache is not None:
             cache.length += T
         if only is not None:

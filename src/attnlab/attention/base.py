@@ -36,8 +36,14 @@ class AttentionType:
         """Raise ValueError naming the bad setting and what is allowed."""
 
     def auto_backend(self, device: torch.device) -> str:
-        # the batched band formulation where the pattern has that shape (fastest on a CPU), else the block loop
-        return "banded" if "banded" in self.backends() else "blocked"
+        """What ``backend: auto`` computes with on ``device``, decided here for every type: on CUDA FlexAttention
+        where it computes the pattern (one compiled kernel skipping the empty blocks); on a CPU the batched band
+        formulation where the pattern has that shape (fastest there), else the block loop. A type overrides it
+        only where it knows better (full: the quadratic baseline on purpose; flash: PyTorch's fused kernel)."""
+        options = self.backends()
+        if device.type == "cuda" and "flex" in options:
+            return "flex"
+        return "banded" if "banded" in options else "blocked"
 
     def keys_still_visible(self, key_pos: torch.Tensor, next_query: int, layer: int = 0) -> torch.Tensor | None:
         """Which cached keys (at positions ``key_pos``, all < next_query) a query at ``next_query`` or later may
@@ -55,11 +61,21 @@ class AttentionType:
         """Settings that together exercise every option at length n (the equivalence tests)."""
         return [cls.example(n)]
 
+    # --- what a type with global rows declares (the model and the KV cache ask only these) ----------------
     @property
     def separate_global_projections(self) -> bool:
-        """Whether global queries' rows have their own Q/K/V projections (then ``is_global`` and
-        ``last_global_query`` say which rows): Longformer's ``global_projections``."""
+        """Whether global queries' rows have their own Q/K/V projections (Longformer's ``global_projections``):
+        the model then gives each layer a second projection and uses it on the rows ``is_global`` names, and the
+        KV cache keeps those projections' keys while ``last_global_query`` has not passed."""
         return False
+
+    def is_global(self, positions: torch.Tensor) -> torch.Tensor:
+        """positions (T,) -> (T,) bool: the rows computed with the global projections (none by default)."""
+        return torch.zeros_like(positions, dtype=torch.bool)
+
+    def last_global_query(self) -> int:
+        """The last position whose query is global (-1: none): after it no row needs the global projections."""
+        return -1
 
     # --- shared -------------------------------------------------------------------------------------
     def backends(self) -> list[str]:

@@ -116,9 +116,6 @@ class BigBirdAttention(AttentionType):
         if self.seed < 0:
             raise ConfigError(f"attention.seed={self.seed} must be >= 0")
 
-    def auto_backend(self, device: torch.device) -> str:
-        return "flex" if device.type == "cuda" else "blocked"
-
     @classmethod
     def example(cls, n: int) -> dict:
         blk = 64 if n >= 2048 else 16 if n >= 256 else 8

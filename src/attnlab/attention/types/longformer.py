@@ -89,9 +89,6 @@ class LongformerAttention(AttentionType):
             if bad:
                 raise ConfigError(f"attention.global_tokens has positions {bad} outside the context [0, {context})")
 
-    def auto_backend(self, device: torch.device) -> str:
-        return "flex" if device.type == "cuda" else super().auto_backend(device)
-
     @classmethod
     def example(cls, n: int) -> dict:
         # the benchmark's settings from n = 2048 on (w 256, 16 global); smaller n scale down so the pattern stays sparse

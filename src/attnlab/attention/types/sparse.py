@@ -69,9 +69,6 @@ class SparseAttention(AttentionType):
         if self.heads == "split" and n_head < 2:
             raise ConfigError(f"attention.heads=split needs at least 2 heads, the model has n_head={n_head}")
 
-    def auto_backend(self, device: torch.device) -> str:
-        return "flex" if device.type == "cuda" else super().auto_backend(device)
-
     @classmethod
     def example(cls, n: int) -> dict:
         block = 16
