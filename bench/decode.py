@@ -32,13 +32,14 @@ def build(name: str, n: int, args):
     attention = build_attention({"name": name, **ATTENTION_TYPES[name].example(n)})
     cfg = GPTConfig(vocab_size=args.vocab, context=n, n_layer=args.layers, n_head=args.heads, d_model=args.width,
                     positions="rope")  # rotary: the cached path never has to fall back to cropping
-    return GPT(cfg, attention).eval().decode_layout()  # as GPT.generate decodes
+    return GPT(cfg, attention).eval()
 
 
 def timed_decode(model, prompt, new: int, use_cache: bool) -> tuple[float, list[float]]:
-    """(prefill seconds, per-token seconds) of greedy decoding."""
+    """(prefill seconds, per-token seconds) of greedy decoding, with the weights laid out as GPT.generate has them."""
     import torch
-    with torch.no_grad():
+    from attnlab.generation import decode_layout
+    with torch.no_grad(), decode_layout(model):
         if not use_cache:
             seq, times = prompt, []
             for _ in range(new):

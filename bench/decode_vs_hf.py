@@ -6,9 +6,11 @@
 The same random GPT-2 weights in both (Hugging Face's model, converted to the project's): batch 1, a
 ``--prompt``-token prompt, ``--new`` greedy tokens, fp32 on the CPU. For each: prefill (the prompt in one
 forward pass, filling the cache) and the median time per generated token; the project's types each decode with
-their own cache (full is the one Hugging Face computes too), with the weights in ``GPT.decode_layout`` as
-``generate`` uses them; full also without it. Needs ``transformers`` (the dev extra). Writes a
-Markdown table and JSON to ``--out`` with the date and machine.
+their own cache (full is the one Hugging Face computes too), with the weights in ``generation.decode_layout`` as
+``generate`` uses them; full also without it. The end-to-end rows time whole ``generate`` calls, prompt
+included: Hugging Face's ``generate(do_sample=False)`` against ``GPT.generate(top_k=1)``, the first call on a
+fresh model (which makes its decoding copies) and later calls (which reuse them). Needs ``transformers`` (the
+dev extra). Writes a Markdown table and JSON to ``--out`` with the date and machine.
 """
 from __future__ import annotations
 
@@ -41,19 +43,30 @@ def time_hf(model, prompt, new: int) -> tuple[float, float]:
 
 
 def time_ours(model, prompt, new: int, layout: bool = True) -> tuple[float, float]:
+    import contextlib
     import torch
-    if layout:
-        model.decode_layout()  # as GPT.generate decodes
+    from attnlab.generation import decode_layout
     with torch.no_grad():
         cache = model.new_cache()
         t = time.perf_counter()
-        nxt = model(prompt, cache)[:, -1:].argmax(-1)
+        nxt = model(prompt, cache)[:, -1:].argmax(-1)  # the prompt from the model's own layout, as generate does
         prefill, times = time.perf_counter() - t, []
+    with torch.no_grad(), (decode_layout(model) if layout else contextlib.nullcontext()):  # as GPT.generate decodes
         for _ in range(new):
             t = time.perf_counter()
             nxt = model(nxt, cache)[:, -1:].argmax(-1)
             times.append(time.perf_counter() - t)
     return prefill, statistics.median(times)
+
+
+def time_whole_calls(generate, calls: int) -> list[float]:
+    """Seconds of each of ``calls`` whole generate calls, in order (the first may pay one-time costs)."""
+    out = []
+    for _ in range(calls):
+        t = time.perf_counter()
+        generate()
+        out.append(time.perf_counter() - t)
+    return out
 
 
 def main(argv=None) -> None:
@@ -97,7 +110,7 @@ def main(argv=None) -> None:
         if name == "full":  # the same model: the same greedy tokens
             with torch.no_grad():
                 assert torch.allclose(ours(prompt), hf(prompt).logits, atol=1e-4), "the conversion differs"
-            prefill, token = best(time_ours, ours, False)  # what GPT.decode_layout gains
+            prefill, token = best(time_ours, ours, False)  # what the decoding layout gains
             rows.append({"model": "attnlab full, usual weight layout", "prefill_ms": prefill * 1e3,
                          "ms_per_token": token * 1e3, "speed_vs_hf": hf_token / token,
                          "prefill_vs_hf": hf_prefill / prefill})
@@ -106,6 +119,18 @@ def main(argv=None) -> None:
         rows.append({"model": f"attnlab {name}", "prefill_ms": prefill * 1e3, "ms_per_token": token * 1e3,
                      "speed_vs_hf": hf_token / token, "prefill_vs_hf": hf_prefill / prefill})
         print(rows[-1], flush=True)
+    # end to end: whole generate calls, prompt included (greedy: the same tokens from both)
+    ours = GPT(GPTConfig(**settings), {"name": "full"}).eval()
+    ours.load_state_dict(state, strict=False)
+    with torch.no_grad():
+        hf_calls = time_whole_calls(lambda: hf.generate(prompt, max_new_tokens=args.new, min_new_tokens=args.new,
+                                                        do_sample=False, pad_token_id=0), args.repeats + 1)
+    our_calls = time_whole_calls(lambda: ours.generate(prompt, args.new, top_k=1), args.repeats + 1)
+    hf_later, our_later = min(hf_calls[1:]), min(our_calls[1:])
+    rows.append({"model": "Hugging Face generate, whole call", "call_s": hf_later, "first_call_s": hf_calls[0]})
+    rows.append({"model": "attnlab GPT.generate (full), whole call", "call_s": our_later, "first_call_s": our_calls[0],
+                 "call_speed_vs_hf": hf_later / our_later, "first_call_speed_vs_hf": hf_calls[0] / our_calls[0]})
+    print(rows[-2], rows[-1], flush=True)
     from attention import machine, write_results  # bench/attention.py
     now = dt.datetime.now()
     result = {"date": now.isoformat(timespec="minutes"), "machine": machine(), "args": vars(args), "rows": rows,
@@ -116,8 +141,17 @@ def main(argv=None) -> None:
              f"{args.repeats}. Speed = Hugging Face's ms per token / ours (> 1: faster).", "",
              "| model | prefill (ms) | ms per token | speed vs HF | prefill speed vs HF |", "|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['model']} | {r['prefill_ms']:.1f} | {r['ms_per_token']:.2f} | "
-                     f"{r.get('speed_vs_hf', 1.0):.2f}x | {r.get('prefill_vs_hf', 1.0):.2f}x |")
+        if "prefill_ms" in r:
+            lines.append(f"| {r['model']} | {r['prefill_ms']:.1f} | {r['ms_per_token']:.2f} | "
+                         f"{r.get('speed_vs_hf', 1.0):.2f}x | {r.get('prefill_vs_hf', 1.0):.2f}x |")
+    lines += ["", f"Whole calls ({args.prompt}-token prompt + {args.new} greedy tokens, prompt included): the first "
+              f"call on a fresh model, and the best of the {args.repeats} calls after it.", "",
+              "| generate | first call (s) | later calls (s) | first call speed vs HF | later calls speed vs HF |",
+              "|---|---|---|---|---|"]
+    for r in rows:
+        if "call_s" in r:
+            lines.append(f"| {r['model']} | {r['first_call_s']:.2f} | {r['call_s']:.2f} | "
+                         f"{r.get('first_call_speed_vs_hf', 1.0):.2f}x | {r.get('call_speed_vs_hf', 1.0):.2f}x |")
     write_results(args.out, f"decode-vs-hf-cpu-{now:%Y%m%d-%H%M}", result, lines)
 
 

@@ -224,33 +224,39 @@ def test_a_pattern_that_looks_full_at_first_is_not_taken_for_full_attention(atte
     torch.testing.assert_close(torch.cat(steps, 1), whole, rtol=1e-4, atol=1e-4)
 
 
-def test_decode_layout_changes_the_memory_layout_only():
-    """GPT.decode_layout lays Linear weights out as (in, out) for fast one-token matmuls: the state dict and the
-    tied head stay exactly the same, the logits the same up to rounding (float64 here: greedy tokens too);
-    generate leaves the layout as it found it, also under inference mode, and train() puts the usual one back
-    before any optimizer step."""
+def test_the_decoding_layout_is_the_generation_paths_and_leaves_the_model_as_it_was():
+    """``generation.decode_layout`` computes Linear products from (in, out)-laid copies for one call: the logits
+    equal the model's up to rounding (float64 here: greedy tokens too), the model's own tensors, state dict and
+    tied head are untouched after it (``train()`` changes no storage), the copies are kept for a model in eval
+    mode and remade once its weights change, and an interrupted or inference-mode call leaves it trainable."""
     import copy
+    from attnlab.generation import decode_layout
     torch.manual_seed(0)
     cfg = GPTConfig(vocab_size=50, context=32, n_layer=2, n_head=2, d_model=16, bias=True)
     m = GPT(cfg, {"name": "longformer", "window": 4, "global_tokens": 1, "global_projections": True}).double().eval()
     plain = copy.deepcopy(m)
+    own = {n: (p.data_ptr(), p.stride()) for n, p in m.named_parameters()}
     idx = torch.randint(0, 50, (2, 12))
     with torch.no_grad():
         before = m(idx)
-        m.decode_layout()
-        assert m.blocks[0].mlp.up.weight.stride() == (1, 4 * 16)  # (out, in) shaped, stored as (in, out) rows
-        assert m.head.weight is m.tok_emb.weight and m.head.weight.stride() == (1, 50)
-        torch.testing.assert_close(m(idx), before, rtol=1e-12, atol=1e-12)
+        with decode_layout(m):
+            assert m.blocks[0].mlp.up.weight.stride() == (1, 4 * 16)  # (out, in) shaped, stored as (in, out) rows
+            assert m.head.weight is m.tok_emb.weight and m.head.weight.stride() == (1, 50)
+            torch.testing.assert_close(m(idx), before, rtol=1e-12, atol=1e-12)
+    assert {n: (p.data_ptr(), p.stride()) for n, p in m.named_parameters()} == own  # its own tensors again
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), plain.state_dict().values()))
     greedy = plain.generate(idx, 6, top_k=1)
-    assert torch.equal(m.generate(idx, 6, top_k=1), greedy) and m.head.weight.stride() == (1, 50)  # kept
-    m.train()
-    assert all(p.is_contiguous() for p in m.parameters())
+    assert torch.equal(m.generate(idx, 6, top_k=1), greedy)
+    made = {k: v[1].data_ptr() for k, v in m._decode_copies.copies.items()}
+    assert torch.equal(m.generate(idx, 6, top_k=1), greedy)  # eval mode: the copies were kept and reused
+    assert {k: v[1].data_ptr() for k, v in m._decode_copies.copies.items()} == made
+    assert {n: (p.data_ptr(), p.stride()) for n, p in m.named_parameters()} == own
+    m.train()  # no storage side effect: nothing to put back
+    assert {n: (p.data_ptr(), p.stride()) for n, p in m.named_parameters()} == own
     fresh = copy.deepcopy(plain)
     with torch.inference_mode():
         assert torch.equal(fresh.generate(idx, 6, top_k=1), greedy)
     assert not any(p.is_inference() for p in fresh.parameters())  # still trainable
-    assert all(p.is_contiguous() for p in fresh.parameters())  # generate switched it and switched it back
     fresh.train()
     with pytest.raises(ValueError, match="outside the model's vocabulary"):  # interrupted: still as found
         fresh.generate(torch.full((1, 3), 99), 2)
@@ -261,3 +267,5 @@ def test_decode_layout_changes_the_memory_layout_only():
         torch.nn.functional.cross_entropy(model(idx).flatten(0, 1), idx.flatten()).backward()
         opt.step()
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), fresh.state_dict().values()))
+    m.eval()  # its kept copies are of the weights before the step: remade, never used stale
+    assert torch.equal(m.generate(idx, 6, top_k=1), copy.deepcopy(fresh).eval().generate(idx, 6, top_k=1))

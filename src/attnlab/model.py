@@ -216,7 +216,6 @@ class GPT(nn.Module):
             self.head.weight = self.tok_emb.weight  # one (V, C) matrix for both input and output
         self.apply(self._init_weights)
         self._vocab_checked = False
-        self._decode_layout = False  # see decode_layout()
 
     def _init_weights(self, module: nn.Module) -> None:
         # GPT-2 init: N(0, 0.02); the projections that write into the residual stream get 0.02/sqrt(2L) so the
@@ -240,32 +239,6 @@ class GPT(nn.Module):
                 state[name] = state[shared].clone()
                 filled.append(name)
         return filled
-
-    def decode_layout(self) -> "GPT":
-        """Lays every Linear weight (the tied head too) out in memory as (in, out), keeping its (out, in) shape,
-        so ``F.linear`` multiplies by a contiguous (in, out) matrix, as HF's Conv1D does. Decoding one token is a
-        memory-bound matrix-vector product per weight, and on the CPU this layout streams faster (measured in
-        docs/results.md). The weights, shapes and state dict are unchanged; the products may round differently in
-        float32, as another BLAS path would. CPU models only. ``train()`` puts the usual
-        layout back, so optimizers and DDP never see it. ``generate`` uses it and leaves the layout as it found
-        it; on a model in eval mode, call this first to keep it between calls (switching GPT-2 small takes
-        ~0.4 s here)."""
-        if not self._decode_layout and self.tok_emb.weight.device.type == "cpu":
-            self._set_layout(transposed=True)
-        return self
-
-    def _set_layout(self, transposed: bool) -> None:
-        with torch.inference_mode(False):  # called under inference mode, the copies would be inference tensors
-            for module in self.modules():
-                if isinstance(module, nn.Linear):
-                    w = module.weight.data  # (out, in)
-                    module.weight.data = w.t().contiguous().t() if transposed else w.contiguous()  # (out, in)
-        self._decode_layout = transposed
-
-    def train(self, mode: bool = True) -> "GPT":
-        if mode and self._decode_layout:
-            self._set_layout(transposed=False)
-        return super().train(mode)
 
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
@@ -321,29 +294,34 @@ class GPT(nn.Module):
 
         With the cache, the prompt goes through once and every later token costs one position. Learned
         positions end at the context: from there each token re-encodes the last ``context`` tokens (the
-        uncached way). Rotary positions stream on, each attention type keeping what its pattern can reach."""
+        uncached way). Rotary positions stream on, each attention type keeping what its pattern can reach. On a
+        CPU the Linear weights compute from (in, out)-laid copies for the call (``generation.decode_layout``): the
+        model's own tensors are untouched."""
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
         if temperature <= 0:
             raise ValueError(f"temperature={temperature} must be > 0 (top_k=1 gives greedy decoding)")
-        was_training, had_layout = self.training, self._decode_layout
-        self.eval().decode_layout()
+        from attnlab.generation import DecodeLayout
+        was_training = self.training
+        self.eval()
+        layout = DecodeLayout(self, keep=not was_training)  # training changes the weights: copies not kept
         try:
-            return self._sample(idx, max_new_tokens, temperature, top_k, use_cache, generator)
+            return self._sample(idx, max_new_tokens, temperature, top_k, use_cache, generator, layout)
         finally:  # the model as it was found, even when interrupted
-            if self._decode_layout and not had_layout:
-                self._set_layout(transposed=False)
+            layout.close()
             self.train(was_training)
 
-    def _sample(self, idx, max_new_tokens, temperature, top_k, use_cache, generator) -> torch.Tensor:
+    def _sample(self, idx, max_new_tokens, temperature, top_k, use_cache, generator, layout) -> torch.Tensor:
         cache = self.new_cache() if use_cache else None
         fed = 0  # tokens of idx already in the cache
         for _ in range(max_new_tokens):
             if cache is not None and (self.pos_emb is None or idx.size(1) <= self.cfg.context):
+                layout.use(idx.size(1) - fed == 1)  # one-token steps from the decoding copies, the prompt not
                 logits = self(idx[:, fed:], cache)[:, -1, :]  # (B, V): only the tokens the cache has not seen
                 fed = idx.size(1)
             else:
                 cache = None  # past a learned position table: the window slides, cached keys are stale
+                layout.use(False)  # a whole window: a matrix-matrix product, faster from the own layout
                 logits = self(idx[:, -self.cfg.context:])[:, -1, :]  # (B, V)
             logits = logits.float() / temperature  # (B, V)
             if top_k:

@@ -80,7 +80,7 @@ def sample(cfg: DictConfig) -> list[str]:
     trainer = loaded.cfg.get("trainer") if isinstance(loaded.cfg.get("trainer"), dict) else {}
     precision = trainer.get("precision", 32)
     device, autocast, dtype = device_and_autocast(cfg.device, str(precision))  # a raw value, never resolved
-    model = loaded.model.model.to(device).eval().decode_layout()  # kept: the model only samples
+    model = loaded.model.model.to(device).eval()
     log.info("sampling from %s (%s attention, %s positions) on %s in %s, %s", loaded.checkpoint,
              model.attention.name, model.cfg.positions, device, dtype, "with the KV cache" if cfg.use_cache else
              "recomputing every token (use_cache=false)")
