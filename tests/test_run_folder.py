@@ -69,3 +69,19 @@ def test_a_new_run_folder_records_its_spec_and_no_absolute_path(make_cfg):
     assert spec["names"]["model"] == str(cfg.model.name) and spec["device"] == "cpu"
     assert str(folder) not in json.dumps(record) and str(Path.home()) not in json.dumps(record)
     assert RunFolder(folder).settings()["model"] == spec["model"]  # read back from the record, not the config
+
+
+def test_ckpt_path_last_still_finds_a_run_of_the_earlier_format(tmp_path):
+    """The run key dropped settings that were never read (data.dataset, data.tokenizer repeated the groups): the
+    same command still finds the fixture's run, whose run.json holds the key as ec8768e computed it."""
+    from attnlab import checkpoints
+    outputs = tmp_path / "outputs"
+    old_run = outputs / "longformer-tiny-shakespeare-char" / "2026-12-05_02-38-56"
+    shutil.copytree(FIXTURE, old_run)
+    overrides = yaml.safe_load((old_run / ".hydra" / "overrides.yaml").read_text())
+    cfg = compose([*overrides, "ckpt_path=last"], outputs / "longformer-tiny-shakespeare-char" / "later")
+    recorded = RunFolder(old_run).record()["run_key"]
+    assert checkpoints.run_keys(cfg)[0] != recorded and recorded in checkpoints.run_keys(cfg)
+    assert checkpoints.runs_for(checkpoints.run_keys(cfg), outputs) == [old_run]
+    resume = checkpoints.resolve(cfg)  # what train() resumes: the fixture's own checkpoint
+    assert resume.folder == old_run and resume.state["global_step"] == 4

@@ -179,18 +179,23 @@ class CheckpointIO(TorchCheckpointIO):
 
 # --- which run a checkpoint belongs to ------------------------------------------------------------------
 
-def run_key(cfg: DictConfig, legacy: bool = False) -> str:
+def run_key(cfg: DictConfig, legacy: bool | str = False) -> str:
     """A hash of everything that defines what the run trains: its config resolved with every path replaced by
     its name (a run's folder differs each time it starts; callbacks and the trainer point into it), without
-    the resume options, loggers and execution settings (``EXECUTION``). ``legacy``: the key as runs before
-    2026-12-04 computed it (execution settings included), so that their checkpoints still resume."""
+    the resume options, loggers and execution settings (``EXECUTION``). ``legacy``: the key as an earlier
+    version computed it, so that its runs' checkpoints still resume: "2026-12-05" (data also repeated the
+    dataset and tokenizer settings), "2026-12-04" or True (execution settings included too)."""
     raw = OmegaConf.to_container(cfg, resolve=False)
     raw.pop("hydra", None)
     raw["paths"] = {k: f"<paths.{k}>" for k in raw.get("paths", {})}
     placeholder = OmegaConf.create(raw)
     resolved = {k: OmegaConf.to_container(placeholder[k], resolve=True) if OmegaConf.is_config(placeholder[k])
                 else placeholder[k] for k in placeholder if k not in NOT_IN_RUN_KEY}
-    if not legacy:
+    era = "2026-12-04" if legacy is True else legacy or None
+    if era in ("2026-12-05", "2026-12-04") and isinstance(resolved.get("data"), dict):
+        # until 2026-12-05 the data section repeated ${dataset} and ${tokenizer} (read from nowhere)
+        resolved["data"] = {**resolved["data"], "dataset": resolved.get("dataset"), "tokenizer": resolved.get("tokenizer")}
+    if era != "2026-12-04":
         resolved = without_execution(resolved)
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -204,9 +209,10 @@ def without_execution(config: dict) -> dict:
     return out
 
 
-def run_keys(cfg: DictConfig) -> tuple[str, str]:
-    """This run's key and the key the same command gave before 2026-12-04 (either identifies its checkpoints)."""
-    return run_key(cfg), run_key(cfg, legacy=True)
+def run_keys(cfg: DictConfig) -> tuple[str, ...]:
+    """This run's key, then the keys the same command gave in earlier versions (any of them identifies its
+    checkpoints)."""
+    return (run_key(cfg), run_key(cfg, legacy="2026-12-05"), run_key(cfg, legacy="2026-12-04"))
 
 
 def write_run_file(output_dir: str | Path, key: str, **facts) -> None:
@@ -282,10 +288,11 @@ def resolve(cfg: DictConfig) -> Resume | None:
     ckpt = cfg.get("ckpt_path")
     if not ckpt:
         return None
-    key, legacy_key = run_keys(cfg)
+    keys = run_keys(cfg)
+    key = keys[0]
     folder: Path | None = None
     if ckpt == "last":
-        folders = runs_for((key, legacy_key), cfg.paths.outputs_root)
+        folders = runs_for(keys, cfg.paths.outputs_root)
         if not folders:
             raise CheckpointError(f"ckpt_path=last: no checkpoint of this run (run key {key}) under "
                                   f"{cfg.paths.outputs_root}/; the same command and overrides as the run to "
@@ -321,7 +328,7 @@ def resolve(cfg: DictConfig) -> Resume | None:
         try:
             state = safe_load(path)
             saved_key = state.get("attnlab", {}).get("run_key")
-            if ckpt == "last" and saved_key not in (None, key, legacy_key):
+            if ckpt == "last" and saved_key not in (None, *keys):
                 raise CheckpointError(f"checkpoint {path} belongs to another run (run key {saved_key}, this run's "
                                       f"is {key})")
             break
