@@ -91,6 +91,10 @@ class RunSpec:
     run_key: str  # what ckpt_path=last matches (checkpoints.run_key)
     output_dir: Path
     names: dict = field(default_factory=dict)  # run_name, model, tokenizer: what reports and W&B call it
+    optimizer: dict = field(default_factory=dict)  # the optimizer's config (a _target_ partial of this project's)
+    scheduler: dict = field(default_factory=dict)  # warmup_steps, min_lr_ratio, total_steps
+    ckpt_path: str | None = None  # resume: last, a run folder or a .ckpt (checkpoints.resolve)
+    checkpoint_model: dict = field(default_factory=dict)  # the model settings as checkpoints record them (name too)
     compile: bool = False
     validate_first: bool = False  # score the starting weights before training (start/val_ppl)
     test_after_fit: bool = True
@@ -153,7 +157,9 @@ class RunSpec:
                    device=device, backend=attention.resolved_backend(device), run_key=checkpoints.run_key(cfg),
                    output_dir=Path(str(cfg.paths.output_dir)), names=names, compile=bool(cfg.get("compile")),
                    validate_first=bool(cfg.get("validate_first")), test_after_fit=bool(cfg.get("test_after_fit")),
-                   threads=cfg.get("threads"))
+                   threads=cfg.get("threads"), optimizer=plain(cfg.optimizer), scheduler=plain(cfg.scheduler),
+                   ckpt_path=None if cfg.get("ckpt_path") is None else str(cfg.ckpt_path),
+                   checkpoint_model=plain(cfg.model))
 
     def moved_to(self, folder: Path) -> "RunSpec":
         """The same run writing into ``folder`` (a resumed run goes on in its own run folder)."""

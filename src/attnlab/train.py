@@ -252,23 +252,19 @@ def continue_resumed_run(cfg: DictConfig, spec: RunSpec, resume: checkpoints.Res
     return spec
 
 
-def build_model(spec: RunSpec, cfg: DictConfig, datamodule) -> LitGPT:
+def build_model(spec: RunSpec, datamodule) -> LitGPT:
     """The LitGPT of the spec, its vocabulary from the data, its starting weights from init_from."""
     attention = spec.attention_type()
-    model = LitGPT(spec.gpt_config(datamodule.vocab_size), attention, optimizer=hydra.utils.instantiate(cfg.optimizer),
-                   scheduler=OmegaConf.to_container(cfg.scheduler, resolve=True), compile=spec.compile,
-                   run_info={"run_key": spec.run_key, "settings": {"model": cfg_model(cfg), "attention": spec.attention},
+    model = LitGPT(spec.gpt_config(datamodule.vocab_size), attention, optimizer=hydra.utils.instantiate(spec.optimizer),
+                   scheduler=spec.scheduler, compile=spec.compile,
+                   run_info={"run_key": spec.run_key, "settings": {"model": spec.checkpoint_model,
+                                                                   "attention": spec.attention},
                              "tokenizer": datamodule.tokenizer.fingerprint, "corpus": datamodule.corpus_id})
-    load_initial_weights(model, spec.init, {"model": cfg_model(cfg)})
+    load_initial_weights(model, spec.init, {"model": spec.checkpoint_model})
     model.answers_only = datamodule.loss_on == "answers"
     log.info("model: %.2fM parameters, %s attention, backend %s on %s (%s)", model.model.num_params() / 1e6,
              attention.name, spec.backend, spec.device, attention.describe())
     return model
-
-
-def cfg_model(cfg: DictConfig) -> dict:
-    """The model settings as checkpoints record them (name included: a checkpoint of an older run compares them)."""
-    return OmegaConf.to_container(cfg.model, resolve=True)
 
 
 def build_callbacks(cfg: DictConfig) -> list:
@@ -340,11 +336,11 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
     datamodule.prepare_data()
     log.info("data: %s", {k: v for k, v in datamodule.info.items() if k != "plays"})
     if resume:  # every check before anything is written into the run folder being resumed
-        check_resume_fits(resume, datamodule, str(cfg.ckpt_path))
+        check_resume_fits(resume, datamodule, spec.ckpt_path)
         spec = progress["spec"] = continue_resumed_run(cfg, spec, resume, progress)
     if rank_zero_only.rank == 0:  # the run folder holds its own tokenizer: sample/evaluate need no corpus
         datamodule.tokenizer.save(spec.output_dir)
-    model = build_model(spec, cfg, datamodule)
+    model = build_model(spec, datamodule)
     record_run(spec, model, datamodule.tokenizer)
     callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg, resume and resume.state.get("attnlab", {}).get("wandb_run_id"),
