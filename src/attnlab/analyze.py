@@ -21,7 +21,7 @@ import hydra
 import torch
 from omegaconf import DictConfig
 
-from attnlab import analysis, runs, schema
+from attnlab import analysis, run_folder, runs, schema
 from attnlab.attention.pictures import _pyplot  # matplotlib without a display
 from attnlab.schema import ConfigError
 from attnlab.cli import run_task
@@ -115,7 +115,7 @@ def analyze(cfg: DictConfig) -> dict:
     model = loaded.model.model.eval()
     attention, context = model.attention, model.cfg.context
     own_run = loaded.settings.get("dataset") is not None
-    out = loaded.folder / "analysis" if own_run else Path(cfg.paths.output_dir)
+    out = loaded.folder / run_folder.ANALYSIS.parent if own_run else Path(cfg.paths.output_dir)
     other = cfg.get("dataset")
     dm = None
     if own_run or other:
@@ -163,7 +163,7 @@ def analyze(cfg: DictConfig) -> dict:
             pictures.append(draw_extrapolation(result["extrapolation"], context, f"{attention.name}: perplexity "
                                                f"against evaluation length ({cfg.split} split)",
                                                out / "extrapolation.png"))
-    (out / "analysis.json").write_text(json.dumps(result, indent=1))
+    (out / run_folder.ANALYSIS.name).write_text(json.dumps(result, indent=1))
     for row in result["layers"]:
         log.info("layer %d: entropy %s, mean distance %s%s", row["layer"],
                  " ".join(f"{e:.2f}" for e in row["entropy"]), " ".join(f"{d:.1f}" for d in row["distance"]),

@@ -14,7 +14,7 @@ import numpy as np
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 import torch
 
-from attnlab import lightning_internals, memory
+from attnlab import lightning_internals, memory, run_folder
 from attnlab.attention import get_backend
 from attnlab.errors import ConfigError, TrainingDiverged
 from attnlab.memory import peak_rss_bytes, rss_bytes
@@ -458,7 +458,7 @@ class SampleTexts(L.Callback):
 
     def __init__(self, dirpath: str, num_prompts: int = 3, prompt_tokens: int = 24, new_tokens: int = 48,
                  temperature: float = 0.8, top_k: int | None = 50, seed: int = 0):
-        self.path = Path(dirpath) / "samples.jsonl"
+        self.path = Path(dirpath) / run_folder.SAMPLES
         self.num_prompts, self.prompt_tokens, self.new_tokens = num_prompts, prompt_tokens, new_tokens
         self.temperature, self.top_k, self.seed = temperature, top_k, seed
         self.rows: list[list] = []  # every validation's samples: W&B shows the whole table, newest last
@@ -589,7 +589,7 @@ class TaskAccuracy(L.Callback):
     def on_fit_end(self, trainer, pl_module) -> None:
         if self.last is not None and trainer.is_global_zero:
             self.dirpath.mkdir(parents=True, exist_ok=True)
-            path = self.dirpath / "task_accuracy.json"
+            path = self.dirpath / run_folder.TASK_ACCURACY
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps({**self.last, "step": trainer.global_step,
                                        "attention": pl_module.model.attention.name}, indent=1))

@@ -15,7 +15,9 @@ from lightning.fabric.loggers.logger import rank_zero_experiment
 from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter as _PytorchWriter
 
-METRICS = Path("csv") / "metrics.csv"
+from attnlab import run_folder
+
+METRICS = run_folder.METRICS
 
 
 class _AppendingWriter(_PytorchWriter):

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
-from attnlab import checkpoints, plain_yaml
+from attnlab import checkpoints, plain_yaml, run_folder
 from attnlab.run_folder import RunFolder
 from attnlab.compare import Group, difference, group_runs
 from attnlab.schema import ConfigError
@@ -89,7 +89,7 @@ def find_runs(paths: list[str]) -> list[Path]:
 def _continued(folder: Path) -> bool:
     """A folder made by a command that resumed a run elsewhere (its status.json says where): not a run itself."""
     try:
-        return bool(plain_yaml.load_json(folder / "status.json").get("continued_in"))
+        return bool(plain_yaml.load_json(folder / run_folder.STATUS).get("continued_in"))
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -98,7 +98,7 @@ def _refused(folder: Path) -> bool:
     """A command refused before it trained anything (a bad setting, ``ckpt_path=last`` with no checkpoint): its
     folder holds no result. (A sweep's summary still counts it.)"""
     try:
-        return plain_yaml.load_json(folder / "status.json").get("status") == "refused"
+        return plain_yaml.load_json(folder / run_folder.STATUS).get("status") == "refused"
     except (OSError, ValueError, AttributeError):
         return False
 
@@ -164,7 +164,7 @@ def read_run(folder: Path) -> Run:
     run.group_key = experiment_key(raw)
     without_seed = [str(o) for o in (ov or []) if not SEED_OVERRIDE.match(str(o))] if job is not None else []
     run.group_label = " ".join(without_seed) or run.attention
-    status = folder / "status.json"
+    status = folder / run_folder.STATUS
     s = _read("status.json", folder, problems, lambda: plain_yaml.load_json(status)) if status.exists() else None
     if isinstance(s, dict) and isinstance(s.get("status"), str):
         run.status = s["status"] + (f": {s['reason']}" if s.get("reason") else "")
@@ -177,7 +177,7 @@ def read_run(folder: Path) -> Run:
         run.backend = info["backend"]
     if isinstance(info.get("params"), (int, float)):
         run.params_M = info["params"] / 1e6
-    log = folder / "train.log"
+    log = folder / run_folder.LOG
     if log.exists() and "backend" not in info:  # runs from before run.json said it
         m = re.search(r"model: ([\d.]+)M parameters, \w+ attention, backend (\w+)", log.read_text(errors="replace"))
         if m:
@@ -185,7 +185,7 @@ def read_run(folder: Path) -> Run:
     data, dataset = group("data"), group("dataset")
     answers_only = data.get("loss_on") == "answers" or (data.get("loss_on") in ("auto", None)
                                                           and dataset.get("source") == "synthetic")
-    metrics = folder / "csv" / "metrics.csv"
+    metrics = folder / run_folder.METRICS
     rows = _read("metrics.csv", folder, problems, lambda: _metric_rows(metrics)) if metrics.exists() else None
     if rows is not None and not metrics.is_file():
         rows = None
@@ -214,16 +214,16 @@ def read_run(folder: Path) -> Run:
         run.peak_memory_MiB = (max(peaks) - (base[0][1] if base else 0)) / 2 ** 20 if peaks else None
         steps = [s for s, _ in _floats(rows, "train/loss")]
         run.steps = run.steps if run.steps is not None else (max(steps) + 1 if steps else None)
-    samples = folder / "samples.jsonl"
+    samples = folder / run_folder.SAMPLES
     lines = _read("samples.jsonl", folder, problems, lambda: _sample_lines(samples)) if samples.exists() else None
     if lines:
         last = [x for x in lines if x["step"] == lines[-1]["step"]]
         run.sample = last[0] if last else None
-    found = folder / "analysis" / "analysis.json"  # written by analyze.py
+    found = folder / run_folder.ANALYSIS  # written by analyze.py
     analysed = _read("analysis.json", folder, problems, lambda: _analysis(found)) if found.exists() else None
     if analysed is not None:
         run.attn_distance, run.loss_by_position = analysed
-    found = folder / "task_accuracy.json"  # written by callbacks.TaskAccuracy (dataset=copy|mqar)
+    found = folder / run_folder.TASK_ACCURACY  # written by callbacks.TaskAccuracy (dataset=copy|mqar)
     scored = _read("task_accuracy.json", folder, problems, lambda: _task_scores(found)) if found.exists() else None
     if scored:
         run.task_acc, run.task_curve, run.task_chance, run.task_trivial = scored

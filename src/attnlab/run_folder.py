@@ -10,7 +10,8 @@ A run folder (``outputs/<run name>/<date>`` or a sweep's ``<n>-<overrides>``) ho
     tokenizer.json         its tokenizer: sampling and evaluating need no corpus
     checkpoints/*.ckpt     its checkpoints (always here: nothing records where the folder is)
     csv/metrics.csv        the logged metrics
-    <command>.log          the command's log (train.log)
+    train.log              the command's log
+    samples.jsonl, task_accuracy.json, analysis/analysis.json   what callbacks and analyze.py add
 
 Nothing in it is an absolute path, so a folder moved or copied elsewhere still resumes, samples and evaluates.
 Everything read from it is plain values (``plain_yaml``); nothing it says is passed to ``instantiate``.
@@ -35,6 +36,10 @@ STATUS = "status.json"
 TOKENIZER = "tokenizer.json"
 CHECKPOINTS = "checkpoints"
 METRICS = Path("csv") / "metrics.csv"
+LOG = "train.log"  # the training command's log (Hydra names it after the job)
+SAMPLES = "samples.jsonl"  # callbacks.SampleTexts: continuations of fixed prompts after each validation
+TASK_ACCURACY = "task_accuracy.json"  # callbacks.TaskAccuracy: a synthetic task's last scores
+ANALYSIS = Path("analysis") / "analysis.json"  # analyze.py's results (its maps beside it)
 SECTIONS = ("model", "attention", "dataset", "tokenizer", "data")  # all a run folder's settings give
 CODE_KEYS = ("_target_", "_args_", "_partial_", "_recursive_", "_convert_")  # what instantiate would obey
 LEGACY_DATA_TARGET = "attnlab.data.datamodule.TextDataModule"  # written into data: by runs of before 2026-11-28

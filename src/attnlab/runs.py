@@ -120,7 +120,7 @@ class Run:
 def run_tokenizer(folder: Path, settings: dict, cache_dir: str):
     """The run's tokenizer: ``tokenizer.json`` in its folder; runs from before it was saved there get it from
     their corpus once (and it is saved into the folder, so the corpus is not needed again)."""
-    if (folder / "tokenizer.json").is_file():
+    if (folder / run_folder.TOKENIZER).is_file():
         try:
             return load_tokenizer(folder)
         except Exception as e:

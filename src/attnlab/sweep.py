@@ -23,8 +23,10 @@ from pathlib import Path
 from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
+from attnlab import run_folder
+
 log = logging.getLogger(__name__)
-STATUS_FILE = "status.json"
+STATUS_FILE = run_folder.STATUS
 DIRNAME_LIMIT = 120  # a job folder's name is built from its overrides; file systems stop at 255 bytes
 
 
