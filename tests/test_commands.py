@@ -304,3 +304,18 @@ def test_a_setting_the_model_refuses_is_bad_input_with_one_line(caplog, tmp_path
     from conftest import compose
     cfg = compose(["mode=debug", "model.d_model=30", "model.n_head=4"], tmp_path / "run")
     expect_one_line(caplog, train, cfg, "model.d_model=30 is not divisible by model.n_head=4")
+
+
+def test_evaluate_with_a_stride_scores_each_target_once_and_equals_the_plain_number_at_the_context(trained_run,
+                                                                                                 tmp_path):
+    from attnlab.run_folder import RunFolder
+    context = RunFolder(trained_run).settings()["model"]["context"]
+    run = lambda name, *more: evaluate(command_cfg("evaluate", [f"run={trained_run}", "split=val", *more],  # noqa: E731
+                                                   tmp_path / name))
+    plain, same, strided = run("plain"), run("same", f"stride={context}"), run("strided", f"stride={context // 4}")
+    assert same["loss"] == plain["loss"] and same["targets"] == plain["targets"]
+    assert strided["targets"] == plain["targets"] and strided["loss"] != plain["loss"]  # more context per target
+    cfg = command_cfg("evaluate", [f"run={trained_run}", f"stride={context + 1}"], tmp_path / "bad")
+    from attnlab.errors import ConfigError
+    with pytest.raises(ConfigError, match=rf"stride={context + 1} must be in \[1, {context}\]"):
+        evaluate(cfg)

@@ -515,3 +515,30 @@ def test_a_misspelt_dataset_setting_stops_a_run_before_any_data(make_cfg):
     cfg = make_cfg(["mode=debug", "+dataset.val_plays_=4"])
     with pytest.raises(ConfigError, match=r"dataset.val_plays_ is not a setting of the shakespeare source"):
         RunSpec.from_hydra(cfg)
+
+
+@pytest.mark.parametrize("n_tokens,context", [(101, 16), (33, 16), (17, 16), (10, 16)])
+def test_strided_evaluation_windows_score_every_target_once_with_the_most_context(n_tokens, context):
+    """EvalWindows(stride=S): windows S apart, each target counted once; S = the context is today's windows
+    exactly; after the first window every counted target has at least context - S tokens before it."""
+    import torch
+    from attnlab.data.datamodule import IGNORE, EvalWindows
+    from attnlab.errors import ConfigError
+    tokens = np.arange(n_tokens, dtype=np.int64)
+    side_by_side = EvalWindows(tokens, context)
+    same = EvalWindows(tokens, context, stride=context)
+    assert len(same) == len(side_by_side) and all(torch.equal(a, b) for i in range(len(same))
+                                                  for a, b in zip(same[i], side_by_side[i]))
+    c = min(context, n_tokens - 1)
+    for stride in (1, 3, c // 2 or 1, c):
+        windows = EvalWindows(tokens, context, stride=stride)
+        scored = []
+        for i in range(len(windows)):
+            x, y = windows[i]
+            assert len(x) == c
+            for p in (y != IGNORE).nonzero().flatten().tolist():
+                scored.append(int(y[p]))
+                assert i == 0 or p >= c - stride  # the target at window position p sees p + 1 tokens
+        assert sorted(scored) == list(range(1, n_tokens)), stride  # every target, once
+    with pytest.raises(ConfigError, match=r"stride=17 must be in \[1, 16\]"):
+        EvalWindows(np.arange(40), 16, stride=17)

@@ -29,9 +29,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     other = cfg.get("dataset")
     loaded = runs.load_run(cfg.run, cfg.paths.cache_dir, cfg.paths.outputs_root)
     datamodule = loaded.datamodule(cfg.paths.cache_dir, cfg.batch_size,
-                                   OmegaConf.to_container(other, resolve=True) if other else None)
+                                   OmegaConf.to_container(other, resolve=True) if other else None, cfg.stride)
     folder, ckpt, model = loaded.folder, loaded.checkpoint, loaded.model
-    log.info("evaluating %s on the %s split", ckpt, cfg.split)
+    log.info("evaluating %s on the %s split%s", ckpt, cfg.split,
+             f", windows {cfg.stride} tokens apart (each target scored once)" if cfg.stride else "")
 
     limit = cfg.limit_batches
     trainer: L.Trainer = build_trainer(cfg.trainer, **{f"limit_{cfg.split}_batches": limit} if limit is not None else {})
@@ -46,7 +47,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     if not all(math.isfinite(float(v)) for v in metrics.values()):
         raise ConfigError(f"run={cfg.run}: the {cfg.split} loss of {ckpt.name} is not finite ({dict(metrics)}); "
                           f"the checkpoint's weights are broken")
-    result = {"run": str(folder), "checkpoint": str(ckpt), "split": cfg.split,
+    result = {"run": str(folder), "checkpoint": str(ckpt), "split": cfg.split, "stride": cfg.stride,
               "dataset": (other or loaded.settings["dataset"]).get("name"),
               "tokens": datamodule.info.get("cache_entry"),  # the token cache read: text, split and tokenizer
               "loss": float(metrics[f"{cfg.split}/loss"]), "ppl": float(metrics[f"{cfg.split}/ppl"]),

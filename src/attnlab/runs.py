@@ -94,7 +94,8 @@ class Run:
     wandb_id: str | None = None  # the run's W&B run id, when it was logged to W&B
     step: int = 0  # the checkpoint's training step (analyze.py logs to W&B there: the run's step stays monotonic)
 
-    def datamodule(self, cache_dir: str, eval_batch_size: int | None = None, dataset: dict | None = None):
+    def datamodule(self, cache_dir: str, eval_batch_size: int | None = None, dataset: dict | None = None,
+                   eval_stride: int | None = None):
         """The run's own splits, or ``dataset`` (a dataset config), encoded with the run's tokenizer (not one
         trained on the text), so the model reads what it was trained to; prepared."""
         from attnlab.data.datamodule import TextDataModule
@@ -106,7 +107,7 @@ class Run:
                             context=self.model.cfg.context, batch_size=s["batch_size"],
                             eval_batch_size=eval_batch_size or s["eval_batch_size"], num_workers=0,
                             seed=s["seed"], cache_dir=cache_dir, tokenizer_from=str(self.tokenizer_dir or self.folder),
-                            loss_on=s.get("loss_on") or "auto")
+                            loss_on=s.get("loss_on") or "auto", eval_stride=eval_stride)
         dm.prepare_data()
         unk = getattr(dm.tokenizer, "unk_id", None)
         for split, tokens in dm.tokens.items():

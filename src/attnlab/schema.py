@@ -213,6 +213,7 @@ COMMAND_RULES: dict[str, dict] = {
         "split": Choice(SPLITS),
         "batch_size": Number(int, low=1, nullable=True, meaning="null: the run's evaluation batch size"),
         "limit_batches": Number(float, count_or_fraction=True, nullable=True, meaning="null: the whole split"),
+        "stride": Number(int, low=1, nullable=True, meaning="null: the context (windows side by side)"),
         "threads": RULES["threads"],
     },
     "analyze": {

@@ -17,6 +17,7 @@ from attnlab.data import cache
 from attnlab.data import sources
 from attnlab.data.corpus import SPLITS, DataError, pieces, segments
 from attnlab.data.tokenizers import build_tokenizer, load_tokenizer
+from attnlab.errors import ConfigError
 
 log = logging.getLogger(__name__)
 IGNORE = -100  # target id ignored by the loss (already-counted positions of the last eval window)
@@ -152,25 +153,34 @@ class TrainWindows(Dataset):
 
 
 class EvalWindows(Dataset):
-    """Windows covering every target of the split exactly once: the last window is aligned to the end and
-    its targets already covered by the previous window are set to IGNORE."""
+    """Windows of the context covering every target of the split exactly once. They start ``stride`` tokens
+    apart (the last one aligned to the end), and each counts only the targets no earlier window counted: with
+    ``stride`` = the context (the default) they lie side by side; a smaller stride is the sliding-window
+    evaluation papers report, every target after the first window scored with at least ``context - stride``
+    tokens before it, at ``context / stride`` times the compute."""
 
-    def __init__(self, tokens: np.ndarray, context: int, counted: np.ndarray | None = None):
+    def __init__(self, tokens: np.ndarray, context: int, counted: np.ndarray | None = None, stride: int | None = None):
         if len(tokens) < 2:
             raise DataError(f"an evaluation split has {len(tokens)} tokens; it needs at least 2")
         self.tokens, self.context, self.counted = tokens, min(context, len(tokens) - 1), counted
+        if stride is not None and not 1 <= stride <= context:
+            raise ConfigError(f"stride={stride} must be in [1, {context}] (the model's context): a longer step "
+                              f"would leave targets unscored")
+        self.stride = min(stride or self.context, self.context)
         n_targets = len(tokens) - 1
-        self.n = -(-n_targets // self.context)
+        self.n = 1 + -(-(n_targets - self.context) // self.stride)
 
     def __len__(self) -> int:
         return self.n
 
+    def _start(self, i: int) -> int:
+        return min(i * self.stride, len(self.tokens) - 1 - self.context)
+
     def __getitem__(self, i: int):
-        c, n_targets = self.context, len(self.tokens) - 1
-        start = min(i * c, n_targets - c)
+        c, start = self.context, self._start(i)
         chunk = torch.from_numpy(np.asarray(self.tokens[start:start + c + 1], dtype=np.int64))
         x, y = chunk[:-1], counted_targets(chunk[1:].clone(), self.counted, start + 1)
-        already = i * c - start  # targets the previous window covered
+        already = self._start(i - 1) + c - start if i else 0  # targets the previous window counted
         if already > 0:
             y[:already] = IGNORE
         return x, y
@@ -245,7 +255,7 @@ class TextDataModule(L.LightningDataModule):
     def __init__(self, dataset: dict, tokenizer: dict, context: int, batch_size: int, cache_dir: str,
                  eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
                  overfit_batches: int = 0, tokenizer_from: str | None = None, verify: bool = False,
-                 loss_on: str | None = "auto"):
+                 loss_on: str | None = "auto", eval_stride: int | None = None):
         """``tokenizer_from``: a folder with a ``tokenizer.json`` (a token cache entry, as in a run's log) whose
         tokenizer encodes this dataset instead of one trained on it: evaluating a run on other text.
         ``loss_on``: which targets every loss counts: ``all``, ``answers`` (a task's answer positions only: the
@@ -264,6 +274,7 @@ class TextDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.cache_dir, self.num_workers, self.seed = Path(os.path.expanduser(cache_dir)), num_workers, seed
         self.overfit_batches = overfit_batches
+        self.eval_stride = eval_stride  # evaluation windows this many tokens apart (EvalWindows); None: side by side
         self.tokens: dict[str, np.ndarray] | None = None
         self.tokenizer = None
         self.split_bytes: dict[str, int] = {}
@@ -418,7 +429,7 @@ class TextDataModule(L.LightningDataModule):
         return int(self.trainer.global_rank), int(self.trainer.world_size)
 
     def _eval_loader(self, split: str) -> DataLoader:
-        windows = EvalWindows(self.tokens[split], self.context, self.counted.get(split))
+        windows = EvalWindows(self.tokens[split], self.context, self.counted.get(split), self.eval_stride)
         rank, world = self._rank_and_world()
         if world > 1:
             windows = RankShard(windows, rank, world)
