@@ -54,7 +54,6 @@ def unit_tests_do_not_train(request):
     if request.node.get_closest_marker("integration"):
         yield
         return
-    import torch
     steps = [0]
 
     def count(optimizer, args, kwargs):

@@ -6,7 +6,7 @@ import torch
 
 from attnlab.attention import build_attention
 from attnlab.attention.backends.banded import banded_attention, band_plan
-from attnlab.attention.patterns import Cover, Pattern, Positions, causal, global_tokens, sliding_window
+from attnlab.attention.patterns import Cover, Pattern, causal, global_tokens, sliding_window
 
 from test_attention import saved_bytes
 

@@ -77,6 +77,12 @@ BAD_CONFIGS = [
     pytest.param(["trainer=gpu"], "trainer.accelerator=gpu needs a CUDA GPU and none is visible here",
                  marks=pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")),
     (["dataset=text_files", "dataset.path=/nonexistent/x.txt"], "matches no .txt file"),
+    (["attention=longformer", "attention.windows=[a,b]"], "attention.windows=['a', 'b'] must be a list of whole numbers"),
+    (["attention=longformer", "attention.global_tokens=[0,1.5]"], "attention.global_tokens=[0, 1.5] must be a list"),
+    (["data.context=128"], "data.context=128 is longer than model.context=64"),
+    (["+optimizer.foo=1"], "optimizer: "),
+    (["optimizer._target_=torch.optim.Nope"], "optimizer: "),
+    (["init_from=/tmp"], "init_from=/tmp: not a run folder"),
 ]
 
 
@@ -208,3 +214,14 @@ def test_the_default_model_yaml_states_gptconfigs_defaults_and_every_size_lists_
     assert {k: conf[k] for k in shared} == shared, f"conf/model/{size}.yaml (the default model) differs from GPTConfig"
     for path in (ROOT / "conf" / "model").glob("*.yaml"):
         assert set(_yaml(path)) - {"name"} == set(defaults), path.name
+
+
+def test_a_reference_to_a_missing_setting_is_one_line(make_cfg):
+    from omegaconf import open_dict
+    from attnlab.errors import ConfigError
+    from attnlab.spec import RunSpec
+    cfg = make_cfg(["mode=debug"])
+    with open_dict(cfg):
+        cfg.data.batch_size = "${model.nope}"
+    with pytest.raises(ConfigError, match=r"the config cannot be resolved: Interpolation key 'model.nope' not found"):
+        RunSpec.from_hydra(cfg)

@@ -2,7 +2,6 @@
 each must still exist in the installed Lightning, so an upgrade that moves one fails here, by name, instead of
 deep inside a resumed run or a multi-process launch."""
 import lightning
-import pytest
 
 from attnlab import lightning_internals
 

@@ -143,7 +143,7 @@ def test_evaluate_and_sample_take_a_hugging_face_folder(hf_folder, tmp_path):
 
 
 def test_export_then_hugging_face_reads_the_same_model_and_import_is_lossless(hf_folder, make_cfg, tmp_path):
-    from attnlab.export import export, to_hugging_face, unsupported
+    from attnlab.export import export, unsupported
     from attnlab.train import train
     from test_commands import command_cfg
     cfg = make_cfg([*FAST_TRAIN, f"init_from={hf_folder}", "trainer.limit_train_batches=3"])  # full attention

@@ -85,3 +85,28 @@ def test_ckpt_path_last_still_finds_a_run_of_the_earlier_format(tmp_path):
     assert checkpoints.runs_for(checkpoints.run_keys(cfg), outputs) == [old_run]
     resume = checkpoints.resolve(cfg)  # what train() resumes: the fixture's own checkpoint
     assert resume.folder == old_run and resume.state["global_step"] == 4
+
+
+def test_an_old_folders_dataset_keys_its_source_never_read_are_dropped(old_run, tmp_path, caplog):
+    """experiment=nanogpt_cpu set val_fraction/test_fraction on the plays until 2026-12-05 (ignored there); such a
+    folder still evaluates, saying what it ignores."""
+    import logging
+    from attnlab import runs
+    config = old_run / ".hydra" / "config.yaml"
+    cfg = yaml.safe_load(config.read_text())
+    cfg["dataset"].update(val_fraction=0.1, test_fraction=0.001)
+    config.write_text(yaml.safe_dump(cfg))
+    with caplog.at_level(logging.WARNING):
+        loaded = runs.load_run(str(old_run), str(tmp_path / "cache"))
+        dm = loaded.datamodule(str(tmp_path / "cache"))
+    assert dm.tokens["val"].size > 0 and "['test_fraction', 'val_fraction'] were never read" in caplog.text
+
+
+def test_seeds_group_across_the_format_change():
+    """report.py groups runs that differ only in their seed; a run folder of before 2026-12-05 repeated the dataset
+    and tokenizer in data, which must not make it another experiment."""
+    from attnlab.report import experiment_key
+    new = yaml.safe_load((FIXTURE / ".hydra" / "config.yaml").read_text())
+    old = {**new, "data": {**new["data"], "dataset": "${dataset}", "tokenizer": "${tokenizer}"}}
+    new = {**new, "data": {k: v for k, v in new["data"].items() if k not in ("dataset", "tokenizer")}, "seed": 1}
+    assert experiment_key(old) == experiment_key(new)

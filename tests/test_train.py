@@ -225,7 +225,6 @@ class _Closed:
 
 def test_a_run_says_its_threads_and_warns_when_the_machine_is_busy(make_cfg, monkeypatch, caplog):
     import logging
-    import os
     from attnlab.train import set_threads
     before = torch.get_num_threads()
     try:

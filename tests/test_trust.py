@@ -19,7 +19,7 @@ import pytest
 import torch
 import yaml
 
-from attnlab import checkpoints, runs, sweep
+from attnlab import checkpoints, runs
 from attnlab.schema import ConfigError
 from attnlab.train import train
 from conftest import FAST_TRAIN, ROOT, compose, default_sigint

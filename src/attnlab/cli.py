@@ -65,7 +65,7 @@ def say_what_failed(e: BaseException) -> None:
         log.error("out of memory (%s): lower data.batch_size, model.context or the model size, or use "
                   "trainer.precision=bf16-mixed on a GPU", sweep.one_line(e))
     elif not isinstance(e, TrainingDiverged):
-        log.error("%s: %s; %s", type(e).__name__, sweep.one_line(e), BUG_REPORT)
+        log.error("%s; %s", sweep.one_line(e), BUG_REPORT)
 
 
 def checked_threads(value) -> int | None:

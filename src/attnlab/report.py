@@ -241,8 +241,10 @@ def experiment_key(raw: dict) -> str:
     """The config without its seed, paths and execution settings: runs that share it differ only in their seed."""
     kept = checkpoints.without_execution({k: v for k, v in raw.items() if k not in NOT_THE_EXPERIMENT})
     data = kept.get("data")
-    if isinstance(data, dict) and data.get("seed") in ("${seed}", raw.get("seed")):
-        kept["data"] = {k: v for k, v in data.items() if k != "seed"}  # data.seed follows seed
+    if isinstance(data, dict):  # data.seed follows seed; runs before 2026-12-05 also repeated ${dataset}, ${tokenizer}
+        follows = data.get("seed") in ("${seed}", raw.get("seed"))
+        kept["data"] = {k: v for k, v in data.items() if not (k == "seed" and follows)
+                        and not (k in ("dataset", "tokenizer") and v in ("${dataset}", "${tokenizer}"))}
     return json.dumps(kept, sort_keys=True, default=str)
 
 

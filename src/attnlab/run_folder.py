@@ -154,6 +154,7 @@ class RunFolder:
     def _config_settings(self, cfg: dict) -> dict:
         """Runs before 2026-12-05: the settings from ``.hydra/config.yaml`` (plain references followed)."""
         out = {section: self._plain(cfg, section) for section in ("model", "attention", "dataset", "tokenizer")}
+        out["dataset"] = self._known_dataset_keys(out["dataset"])
         out["data"] = {}
         for key in ("seed", "data.batch_size", "data.eval_batch_size", "data.loss_on"):
             try:
@@ -166,6 +167,27 @@ class RunFolder:
             else:
                 out["data"][key.split(".", 1)[1]] = value
         return out
+
+    def _known_dataset_keys(self, dataset):
+        """An older config's dataset settings without the keys its source never read (e.g. experiment=nanogpt_cpu
+        set val_fraction on the plays until 2026-12-05): they changed nothing then and are dropped, said once."""
+        from attnlab.data import sources
+        from attnlab.errors import UserError
+        if not isinstance(dataset, dict):
+            return dataset
+        try:
+            cls = sources._module(dataset.get("source")).Settings
+        except UserError:
+            return dataset  # an unknown source: refused in one line where the data is read
+        if hasattr(cls, "from_dataset"):
+            return dataset  # the source reads its settings itself (synthetic: its own LEGACY keys)
+        known = set(sources.setting_names(dataset["source"])) | set(sources.COMMON)
+        unread = sorted(set(dataset) - known)
+        if unread:
+            import logging
+            logging.getLogger(__name__).warning("run folder %s: its dataset settings %s were never read by the %s "
+                                                "source; ignored", self.path, unread, dataset.get("source"))
+        return {k: v for k, v in dataset.items() if k in known}
 
     def _plain(self, cfg: dict, key: str):
         """The value of ``key`` (dotted) with plain references followed; anything else is refused in one line."""

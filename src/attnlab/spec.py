@@ -42,7 +42,10 @@ class InitFrom:
         path = Path(source).expanduser()
         if path.is_dir():  # a run folder of this project: its best checkpoint (as sample.py's run= takes it)
             from attnlab.runs import find_run
-            _, ckpt = find_run(source, outputs_root)
+            try:
+                _, ckpt = find_run(source, outputs_root)
+            except ConfigError as e:  # its message names run=: here the setting is init_from
+                raise ConfigError(str(e).replace(f"run={source}", f"init_from={source}", 1)) from None
             return cls("checkpoint", source, ckpt)
         if path.is_file():
             return cls("checkpoint", source, path)
@@ -120,6 +123,14 @@ class RunSpec:
     def from_hydra(cls, cfg) -> "RunSpec":
         """Check the composed config, resolve init_from and the device, and build the description. Raises
         ConfigError (one line) for any bad setting, before any data is read."""
+        from omegaconf.errors import OmegaConfBaseException
+        try:
+            return cls._from_hydra(cfg)
+        except OmegaConfBaseException as e:  # e.g. a reference to a setting that does not exist
+            raise ConfigError(f"the config cannot be resolved: {str(e).strip().splitlines()[0]}") from None
+
+    @classmethod
+    def _from_hydra(cls, cfg) -> "RunSpec":
         from omegaconf import OmegaConf
         from attnlab import checkpoints, pretrained, schema, sweep
         from attnlab.model import GPTConfig
@@ -149,6 +160,10 @@ class RunSpec:
         device = run_device(str(cfg.trainer.accelerator))
         attention.check(model["context"], model["n_head"], device)
         data = plain(cfg.data)
+        if data.get("context", model["context"]) > model["context"]:
+            raise ConfigError(f"data.context={data['context']} is longer than model.context={model['context']}: "
+                              f"windows must fit the model's positions (data.context follows model.context unless set)")
+        check_optimizer(plain(cfg.optimizer))
         from attnlab.data.sources import settings_of
         settings_of(plain(cfg.dataset))  # the source's typed settings: an unknown or mistyped key before any data
         data_spec = DataSpec(dataset=plain(cfg.dataset), tokenizer=plain(cfg.tokenizer),
@@ -165,6 +180,19 @@ class RunSpec:
         """The same run writing into ``folder`` (a resumed run goes on in its own run folder)."""
         from dataclasses import replace
         return replace(self, output_dir=Path(folder))
+
+
+def check_optimizer(settings: dict) -> None:
+    """The optimizer config builds an optimizer: an unknown class or setting is one line now, not a traceback from
+    inside the first training step."""
+    import hydra
+    import torch
+    from hydra.errors import InstantiationException
+    try:
+        hydra.utils.instantiate(settings)([torch.zeros(1, requires_grad=True)])
+    except (InstantiationException, TypeError, ValueError) as e:
+        cause = e.__cause__ or e
+        raise ConfigError(f"optimizer: {str(cause).strip().splitlines()[0]}") from None
 
 
 def run_device(accelerator: str) -> str:

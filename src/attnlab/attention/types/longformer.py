@@ -32,10 +32,14 @@ class LongformerAttention(AttentionType):
     name = "longformer"
 
     def __post_init__(self):
-        if isinstance(self.global_tokens, (list, tuple)):
-            self.global_tokens = [int(p) for p in self.global_tokens]
-        if self.windows is not None:
-            self.windows = [int(w) for w in self.windows]
+        for key in ("global_tokens", "windows"):
+            items = getattr(self, key)
+            if isinstance(items, (list, tuple)):
+                bad = [p for p in items if isinstance(p, bool) or not isinstance(p, int)]
+                if bad:  # (a float or "3" would be truncated or fail deep inside the pattern)
+                    raise ConfigError(f"attention.{key}={list(items)!r} must be a list of whole numbers "
+                                      f"(the item {bad[0]!r} is not)")
+                setattr(self, key, list(items))
 
     def window_at(self, layer: int) -> int:
         return self.windows[layer % len(self.windows)] if self.windows else self.window
