@@ -9,6 +9,7 @@ import torch
 
 from attnlab.data.corpus import DataError
 from attnlab.data.tasks import KEYS, TOKEN_BASE, examples, get_task
+from attnlab.errors import ConfigError
 from attnlab.model import GPT, GPTConfig
 
 COPY = get_task("copy")
@@ -241,13 +242,14 @@ def test_a_window_cannot_see_beyond_its_reach(global_tokens):
         assert sum(stoi[letter] == guess for letter in KEYS) / len(KEYS) <= COPY.chance
 
 
-def test_a_task_run_scores_recall_by_distance_and_the_report_plots_it(make_cfg, tmp_path):
+@pytest.mark.parametrize("task,answers", [("copy", 1), ("passkey", 5)])
+def test_a_task_run_scores_recall_by_distance_and_the_report_plots_it(make_cfg, tmp_path, task, answers):
     import json
     from pathlib import Path
 
     from attnlab.report import report
     from attnlab.train import train
-    cfg = make_cfg(["experiment=long_range_cpu", "model.context=32", "trainer.max_steps=6",
+    cfg = make_cfg(["experiment=long_range_cpu", f"dataset={task}", "model.context=32", "trainer.max_steps=6",
                     "trainer.val_check_interval=3", "trainer.limit_val_batches=1", "dataset.train_examples=300",
                     "callbacks.task_accuracy.examples=64", "callbacks.model_summary=null",
                     "callbacks.attention_picture=null", "callbacks.rich_progress=null"])
@@ -256,7 +258,7 @@ def test_a_task_run_scores_recall_by_distance_and_the_report_plots_it(make_cfg, 
     x, _ = next(iter(run_loader(cfg)))
     assert (x[:, -1] == x[0, -1]).all()  # every window ends with the end token: one example per window
     scores = json.loads((run / "task_accuracy.json").read_text())
-    assert scores["task"] == "copy" and sum(scores["count"]) == 64 and scores["step"] == 6
+    assert scores["task"] == task and sum(scores["count"]) == 64 * answers and scores["step"] == 6
     assert 0 <= metrics["task/acc"] <= 1 and metrics["task/acc"] == pytest.approx(scores["overall"])
     [row], files = report([str(run)], str(tmp_path / "report"))
     assert row.task_acc == pytest.approx(scores["overall"]) and files["task_accuracy"].exists()
@@ -283,3 +285,23 @@ def test_overfit_mode_on_a_small_task_validates_on_what_it_has(tmp_path):
     dm = TextDataModule(dataset, {"name": "char"}, 32, 4, str(tmp_path), overfit_batches=3)
     dm.prepare_data()
     assert sum(len(x) for x, _ in dm.val_dataloader()) == 8  # 8 windows, not a crash asking for 12
+
+
+def test_passkey_hides_the_key_at_a_random_depth_and_asks_for_it_at_the_end():
+    """Mohtashami and Jaggi's pass key test at character scale: the key stated once (``key=<digits>;``) at a
+    depth spread over the whole text, asked at the very end; the answers are its digits, each with the distance
+    from the position that predicts it back to the same digit of the stated key."""
+    t = get_task("passkey", digits=5)
+    starts = []
+    for e in examples(t, 400, 95, seed=3):
+        assert len(e.text) == 95 and e.text.endswith(f"key?{e.expected}") and len(e.expected) == 5
+        assert e.expected.isdigit() and e.text.count(f"key={e.expected};") == 1
+        start = e.text.index(f"key={e.expected};")
+        starts.append(start)
+        assert [p for p, _ in e.answers] == list(range(90, 95))
+        for (p, d), digit in zip(e.answers, e.expected):
+            assert e.text[p] == digit and e.text[p - 1 - d] == digit and p - 1 - d == start + 4 + (p - 90)
+    assert min(starts) < 8 and max(starts) > 70  # every depth, from the start to right before the question
+    assert examples(t, 3, 95, seed=3) == examples(t, 3, 95, seed=3) != examples(t, 3, 95, seed=4)
+    with pytest.raises(ConfigError, match="passkey with 5 digits needs at least 20 characters"):
+        t.check(19)

@@ -141,6 +141,7 @@ RULES: dict[str, Number | Choice] = {
     "dataset.vocab_size": Number(int, low=4, high=20992),
     "dataset.power_a": Number(float, low=0, high=1, low_open=True),
     "dataset.random_fillers": Flag(),
+    "dataset.digits": Number(int, low=1, high=20),
     "data.seed": SEED,
     "dataset.split_seed": SEED,
     "dataset.val_fraction": Number(float, low=0, high=1, low_open=True, high_open=True),

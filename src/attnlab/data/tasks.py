@@ -20,6 +20,12 @@ answer - the position of what it must copy). Training counts the loss on the ans
   Token ids are written as characters (id i is chr(0x4E00 + i), a CJK block of 20,992 code points; the
   filler is '.'), so the char tokenizer, the token cache and every command handle the task unchanged.
 
+* ``passkey``: the passkey retrieval test (Mohtashami and Jaggi 2023, "Landmark Attention", section 4.2), at
+  character scale: a repeated filler sentence, a ``digits``-digit pass key stated once at a random depth
+  (``key=31415;``), and at the end the question ``key?`` whose answers are the digits. The first digit has to be
+  fetched from the depth where the key was stated (its distance is reported); the later ones can follow it.
+  Chance: 1/10 a digit.
+
 A window of w keys (Longformer) sees back w - 1 positions: beyond that an answer is out of its reach, whatever
 it learns. Each generator is seeded and needs nothing else: the same seed gives the same examples everywhere.
 """
@@ -133,6 +139,42 @@ class MQAR:
         return 1 / self.pairs  # copying any value of the example
 
 
+@dataclass(frozen=True)
+class Passkey:
+    """Find a pass key hidden at a random depth in filler text (see the module's docstring)."""
+    digits: int = 5  # the key's length (the paper's keys are 5-digit numbers)
+    name: ClassVar[str] = "passkey"
+    FILLER_TEXT: ClassVar[str] = "the grass is green. the sky is blue. the sun is yellow. here we go. "
+
+    def check(self, length: int) -> None:
+        if not 1 <= self.digits <= 20:
+            raise ConfigError(f"passkey's digits={self.digits} must be in [1, 20]")
+        if length < 2 * (self.digits + 5):
+            raise ConfigError(f"passkey with {self.digits} digits needs at least {2 * (self.digits + 5)} characters, "
+                              f"got {length}")
+
+    def example(self, rng: random.Random, length: int) -> Example:
+        """``length`` characters: filler, ``key=<digits>;`` starting at a uniform depth, filler, and ``key?<digits>``
+        ending the example; the answers are the final digits."""
+        key = "".join(rng.choice(string.digits) for _ in range(self.digits))
+        stated, asked = f"key={key};", f"key?{key}"
+        start = rng.randint(0, length - len(asked) - len(stated))  # the depth where the key is stated
+        text = list((self.FILLER_TEXT * (length // len(self.FILLER_TEXT) + 1))[:length])
+        text[start:start + len(stated)] = stated
+        text[length - len(asked):] = asked
+        first, hidden = length - self.digits, start + 4  # the answers' positions, the stated key's first digit
+        answers = [(first + j, (first + j - 1) - (hidden + j)) for j in range(self.digits)]
+        return Example("".join(text), answers, key)
+
+    @property
+    def chance(self) -> float:
+        return 1 / 10
+
+    @property
+    def trivial(self) -> float:
+        return 1 / 10  # without finding the key every digit is as likely
+
+
 def _weighted_sample(rng: random.Random, weights: list[float], k: int) -> list[int]:
     """k distinct indices, drawn one after another with probability proportional to ``weights`` among those
     left (what numpy's ``choice(replace=False, p=...)`` does, which Zoology uses)."""
@@ -143,10 +185,10 @@ def _weighted_sample(rng: random.Random, weights: list[float], k: int) -> list[i
     return chosen
 
 
-TASKS = {"copy": Copy, "mqar": MQAR}
+TASKS = {"copy": Copy, "mqar": MQAR, "passkey": Passkey}
 
 
-def get_task(name: str, **settings) -> Copy | MQAR:
+def get_task(name: str, **settings) -> Copy | MQAR | Passkey:
     """The task ``name`` with its settings (each task takes only its own: ``task_settings``)."""
     if name not in TASKS:
         raise ConfigError(f"unknown dataset.task {name!r}; valid: {sorted(TASKS)}")
@@ -161,7 +203,7 @@ def task_settings(name: str) -> list[str]:
     return [f.name for f in fields(TASKS[name])] if name in TASKS else []
 
 
-def examples(task: Copy | MQAR, n: int, length: int, seed: int) -> list[Example]:
+def examples(task: Copy | MQAR | Passkey, n: int, length: int, seed: int) -> list[Example]:
     """n examples of ``length`` characters, the same for the same arguments on any machine."""
     task.check(length)
     rng = random.Random(f"{task.name}/{seed}")  # string seeds hash the same in every process (unlike hash())
