@@ -24,19 +24,25 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 
-def build(name: str, n: int, args):
+def build(name: str, n: int, args, kv_heads: int | None = None):
     import torch
     from attnlab.attention import ATTENTION_TYPES, build_attention
     from attnlab.model import GPT, GPTConfig
     torch.manual_seed(0)
     attention = build_attention({"name": name, **ATTENTION_TYPES[name].example(n)})
     cfg = GPTConfig(vocab_size=args.vocab, context=n, n_layer=args.layers, n_head=args.heads, d_model=args.width,
-                    positions="rope")  # rotary: the cached path never has to fall back to cropping
+                    positions="rope", n_kv_head=kv_heads)  # rotary: the cached path never falls back to cropping
     return GPT(cfg, attention).eval()
 
 
-def timed_decode(model, prompt, new: int, use_cache: bool) -> tuple[float, list[float]]:
-    """(prefill seconds, per-token seconds) of greedy decoding, with the weights laid out as GPT.generate has them."""
+def cache_bytes(cache) -> int:
+    """Bytes the cache's keys and values hold (every layer's slots, their key/value heads)."""
+    return sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.k, layer.v) if t is not None)
+
+
+def timed_decode(model, prompt, new: int, use_cache: bool, sizes: list | None = None) -> tuple[float, list[float]]:
+    """(prefill seconds, per-token seconds) of greedy decoding, with the weights laid out as GPT.generate has them.
+    ``sizes``: receives the cache's bytes at the end."""
     import torch
     from attnlab.generation import decode_layout
     with torch.no_grad(), decode_layout(model):
@@ -56,6 +62,8 @@ def timed_decode(model, prompt, new: int, use_cache: bool) -> tuple[float, list[
             t = time.perf_counter()
             nxt = model(nxt, cache)[:, -1:].argmax(-1)  # (B, 1): one position per token
             times.append(time.perf_counter() - t)
+        if sizes is not None:
+            sizes.append(cache_bytes(cache))
         return prefill, times
 
 
@@ -77,6 +85,8 @@ def main(argv=None) -> None:
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--vocab", type=int, default=2048)
+    ap.add_argument("--kv-heads", type=int, nargs="+", default=None,
+                    help="key/value heads to compare (grouped-query attention), e.g. 4 2 1; default: --heads only")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args(argv)
     info = machine()
@@ -85,17 +95,21 @@ def main(argv=None) -> None:
     rows = []
     for n in args.lengths:
         for name in args.types:
-            model = build(name, n + max(args.new, args.new_uncached) + 1, args)
-            prompt = torch.randint(0, args.vocab, (1, n))
-            timed_decode(model, prompt[:, :32], 4, True)  # warm-up
-            prefill, cached = timed_decode(model, prompt, args.new, True)
-            _, uncached = timed_decode(model, prompt, args.new_uncached, False)
-            c_ms, u_ms = 1e3 * sorted(cached)[len(cached) // 2], 1e3 * sorted(uncached)[len(uncached) // 2]
-            row = {"type": name, "prompt": n, "prefill_ms": prefill * 1e3, "cached_ms_per_token": c_ms,
-                   "uncached_ms_per_token": u_ms, "speedup": u_ms / c_ms}
-            rows.append(row)
-            print(f"  {name:<11} prompt {n:>5}: prefill {prefill * 1e3:8.1f} ms, cached {c_ms:7.2f} ms/token, "
-                  f"recomputed {u_ms:8.1f} ms/token: {u_ms / c_ms:6.1f}x", flush=True)
+            for kv in args.kv_heads or [args.heads]:
+                model = build(name, n + max(args.new, args.new_uncached) + 1, args, kv)
+                prompt = torch.randint(0, args.vocab, (1, n))
+                timed_decode(model, prompt[:, :32], 4, True)  # warm-up
+                sizes: list = []
+                prefill, cached = timed_decode(model, prompt, args.new, True, sizes)
+                _, uncached = timed_decode(model, prompt, args.new_uncached, False)
+                c_ms, u_ms = 1e3 * sorted(cached)[len(cached) // 2], 1e3 * sorted(uncached)[len(uncached) // 2]
+                row = {"type": name, "prompt": n, "kv_heads": kv, "cache_MiB": sizes[0] / 2 ** 20,
+                       "prefill_ms": prefill * 1e3, "cached_ms_per_token": c_ms, "uncached_ms_per_token": u_ms,
+                       "speedup": u_ms / c_ms}
+                rows.append(row)
+                print(f"  {name:<11} prompt {n:>5}, {kv} kv heads: prefill {prefill * 1e3:8.1f} ms, cached "
+                      f"{c_ms:7.2f} ms/token ({sizes[0] / 2 ** 20:.2f} MiB of cache), recomputed {u_ms:8.1f} "
+                      f"ms/token: {u_ms / c_ms:6.1f}x", flush=True)
     stream = []
     if args.stream:
         for name in args.types:
@@ -110,11 +124,11 @@ def main(argv=None) -> None:
     lines = [f"Decoding, {info['date']}, {info.get('gpu') or info['cpu']} ({info['cpus']} CPUs), torch {info['torch']}; "
              f"model {args.layers} layers x {args.width} wide, {args.heads} heads, rotary positions, batch 1, "
              f"greedy; median ms per generated token", "",
-             "| type | prompt | prefill ms | cached ms/token | recomputed ms/token | cache speed-up |",
-             "|---|---|---|---|---|---|"]
+             "| type | prompt | key/value heads | cache MiB | prefill ms | cached ms/token | recomputed ms/token | "
+             "cache speed-up |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['type']} | {r['prompt']} | {r['prefill_ms']:.1f} | {r['cached_ms_per_token']:.2f} | "
-                     f"{r['uncached_ms_per_token']:.1f} | {r['speedup']:.1f}x |")
+        lines.append(f"| {r['type']} | {r['prompt']} | {r['kv_heads']} | {r['cache_MiB']:.2f} | {r['prefill_ms']:.1f} | "
+                     f"{r['cached_ms_per_token']:.2f} | {r['uncached_ms_per_token']:.1f} | {r['speedup']:.1f}x |")
     if stream:
         chunk = stream[0]["chunk"]
         lines += ["", f"Per-token time along a {args.stream}-token generation (16-token prompt), mean ms per token "
@@ -138,7 +152,7 @@ def main(argv=None) -> None:
         fig, axes = plt.subplots(1, 2 if stream else 1, figsize=(12 if stream else 6, 4.5), squeeze=False)
         ax = axes[0][0]
         for i, name in enumerate(args.types):
-            mine = [r for r in rows if r["type"] == name]
+            mine = [r for r in rows if r["type"] == name and r["kv_heads"] == (args.kv_heads or [args.heads])[0]]
             color = f"C{i}"
             ax.plot([r["prompt"] for r in mine], [1e3 / r["cached_ms_per_token"] for r in mine], "o-", color=color,
                     label=f"{name}, cached")

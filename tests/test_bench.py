@@ -60,11 +60,13 @@ def test_long_context_benchmark_doubles_until_the_limit(tmp_path):
 
 def test_decode_benchmark_compares_cache_and_recomputation(tmp_path):
     out = run("decode.py", "--lengths", "32", "64", "--new", "4", "--new-uncached", "2", "--stream", "16",
-              "--layers", "1", "--width", "32", "--vocab", "64", tmp_path=tmp_path)
-    assert all(f"| {name} | 64 |" in out for name in ATTENTION_TYPES)  # every registered type
+              "--layers", "1", "--width", "32", "--vocab", "64", "--kv-heads", "4", "1", tmp_path=tmp_path)
+    assert all(f"| {name} | 64 | 1 |" in out for name in ATTENTION_TYPES)  # every registered type
     [js] = tmp_path.glob("decode-cpu-*.json")
     data = json.loads(js.read_text())
     assert data["machine"]["date"] and {r["prompt"] for r in data["rows"]} == {32, 64}
+    full = {r["kv_heads"]: r["cache_MiB"] for r in data["rows"] if r["type"] == "full" and r["prompt"] == 64}
+    assert full[4] == 4 * full[1]  # multi-query keeps one key/value head of four
     assert all(r["cached_ms_per_token"] > 0 and r["uncached_ms_per_token"] > 0 for r in data["rows"])
     assert len(data["stream"]) == len(ATTENTION_TYPES) and list(tmp_path.glob("decode-cpu-*.png"))
 

@@ -32,12 +32,13 @@ def backend_cases():
     return out
 
 
-def sharp_model(attention: dict, positions: str = "learned", context: int = N, seed: int = 0) -> GPT:
+def sharp_model(attention: dict, positions: str = "learned", context: int = N, seed: int = 0,
+                n_kv_head: int | None = None) -> GPT:
     """A random model whose attention is peaked (scaled q, k, v), so that a key missing from the cache changes
     the logits visibly; float64 so that exact equality of greedy tokens is not left to rounding."""
     torch.manual_seed(seed)
-    m = GPT(GPTConfig(vocab_size=50, context=context, n_layer=2, n_head=4, d_model=32, positions=positions),
-            build_attention(attention)).double().eval()
+    m = GPT(GPTConfig(vocab_size=50, context=context, n_layer=2, n_head=4, d_model=32, positions=positions,
+                      n_kv_head=n_kv_head), build_attention(attention)).double().eval()
     with torch.no_grad():
         for block in m.blocks:
             block.attn.qkv.weight.mul_(8)
@@ -101,6 +102,23 @@ def test_cached_generation_matches_recomputation(name, settings, backend, positi
         recomputed_logits = m(cached[:, :-1])[:, prompt.shape[1] - 1:].transpose(0, 1)  # (steps, B, V)
     torch.testing.assert_close(cached_logits, recomputed_logits, rtol=0, atol=1e-9)
     assert torch.equal(cached[:, prompt.shape[1]:], recomputed_logits.argmax(-1).T)  # the same greedy tokens
+
+
+@pytest.mark.parametrize("n_kv_head", [1, 2])
+@pytest.mark.parametrize("name,settings,backend", backend_cases())
+def test_grouped_query_cache_holds_fewer_heads_and_matches_recomputation(name, settings, backend, n_kv_head):
+    """Grouped-query (2 key/value heads for 4 query heads) and multi-query (1): the cache keeps only the key/value
+    heads, and cached decoding equals recomputing every step, for every type and backend."""
+    m = sharp_model({"name": name, **settings, "backend": backend}, "rope", n_kv_head=n_kv_head)
+    prompt = torch.randint(0, 50, (2, 11))
+    cached, cached_logits, cache = greedy_cached(m, prompt, 20)
+    assert all(layer.k.shape[1] == n_kv_head and layer.v.shape[1] == n_kv_head for layer in cache.layers)
+    if backend in SLOW_ON_CPU:
+        fast = "dense" if "dense" in m.attention.backends() else "sdpa"
+        m = sharp_model({"name": name, **settings, "backend": fast}, "rope", n_kv_head=n_kv_head)
+    with torch.no_grad():
+        recomputed_logits = m(cached[:, :-1])[:, prompt.shape[1] - 1:].transpose(0, 1)  # (steps, B, V)
+    torch.testing.assert_close(cached_logits, recomputed_logits, rtol=0, atol=1e-9)
 
 
 def test_generate_with_and_without_cache_agree_past_a_learned_context():

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from attnlab.attention import ATTENTION_TYPES
+from attnlab.errors import ConfigError
 from attnlab.model import GPT, GPTConfig
 
 
@@ -60,3 +61,68 @@ def test_generate_extends_sequence():
     m = GPT(tiny())
     out = m.generate(torch.zeros(1, 3, dtype=torch.long), 5, top_k=5)
     assert out.shape == (1, 8)
+
+
+def _grouped_and_multi_head(attention: dict, n_kv_head: int, seed: int = 0):
+    """A grouped-query model and the multi-head model that repeats each of its key/value heads over its group:
+    the same function by definition (GQA is MHA with tied key/value heads)."""
+    torch.manual_seed(seed)
+    cfg = dict(vocab_size=40, context=32, n_layer=2, n_head=4, d_model=32, positions="rope")
+    grouped = GPT(GPTConfig(**cfg, n_kv_head=n_kv_head), attention).double()
+    multi = GPT(GPTConfig(**cfg), attention).double()
+    state = grouped.state_dict()
+    H, D, C = 4, 8, 32
+    for name, t in list(state.items()):
+        if name.endswith((".attn.qkv.weight", ".attn.qkv_global.weight")):
+            q, k, v = t.split([C, n_kv_head * D, n_kv_head * D])
+            spread = lambda x: x.reshape(n_kv_head, D, C).repeat_interleave(H // n_kv_head, 0).reshape(H * D, C)  # noqa: E731
+            state[name] = torch.cat([q, spread(k), spread(v)])
+    multi.load_state_dict(state)
+    return grouped, multi
+
+
+@pytest.mark.parametrize("name", sorted(ATTENTION_TYPES))
+@pytest.mark.parametrize("n_kv_head", [1, 2])
+def test_grouped_query_attention_is_multi_head_with_tied_key_value_heads(name, n_kv_head):
+    """Every type, forward and the gradient of its input: a grouped model equals the multi-head model whose
+    key/value heads repeat its own (each backend then sees one key/value head per query head)."""
+    from attnlab.attention import ATTENTION_TYPES as TYPES
+    attention = {"name": name, **TYPES[name].example(32)}
+    grouped, multi = _grouped_and_multi_head(attention, n_kv_head)
+    idx = torch.randint(0, 40, (2, 32))
+    outs = []
+    for m in (grouped, multi):
+        x = m.tok_emb(idx).detach().requires_grad_(True)
+        m.tok_emb.forward = lambda _, x=x: x  # the embedding's output as a leaf: its gradient is compared
+        y = m(idx)
+        y.pow(2).sum().backward()
+        outs.append((y, x.grad))
+    torch.testing.assert_close(outs[0][0], outs[1][0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(outs[0][1], outs[1][1], rtol=1e-9, atol=1e-9)
+
+
+def test_mean_pooling_turns_a_multi_head_model_into_a_grouped_one():
+    """init_from a multi-head checkpoint into n_kv_head < n_head: each group's key and value heads are averaged
+    (GQA's uptraining recipe). Where a group's heads are equal, the pooled model computes the same function."""
+    grouped, multi = _grouped_and_multi_head({"name": "full"}, 2)
+    state = dict(multi.state_dict())
+    fresh = GPT(GPTConfig(vocab_size=40, context=32, n_layer=2, n_head=4, d_model=32, positions="rope", n_kv_head=2),
+                {"name": "full"}).double()
+    assert fresh.pool_kv_heads(state) == ["blocks.0.attn.qkv.weight", "blocks.1.attn.qkv.weight"]
+    fresh.load_state_dict(state)
+    idx = torch.randint(0, 40, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(idx), multi(idx), rtol=1e-10, atol=1e-10)
+    with pytest.raises(ConfigError, match=r"model.n_kv_head=3 must divide model.n_head=4 .* one of \[1, 2, 4\]"):
+        GPTConfig(n_head=4, d_model=32, n_kv_head=3)
+    from attnlab.export import unsupported
+    assert any("model.n_kv_head=2 (GPT-2 has a key and a value head per query head)" in p for p in unsupported(fresh))
+
+
+def test_the_memory_estimate_shows_what_grouping_saves_in_the_kv_cache():
+    from attnlab import memory
+    common = dict(n_params=1000, batch=8, context=256, d_model=64, n_layer=2, n_head=8, vocab=65, dense_scores=False)
+    multi, grouped, one = (memory.estimate(**common, n_kv_head=h) for h in (None, 2, 1))
+    assert multi.kv_cache == 2 * 2 * 8 * 8 * 256 * 8 * 4  # keys and values, layers, batch, heads, positions, D, fp32
+    assert multi.kv_cache == 4 * grouped.kv_cache == 8 * one.kv_cache and multi.total == grouped.total
+    assert ("(KV cache of the batch at full context, generating)", one.kv_cache) in one.rows()

@@ -43,11 +43,13 @@ def inspect(model, idx: torch.Tensor, on_layer=None) -> Inspection:
     logits = model(idx, intermediates=seen)  # (B, T, V)
     probs = []
     for inputs in seen:
-        attention = model.blocks[inputs.layer].attn.attention
-        p = attention_probabilities(attention, inputs.q, inputs.k, inputs.layer)  # (B, H, T, T)
+        attn = model.blocks[inputs.layer].attn
+        attention = attn.attention
+        p = attention_probabilities(attention, inputs.q, attn.heads_of(inputs.k), inputs.layer)  # (B, H, T, T)
         if inputs.global_qk is not None:  # global rows come from their own projections (Longformer's option)
             rows = attention.is_global(inputs.positions)  # (T,)
-            p = torch.where(rows.view(1, 1, T, 1), attention_probabilities(attention, *inputs.global_qk, inputs.layer), p)
+            qg, kg = inputs.global_qk
+            p = torch.where(rows.view(1, 1, T, 1), attention_probabilities(attention, qg, attn.heads_of(kg), inputs.layer), p)
         if on_layer is None:
             probs.append(p)
         else:

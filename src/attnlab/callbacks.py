@@ -222,12 +222,13 @@ class MemoryMonitor(L.Callback):
         self.estimate = memory.estimate(
             pl_module.model.num_params(non_embedding=False), batch, cfg.context, cfg.d_model, cfg.n_layer,
             cfg.n_head, cfg.vocab_size, get_backend(att.resolved_backend(pl_module.device)).materialises_scores,
-            str(trainer.precision), att.block_size, cfg.d_ff)
+            str(trainer.precision), att.block_size, cfg.d_ff, cfg.kv_heads)
         log.info("memory estimate for batch %d x context %d, %s attention, precision %s:\n%s", batch, cfg.context,
                  att.name, trainer.precision, self.estimate.table())
         if trainer.ckpt_path is None:  # a resumed run logged its estimate at step 0 already
             log_now(trainer, {f"memory_estimate/{n.split(' ')[0]}": float(b) for n, b in self.estimate.rows()
-                              if not n.startswith("(")} | {"memory_estimate/score_matrix": float(self.estimate.score_matrix)})
+                              if not n.startswith("(")} | {"memory_estimate/score_matrix": float(self.estimate.score_matrix),
+                                                           "memory_estimate/kv_cache": float(self.estimate.kv_cache)})
         if pl_module.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(pl_module.device)
         else:  # this job's own peak from here, not the high-water mark of the jobs this process ran before it

@@ -191,6 +191,9 @@ def run_key(cfg: DictConfig, legacy: bool | str = False) -> str:
     placeholder = OmegaConf.create(raw)
     resolved = {k: OmegaConf.to_container(placeholder[k], resolve=True) if OmegaConf.is_config(placeholder[k])
                 else placeholder[k] for k in placeholder if k not in NOT_IN_RUN_KEY}
+    if isinstance(resolved.get("model"), dict) and resolved["model"].get("n_kv_head", 0) is None:
+        resolved["model"] = {k: v for k, v in resolved["model"].items() if k != "n_kv_head"}  # (added 2026-12-05:
+        #   at its default, multi-head, a run is the one it was before the setting existed)
     era = "2026-12-04" if legacy is True else legacy or None
     if era in ("2026-12-05", "2026-12-04") and isinstance(resolved.get("data"), dict):
         # until 2026-12-05 the data section repeated ${dataset} and ${tokenizer} (read from nowhere)

@@ -52,7 +52,8 @@ class LayerCache:
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
                prefill) -> torch.Tensor:
-        """q, k, v: (B, H, T, D) of new tokens at ``positions`` (T,) -> (B, H, T, D)."""
+        """q: (B, H, T, D), k, v: (B, Hkv, T, D) of new tokens at ``positions`` (T,) -> (B, H, T, D). The cache
+        holds the Hkv key/value heads (grouped-query attention: fewer than H)."""
         if self.pos is None:  # the prompt: the type's own (efficient) backend, positions 0..T-1
             y = prefill(q, k, v)  # (B, H, T, D)
             self._store(k, v, positions)
@@ -61,8 +62,8 @@ class LayerCache:
             if not self.drops_keys:  # nothing is ever freed: the keys fill a prefix of the slots
                 n = self.filled
                 k_all, v_all, pos = self.k[:, :, :n], self.v[:, :, :n], self.pos[:n]  # (B, H, n, D), (n,)
-                if q.shape[2] == 1 and self.sees_every_earlier_key:
-                    return F.scaled_dot_product_attention(q, k_all, v_all)  # (B, H, 1, D): every key, no mask
+                if q.shape[2] == 1 and self.sees_every_earlier_key:  # (B, H, 1, D): every key, no mask
+                    return F.scaled_dot_product_attention(q, k_all, v_all, enable_gqa=k_all.shape[1] != q.shape[1])
             else:
                 k_all, v_all, pos = self.k, self.v, self.pos
             H = q.shape[1]
@@ -71,7 +72,8 @@ class LayerCache:
             mask = self.pattern(zero, heads, positions.view(1, -1, 1), pos.view(1, 1, -1))  # (H|1, T, S)
             if self.drops_keys:
                 mask = mask & (pos >= 0).view(1, 1, -1)  # free slots hold nothing
-            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask)  # (B, H, T, D)
+            y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask,
+                                               enable_gqa=k_all.shape[1] != q.shape[1])  # (B, H, T, D)
         if self.drops_keys:
             self._evict(int(positions[-1]) + 1)
         return y

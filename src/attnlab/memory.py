@@ -22,6 +22,7 @@ class MemoryEstimate:
     attention: int
     logits: int
     score_matrix: int  # what one layer's B x H x T x T score matrix would take (materialised or not)
+    kv_cache: int = 0  # generating: the KV cache of B sequences of the whole context (every layer's key/value heads)
 
     @property
     def total(self) -> int:
@@ -31,7 +32,8 @@ class MemoryEstimate:
         return [("parameters", self.parameters), ("gradients", self.gradients), ("optimizer (AdamW)", self.optimizer),
                 ("activations", self.activations), ("attention kept for backward", self.attention),
                 ("logits + loss", self.logits), ("total", self.total),
-                ("(one layer's full score matrix)", self.score_matrix)]
+                ("(one layer's full score matrix)", self.score_matrix),
+                ("(KV cache of the batch at full context, generating)", self.kv_cache)]
 
     def table(self) -> str:
         w = max(len(n) for n, _ in self.rows())
@@ -48,7 +50,7 @@ def fmt_bytes(n: float) -> str:
 
 def estimate(n_params: int, batch: int, context: int, d_model: int, n_layer: int, n_head: int, vocab: int,
              dense_scores: bool, precision: str = "32", block: int = 64,
-             d_ff: int | None = None) -> MemoryEstimate:
+             d_ff: int | None = None, n_kv_head: int | None = None) -> MemoryEstimate:
     """Bytes for one training step from the config. ``dense_scores``: the attention backend materialises the
     n x n probabilities and keeps them for backward (the ``dense`` backend); the others keep O(n) per head
     whatever the pattern, because they recompute the scores in the backward pass."""
@@ -67,7 +69,9 @@ def estimate(n_params: int, batch: int, context: int, d_model: int, n_layer: int
     logits = 3 * B * T * vocab * 4  # logits, their fp32 copy for the loss, and its gradient
     return MemoryEstimate(
         parameters=4 * n_params, gradients=4 * n_params, optimizer=8 * n_params,
-        activations=L * per_layer, attention=attn, logits=logits, score_matrix=B * H * T * T * act)
+        activations=L * per_layer, attention=attn, logits=logits, score_matrix=B * H * T * T * act,
+        # keys and values of every layer for T positions: n_head / n_kv_head times less with grouped heads
+        kv_cache=2 * L * B * (n_kv_head or H) * T * (C // H) * act)
 
 
 # --- measured memory on the CPU (Linux /proc; 0 elsewhere) ---------------------------------------------------

@@ -37,6 +37,9 @@ class GPTConfig:
     rope_base: float = 10000.0  # rotary's base wavelength (RoFormer's value)
     activation: str = "gelu"  # the MLP's non-linearity: gelu (exact) or gelu_tanh (GPT-2's approximation)
     layer_norm_eps: float = 1e-5  # LayerNorm's epsilon (torch's and GPT-2's default)
+    n_kv_head: int | None = None  # key/value heads: None = n_head (multi-head); 1 = multi-query (Shazeer 2019);
+    #   n_head / g = grouped-query (Ainslie et al. 2023): each key/value head serves g query heads, and the KV
+    #   cache holds n_kv_head heads, n_head / n_kv_head times less than multi-head
 
     def __post_init__(self):
         if self.d_ff == 0:
@@ -61,6 +64,15 @@ class GPTConfig:
                              f"d_model / n_head = {self.head_dim} must be even")
         if self.rope_base <= 1:
             raise ConfigError(f"model.rope_base={self.rope_base} must be > 1")
+        if self.n_kv_head is not None and not (1 <= self.n_kv_head <= self.n_head and self.n_head % self.n_kv_head == 0):
+            raise ConfigError(f"model.n_kv_head={self.n_kv_head} must divide model.n_head={self.n_head} (each key/value "
+                              f"head serves n_head / n_kv_head query heads): one of "
+                              f"{[h for h in range(1, self.n_head + 1) if self.n_head % h == 0]}, or null")
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: ``n_kv_head``, or ``n_head`` when it is None."""
+        return self.n_head if self.n_kv_head is None else self.n_kv_head
 
     @property
     def head_dim(self) -> int:
@@ -88,7 +100,7 @@ class AttentionInputs(NamedTuple):
     """One layer's attention inputs from a forward pass: what ``attnlab.analysis`` turns into probabilities."""
     layer: int
     q: torch.Tensor  # (B, H, T, D), rotated when positions are rotary
-    k: torch.Tensor  # (B, H, T, D)
+    k: torch.Tensor  # (B, Hkv, T, D): the key/value heads (SelfAttention.heads_of spreads them over the queries)
     positions: torch.Tensor  # (T,)
     global_qk: tuple[torch.Tensor, torch.Tensor] | None  # the global projections' (q, k) where the type has them
 
@@ -99,28 +111,38 @@ class SelfAttention(nn.Module):
     def __init__(self, cfg: GPTConfig, attention: AttentionType, layer: int):
         super().__init__()
         self.n_head, self.head_dim, self.layer = cfg.n_head, cfg.head_dim, layer
+        self.n_kv_head = cfg.kv_heads
         self.attention = attention
-        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+        qkv_width = cfg.d_model + 2 * self.n_kv_head * cfg.head_dim  # q: every head; k, v: the key/value heads
+        self.qkv = nn.Linear(cfg.d_model, qkv_width, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.proj.is_residual_out = True  # scaled init, see GPT._init_weights
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.rotary = Rotary(cfg.head_dim, cfg.rope_base) if cfg.positions == "rope" else None
         # Longformer's global_projections: the global queries' own rows get their own Q/K/V (None: shared)
-        self.qkv_global = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias) \
+        self.qkv_global = nn.Linear(cfg.d_model, qkv_width, bias=cfg.bias) \
             if attention.separate_global_projections else None
         self._attend, self._attend_device = None, None  # the backend, resolved once for the device it runs on
 
     def project(self, x: torch.Tensor, positions: torch.Tensor, qkv: nn.Linear | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """x: (B, T, C) -> q, k, v: (B, H, T, D) each, rotated when positions are rotary. A seam for analysis:
-        ``attnlab.analysis`` computes the attention probabilities from exactly these. ``qkv``: another
-        projection (the global one)."""
+        """x: (B, T, C) -> q: (B, H, T, D), k, v: (B, Hkv, T, D), rotated when positions are rotary (Hkv = H
+        unless the model groups its key/value heads). ``qkv``: another projection (the global one)."""
         B, T, C = x.shape
-        q, k, v = (qkv or self.qkv)(x).split(C, dim=2)  # 3 x (B, T, C)
-        q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, T, D)
+        kv = self.n_kv_head * self.head_dim
+        q, k, v = (qkv or self.qkv)(x).split([C, kv, kv], dim=2)  # (B, T, C), (B, T, Hkv*D) x 2
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k, v = (t.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2) for t in (k, v))  # (B, Hkv, T, D)
         if self.rotary is not None:
-            q, k = self.rotary(q, positions), self.rotary(k, positions)  # (B, H, T, D) each
+            q, k = self.rotary(q, positions), self.rotary(k, positions)
         return q, k, v
+
+    def heads_of(self, t: torch.Tensor) -> torch.Tensor:
+        """A key or value tensor (B, Hkv, T, D) -> (B, H, T, D): key/value head j serves query heads j*g .. j*g+g-1
+        (g = H / Hkv), as SDPA's enable_gqa reads them. An exact copy for the backends, which take one key/value
+        head per query head."""
+        g = self.n_head // t.shape[1]
+        return t if g == 1 else t.repeat_interleave(g, dim=1)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None = None,
                 intermediates: list | None = None) -> torch.Tensor:
@@ -134,7 +156,10 @@ class SelfAttention(nn.Module):
             intermediates.append(AttentionInputs(self.layer, q, k, positions, global_qk))
         if self._attend_device != q.device:  # built on the CPU, then moved: resolve where it runs, once
             self._attend, self._attend_device = self.attention.bind(q.device, self.layer), q.device
-        y = self._attend(q, k, v) if cache is None else cache.attend(q, k, v, positions, self._attend)  # (B, H, T, D)
+        if cache is None:
+            y = self._attend(q, self.heads_of(k), self.heads_of(v))  # (B, H, T, D)
+        else:  # the cache keeps the key/value heads as they are: its memory is what grouping saves
+            y = cache.attend(q, k, v, positions, lambda q_, k_, v_: self._attend(q_, self.heads_of(k_), self.heads_of(v_)))
         if self.qkv_global is not None:
             y = self.global_rows(x, positions, y, cache)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
@@ -164,7 +189,8 @@ class SelfAttention(nn.Module):
             return y
         # a global query sees every key (every earlier one when causal): the type's own definition
         mask = key_pos.view(1, -1) <= positions[rows].view(-1, 1) if self.attention.causal else None  # (R, S)
-        yg = F.scaled_dot_product_attention(qg[:, :, rows], kg, vg, attn_mask=mask)  # (B, H, R, D)
+        yg = F.scaled_dot_product_attention(qg[:, :, rows], kg, vg, attn_mask=mask,
+                                            enable_gqa=kg.shape[1] != qg.shape[1])  # (B, H, R, D)
         return y.index_copy(2, rows, yg.to(y.dtype))  # (B, H, T, D)
 
 
@@ -227,6 +253,28 @@ class GPT(nn.Module):
                 nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def pool_kv_heads(self, state: dict[str, torch.Tensor]) -> list[str]:
+        """Weights of a multi-head model for this grouped-query one: each group's key and value heads are averaged
+        into one (mean-pooling, the uptraining recipe of Ainslie et al. 2023, "GQA"). Queries are kept. Changes
+        ``state`` in place (its ``qkv`` projections of a wider shape); returns the names it pooled."""
+        pooled = []
+        H, D, Hkv = self.cfg.n_head, self.cfg.head_dim, self.cfg.kv_heads
+        C = self.cfg.d_model
+        if Hkv == H:
+            return pooled
+        for name, want in self.state_dict().items():
+            if not (name.endswith((".attn.qkv.weight", ".attn.qkv.bias", ".attn.qkv_global.weight",
+                                   ".attn.qkv_global.bias")) and name in state):
+                continue
+            have = state[name]
+            if have.shape[0] != 3 * C or want.shape[0] != C + 2 * Hkv * D:
+                continue
+            q, k, v = have.split(C, dim=0)  # (C, ...) each
+            group = lambda t: t.reshape(Hkv, H // Hkv, D, *t.shape[1:]).mean(1).reshape(Hkv * D, *t.shape[1:])  # noqa: E731
+            state[name] = torch.cat([q, group(k), group(v)], dim=0)  # (C + 2 Hkv D, ...)
+            pooled.append(name)
+        return pooled
 
     def fill_global_projections(self, state: dict[str, torch.Tensor]) -> list[str]:
         """Weights from a model with shared projections, for this one with Longformer's global projections:

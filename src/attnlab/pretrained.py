@@ -180,6 +180,9 @@ def load_into(gpt, folder: Path, source: str, what: str = "init_from") -> None:
                           f"run's tokenizer {own['tok_emb.weight'].shape[0]}; use the checkpoint's tokenizer")
     if gpt.fill_global_projections(state):
         log.info("%s=%s: the global projections start as copies of the shared ones", what, source)
+    if gpt.pool_kv_heads(state):
+        log.info("%s=%s: GPT-2's %d key/value heads mean-pooled into %d per layer (grouped-query uptraining)", what,
+                 source, gpt.cfg.n_head, gpt.cfg.kv_heads)
     wrong = [f"{k} {tuple(v.shape)} (the model's {tuple(own[k].shape)})" for k, v in state.items()
              if k in own and v.shape != own[k].shape]
     if wrong:

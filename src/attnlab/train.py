@@ -86,8 +86,13 @@ def load_initial_weights(model: LitGPT, init: InitFrom, settings: dict) -> None:
         state = dict(loaded["state_dict"])
         lit_prefix = "model."  # LitGPT holds the GPT as .model
         inner = {k[len(lit_prefix):]: v for k, v in state.items() if k.startswith(lit_prefix)}
-        if model.model.fill_global_projections(inner):
+        filled, pooled = model.model.fill_global_projections(inner), model.model.pool_kv_heads(inner)
+        if filled:
             log.info("init_from=%s: the global projections start as copies of the shared ones", init.source)
+        if pooled:
+            log.info("init_from=%s: %d key/value heads mean-pooled into %d per layer (grouped-query uptraining)",
+                     init.source, model.model.cfg.n_head, model.model.cfg.kv_heads)
+        if filled or pooled:
             state.update({lit_prefix + k: v for k, v in inner.items()})
         try:
             model.load_state_dict(state, strict=True)
