@@ -73,6 +73,7 @@ def compose(overrides: list[str], output_dir: Path | None = None):
     """The config exactly as `python train.py <overrides>` would see it, with the run folder in output_dir."""
     from hydra import compose as hydra_compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
+    import attnlab.sweep  # noqa: F401  (registers the resolvers the configs use, as every command does)
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf, open_dict
 
