@@ -211,7 +211,9 @@ def read_run(folder: Path) -> Run:
         run.load = loads[len(loads) // 2] if loads else None
         peaks = [v for k in (rows[0].keys() if rows else []) if k.startswith("memory/peak") for _, v in _floats(rows, k)]
         base = _floats(rows, "memory/rss_before_training")  # CPU: what the process held before training
-        run.peak_memory_MiB = (max(peaks) - (base[0][1] if base else 0)) / 2 ** 20 if peaks else None
+        # (Linux counts a thread's resident pages lazily, up to a few hundred kB late: a peak a hair below the
+        # start is that lag, and reads as 0)
+        run.peak_memory_MiB = max(0.0, (max(peaks) - (base[0][1] if base else 0)) / 2 ** 20) if peaks else None
         steps = [s for s, _ in _floats(rows, "train/loss")]
         run.steps = run.steps if run.steps is not None else (max(steps) + 1 if steps else None)
     samples = folder / run_folder.SAMPLES
