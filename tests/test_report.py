@@ -56,7 +56,7 @@ def test_every_run_has_a_row_with_its_outcome(sweep):
         assert r.load is not None and r.load >= 0
         assert r.val_ppl_best <= r.val_ppl_final and 1 < r.val_ppl_best < 200
         assert 0 < r.val_bpb_best < 8  # characters of mostly ASCII text: about log2(perplexity) bits a byte
-        assert r.tokens_per_s > 0 and r.peak_memory_MiB > 0 and r.train_ppl > 1
+        assert r.tokens_per_s > 0 and r.peak_memory_MiB >= 0 and r.train_ppl > 1
         assert len(r.val_curve) == 2 and all(t is not None and t > 0 for _, t, _ in r.val_curve)
     assert sparse.status == "failed: OutOfMemoryError: simulated" and sparse.val_ppl_best is None
     assert bigbird.status.startswith("no status.json")
