@@ -287,3 +287,25 @@ def test_the_decoding_layout_is_the_generation_paths_and_leaves_the_model_as_it_
     assert all(torch.equal(a, b) for a, b in zip(m.state_dict().values(), fresh.state_dict().values()))
     m.eval()  # its kept copies are of the weights before the step: remade, never used stale
     assert torch.equal(m.generate(idx, 6, top_k=1), copy.deepcopy(fresh).eval().generate(idx, 6, top_k=1))
+
+
+def test_sinks_stream_past_the_context_keeping_only_the_sinks_and_the_window():
+    """StreamingLLM's cache: after the sinks, a query sees the first ``sinks`` tokens and the last ``window`` keys,
+    so the cache evicts the middle and holds at most sinks + window keys per layer however long the generation;
+    the streamed logits equal one uncropped pass over the whole sequence (rotary positions: no table to outgrow)."""
+    sinks, w, context = 4, 8, 32
+    m = sharp_model({"name": "sinks", "sinks": sinks, "window": w, "block_size": 8}, "rope", context)
+    prompt = torch.randint(0, 50, (2, 5))
+    steps = 4 * context
+    streamed, streamed_logits, cache = greedy_cached(m, prompt, steps)
+    assert all(layer.kept <= sinks + w for layer in cache.layers)
+    kept = sorted(int(p) for p in cache.layers[0].pos if p >= 0)
+    # fed every token up to 5 + steps - 1: the next query sees itself and the w - 1 keys before it
+    assert kept[:sinks] == list(range(sinks)) and kept[sinks:] == list(range(5 + steps - w + 1, 5 + steps))
+    with torch.no_grad():
+        full_logits = m(streamed[:, :-1])[:, prompt.shape[1] - 1:].transpose(0, 1)  # (steps, B, V)
+    torch.testing.assert_close(streamed_logits, full_logits, rtol=0, atol=1e-9)
+    from attnlab.attention import build_attention
+    from attnlab.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"attention.sinks=9 must be in \[0, 8\]"):
+        build_attention({"name": "sinks", "sinks": 9, "window": 8}).check(32, 4)

@@ -19,6 +19,7 @@ TYPE_MODULES = [  # one line per file in types/, in the order tables and picture
     "sparse",
     "longformer",
     "bigbird",
+    "sinks",
 ]
 
 
