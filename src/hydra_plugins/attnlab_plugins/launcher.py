@@ -77,8 +77,19 @@ def _run_in_child(payload: bytes, results, script: str | None = None) -> None:
     signal.signal(signal.SIGTERM, _interrupt)
     import pickle
     hydra_context, sweep_config, task_ref, singleton_state = pickle.loads(payload)  # written by cloudpickle
+    swallowed = []  # Ctrl-C landing in a callback of the import machinery is printed as "Exception ignored" with
+    # a traceback and then dropped by Python; here it is kept and acted on like any other interrupt
+
+    def keep_interrupts(unraisable) -> None:
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            swallowed.append(unraisable.exc_value)
+        else:
+            sys.__unraisablehook__(unraisable)
+    sys.unraisablehook = keep_interrupts
     try:
         task_function = _task(task_ref, script)  # the project's imports: seconds, in which Ctrl-C may come
+        if swallowed:
+            raise KeyboardInterrupt
     except KeyboardInterrupt:  # stopped before it started: said in one line and recorded, no traceback
         from attnlab import sweep  # (its resolvers name the job's folder)
         setup_globals()
@@ -88,6 +99,7 @@ def _run_in_child(payload: bytes, results, script: str | None = None) -> None:
         sweep.write_status(out, "interrupted", 0, time.time(), "interrupted while it was starting")
         results.put((int(sweep_config.hydra.job.num), None, "interrupted while it was starting"))
         sys.exit(130)
+    sys.unraisablehook = sys.__unraisablehook__  # started: Lightning's own interrupt handling from here
     setup_globals()
     Singleton.set_state(singleton_state)
     HydraConfig.instance().set_config(sweep_config)
