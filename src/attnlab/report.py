@@ -81,7 +81,7 @@ def find_runs(paths: list[str]) -> list[Path]:
         for m in matches:
             if not m.exists():
                 raise ConfigError(f"{pattern}: no such folder")
-            folders |= {c.parent.parent for c in m.glob("**/.hydra/config.yaml") if not _continued(c.parent.parent)
+            folders |= {c.parent.parent for c in m.glob(f"**/{run_folder.CONFIG}") if not _continued(c.parent.parent)
                         and not _refused(c.parent.parent)}
     return sorted(folders, key=lambda p: (p.parent, _job_number(p) or 0, p.name))
 

@@ -71,16 +71,8 @@ class RunFolder:
         return self.path / STATUS
 
     @property
-    def tokenizer_file(self) -> Path:
-        return self.path / TOKENIZER
-
-    @property
     def checkpoint_dir(self) -> Path:
         return self.path / CHECKPOINTS
-
-    @property
-    def metrics_file(self) -> Path:
-        return self.path / METRICS
 
     # -- the record (run.json) ---------------------------------------------------------------------------
     def record(self) -> dict:
@@ -133,7 +125,7 @@ class RunFolder:
         try:
             cfg = plain_yaml.load(self.config_file)
         except (OSError, UnicodeDecodeError, plain_yaml.PlainYAMLError) as e:
-            raise ConfigError(f"run folder {self.path}: {CONFIG.name} cannot be read ({_one_line(e)})") from None
+            raise ConfigError(f"run folder {self.path}: {CONFIG.name} cannot be read ({one_line(e)})") from None
         if not isinstance(cfg, dict):
             raise ConfigError(f"run folder {self.path}: {CONFIG} is not a mapping of settings")
         return cfg
@@ -195,7 +187,7 @@ class RunFolder:
             return plain_yaml.resolve(plain_yaml.lookup(cfg, key), cfg, key)
         except plain_yaml.PlainYAMLError as e:
             raise ConfigError(f"run folder {self.path}: setting {key} in its config cannot be read as a plain value "
-                              f"({_one_line(e)})") from None
+                              f"({one_line(e)})") from None
 
     # -- checkpoints and status ------------------------------------------------------------------------------
     def checkpoints(self) -> list[Path]:
@@ -225,6 +217,7 @@ def _walk(node, where: str):
             yield from _walk(v, f"{where}[{i}]")
 
 
-def _one_line(e: BaseException) -> str:
+def one_line(e: BaseException) -> str:
+    """An exception's first line, at most 300 characters (its type where it has no message)."""
     text = str(e).strip().splitlines()
     return (text[0] if text else type(e).__name__)[:300]

@@ -18,7 +18,7 @@ from attnlab.attention import build_attention
 from attnlab.lit import LitGPT
 from attnlab.model import GPTConfig
 from attnlab.data.tokenizers import load_tokenizer
-from attnlab.run_folder import RunFolder, is_run_folder
+from attnlab.run_folder import RunFolder, is_run_folder, one_line
 from attnlab.schema import ConfigError, check_fields, rule_for
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,3 @@ def load_run(run: str, cache_dir: str, outputs_root: str | Path = "outputs") -> 
     return Run(folder, ckpt, record.config(), model, tokenizer, settings, wandb_id=wandb_id,
                step=step if isinstance(step, int) and not isinstance(step, bool) and step >= 0 else 0)
 
-
-def one_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:300]

@@ -73,11 +73,10 @@ class DataSpec:
     loss_on: str = "auto"  # all | answers | auto (answers where the dataset marks them)
     tokenizer_from: str | None = None  # a folder whose tokenizer.json encodes the text (a pretrained model's)
 
-    def build(self, **overrides):
+    def build(self):
         """The LightningDataModule (not yet prepared)."""
         from attnlab.data.datamodule import TextDataModule
-        settings = {**asdict(self), **overrides}
-        return TextDataModule(**settings)
+        return TextDataModule(**asdict(self))
 
 
 @dataclass(frozen=True)

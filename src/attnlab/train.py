@@ -275,10 +275,14 @@ def build_model(spec: RunSpec, datamodule) -> LitGPT:
 def build_callbacks(cfg: DictConfig) -> list:
     """The callbacks of ``cfg.callbacks`` (a named dict; null entries are off). A sweep prints the model summary
     for its first job only."""
-    position = sweep.job_position()
-    later_job = position is not None and position[0] > 1
     return [hydra.utils.instantiate(c) for name, c in (cfg.get("callbacks") or {}).items()
-            if c is not None and "_target_" in c and not (later_job and name == "model_summary")]
+            if c is not None and "_target_" in c and not (later_sweep_job() and name == "model_summary")]
+
+
+def later_sweep_job() -> bool:
+    """A sweep's job after its first: its model summary is not printed again."""
+    position = sweep.job_position()
+    return position is not None and position[0] > 1
 
 
 def validate_first(trainer: L.Trainer, model: LitGPT, datamodule) -> dict:
@@ -351,9 +355,8 @@ def _train(cfg: DictConfig, progress: dict) -> dict[str, Any]:
     loggers = build_loggers(cfg, resume and resume.state.get("attnlab", {}).get("wandb_run_id"),
                             progress.get("logged_up_to", -1))
     model.wandb_run_id = wandb_run.run_id(loggers)
-    position = sweep.job_position()
     trainer = build_trainer(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                            **({"enable_model_summary": False} if position is not None and position[0] > 1 else {}),
+                            **({"enable_model_summary": False} if later_sweep_job() else {}),
                             plugins=[checkpoints.CheckpointIO(preloaded=(resume.path, resume.state) if resume else None)])
     progress["trainer"] = trainer
     start = validate_first(trainer, model, datamodule) if spec.validate_first and resume is None else {}
