@@ -17,6 +17,7 @@ import torch
 from attnlab.attention.backends import backends_for, get_backend
 from attnlab.attention.backends.layout import allowed_pairs
 from attnlab.attention.patterns import Pattern
+from attnlab.attention.score_mods import ScoreMod
 from attnlab.errors import ConfigError
 
 
@@ -35,12 +36,13 @@ class AttentionType:
     def validate(self, context: int, n_head: int) -> None:
         """Raise ValueError naming the bad setting and what is allowed."""
 
-    def auto_backend(self, device: torch.device) -> str:
+    def auto_backend(self, device: torch.device, adds_scores: bool = False) -> str:
         """What ``backend: auto`` computes with on ``device``, decided here for every type: on CUDA FlexAttention
         where it computes the pattern (one compiled kernel skipping the empty blocks); on a CPU the batched band
         formulation where the pattern has that shape (fastest there), else the block loop. A type overrides it
-        only where it knows better (full: the quadratic baseline on purpose; flash: PyTorch's fused kernel)."""
-        options = self.backends()
+        only where it knows better (full: the quadratic baseline on purpose; flash: PyTorch's fused kernel).
+        ``adds_scores``: the model adds a score modification (ALiBi), so only backends that can add one count."""
+        options = self.backends(adds_scores)
         if device.type == "cuda" and "flex" in options:
             return "flex"
         return "banded" if "banded" in options else "blocked"
@@ -78,14 +80,17 @@ class AttentionType:
         return -1
 
     # --- shared -------------------------------------------------------------------------------------
-    def backends(self) -> list[str]:
-        """The backends that compute this type exactly (its pattern decides)."""
-        return backends_for(self.pattern(16))
+    def backends(self, adds_scores: bool = False) -> list[str]:
+        """The backends that compute this type exactly (its pattern decides), and with ``adds_scores`` can add
+        a score modification too."""
+        return [b for b in backends_for(self.pattern(16)) if not adds_scores or get_backend(b).adds_scores]
 
-    def check(self, context: int, n_head: int, device: torch.device | str | None = None) -> None:
+    def check(self, context: int, n_head: int, device: torch.device | str | None = None,
+              score_mod: str | None = None) -> None:
         """Every check that can run before training: backend known and able to compute this pattern, the
         block size usable, the settings valid and, when ``device`` is given, the backend usable there (the
-        model is built on the CPU before it moves, so construction checks the settings only)."""
+        model is built on the CPU before it moves, so construction checks the settings only). ``score_mod``:
+        the name of the score modification the model adds (model.positions=alibi), which the backend must take."""
         if self.block_size < 1:
             raise ConfigError(f"attention.block_size must be >= 1, got {self.block_size}")
         if self.block_size > max(context, 1024):  # a bound (a tile of 10^9 would be allocated), not a tuning rule
@@ -99,6 +104,9 @@ class AttentionType:
         if self.backend not in self.backends():
             raise ConfigError(f"attention {self.name!r} does not support backend {self.backend!r}; "
                              f"valid: {self.backends() + ['auto']}")
+        if score_mod and not backend.adds_scores:
+            raise ConfigError(f"attention backend {self.backend!r} cannot add a score modification ({score_mod}): it is "
+                              f"a fused kernel with no bias input; valid with it: {self.backends(True) + ['auto']}")
         bad_block = backend.bad_block(self.block_size)
         if bad_block:
             raise ConfigError(bad_block)
@@ -106,23 +114,28 @@ class AttentionType:
         if reason:
             raise ConfigError(f"attention backend {self.backend!r} is not available: {reason}")
 
-    def resolved_backend(self, device: torch.device | str) -> str:
-        return self.auto_backend(torch.device(device)) if self.backend == "auto" else self.backend
+    def resolved_backend(self, device: torch.device | str, adds_scores: bool = False) -> str:
+        return self.auto_backend(torch.device(device), adds_scores) if self.backend == "auto" else self.backend
 
-    def bind(self, device: torch.device | str, layer: int = 0) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]:
-        """The attention of one layer as a function of (q, k, v), with the backend resolved once for a device."""
-        fn, block = get_backend(self.resolved_backend(device)).fn, self.block_size
+    def bind(self, device: torch.device | str, layer: int = 0, score_mod: ScoreMod | None = None
+             ) -> Callable[..., torch.Tensor]:
+        """The attention of one layer as a function ``attend(q, k, v, documents=None)``, with the backend resolved
+        once for a device and the score modification (if any) fixed."""
+        fn, block = get_backend(self.resolved_backend(device, score_mod is not None)).fn, self.block_size
         last = [None, None]  # (length, pattern) of the previous call: training repeats one length
 
-        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, documents: torch.Tensor | None = None
+                   ) -> torch.Tensor:
             if last[0] != q.shape[2]:
                 last[:] = [q.shape[2], self.pattern(q.shape[2], layer)]
-            return fn(q, k, v, last[1], block)  # (B, H, N, D)
+            return fn(q, k, v, last[1], block, documents, score_mod)  # (B, H, N, D)
         return attend
 
-    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int = 0) -> torch.Tensor:
-        """q, k, v: (B, H, N, D) -> (B, H, N, D); resolves the backend on every call (tests, benchmarks)."""
-        return self.bind(q.device, layer)(q, k, v)
+    def __call__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layer: int = 0,
+                 documents: torch.Tensor | None = None, score_mod: ScoreMod | None = None) -> torch.Tensor:
+        """q, k, v: (B, H, N, D) -> (B, H, N, D); resolves the backend on every call (tests, benchmarks).
+        documents (B, N): document ids (masking across them); score_mod: added to the scores (ALiBi)."""
+        return self.bind(q.device, layer, score_mod)(q, k, v, documents)
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, **{f.name: getattr(self, f.name) for f in fields(self)}}

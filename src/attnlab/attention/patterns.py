@@ -219,3 +219,29 @@ def split_heads(even: Pattern, odd: Pattern) -> Pattern:
     def fn(b, h, q, k):
         return torch.where(h % 2 == 0, even(b, h, q, k), odd(b, h, q, k))
     return Pattern(f"split({even.name}, {odd.name})", fn, per_head=True, cover=union_cover(even.cover, odd.cover))
+
+
+# --- data-dependent: documents ---------------------------------------------------------------------------
+
+def document_ids(tokens: torch.Tensor, end_token: int, start: torch.Tensor | None = None) -> torch.Tensor:
+    """tokens (B, T) -> document ids (B, T): the number of ``end_token`` before each position (plus ``start``, (B,),
+    the ends already seen before these tokens). The end token belongs to the document it ends, so the first
+    token of the next document sees only itself and later tokens of its own document."""
+    ends = (tokens == end_token).long()  # (B, T)
+    ids = ends.cumsum(1) - ends  # (B, T) exclusive count
+    return ids if start is None else ids + start.view(-1, 1)
+
+
+def same_document(documents: torch.Tensor) -> Pattern:
+    """Query and key lie in the same document, ``documents[b, q] == documents[b, kv]`` (documents: (B, N) ids).
+
+    The one pattern that depends on the batch index and on the data: it captures ``documents``, so it is
+    never cached by name. ``pattern & same_document(ids)`` is what document masking computes; the dense
+    backend, the KV cache and the analysis evaluate it like this, and the efficient backends apply the same
+    comparison inside each block they visit (their block layouts stay the data-independent ``pattern``'s)."""
+    return Pattern("same_document", lambda b, h, q, k: documents[b, q] == documents[b, k])
+
+
+def with_documents(pattern: Pattern, documents: torch.Tensor | None) -> Pattern:
+    """``pattern & same_document(documents)``, or ``pattern`` itself when there are no documents."""
+    return pattern if documents is None else pattern & same_document(documents)

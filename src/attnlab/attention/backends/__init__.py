@@ -1,7 +1,9 @@
 """The backends: how the scores a pattern allows are computed. The one registry of them is ``BACKENDS``.
 
-Each backend is ``fn(q, k, v, pattern, block) -> out`` with q, k, v, out of shape (B, H, N, D), says which
-patterns it computes exactly (``handles``) and where it runs (``unavailable_reason``). An attention type's
+Each backend is ``fn(q, k, v, pattern, block, documents=None, score_mod=None) -> out`` with q, k, v, out of
+shape (B, H, N, D), says which patterns it computes exactly (``handles``), where it runs
+(``unavailable_reason``) and whether it can add a score modification (``adds_scores``). Every backend applies
+document masking (``documents`` (B, N): ``pattern & same_document``). An attention type's
 valid backends are the registered ones that handle its pattern: the type-backend knowledge lives here.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ from attnlab.attention.backends.dense import dense_attention
 from attnlab.attention.patterns import Pattern
 from attnlab.errors import ConfigError
 
-AttentionFn = Callable[..., torch.Tensor]  # (q, k, v, pattern, block) -> out
+AttentionFn = Callable[..., torch.Tensor]  # (q, k, v, pattern, block, documents=None, score_mod=None) -> out
 
 
 def _any_pattern(pattern: Pattern) -> bool:
@@ -42,9 +44,9 @@ def _triton_unavailable(device: torch.device) -> str | None:
             f"this device is {device.type}")
 
 
-def _triton_attention(q, k, v, pattern: Pattern, block: int = 64) -> torch.Tensor:
+def _triton_attention(q, k, v, pattern: Pattern, block: int = 64, documents=None, score_mod=None) -> torch.Tensor:
     from attnlab.attention.backends.triton_kernel import triton_attention  # imports triton: only when used
-    return triton_attention(q, k, v, pattern, block)
+    return triton_attention(q, k, v, pattern, block, documents, score_mod)
 
 
 def _triton_block_ok(block: int) -> str | None:
@@ -63,6 +65,7 @@ class Backend:
     bad_block: Callable[[int], str | None] = lambda block: None  # a message when it cannot use this block size
     uses_blocks: bool = True  # works from the block layout (built once per shape, outside any timing)
     materialises_scores: bool = False  # keeps the n x n probabilities for backward (O(n^2) memory)
+    adds_scores: bool = True  # can add a score modification (ALiBi); a fused kernel with no bias input cannot
 
 
 BACKENDS: dict[str, Backend] = {
@@ -74,11 +77,11 @@ BACKENDS: dict[str, Backend] = {
                       "each query block against its band of keys plus shared column keys, batched (any device)",
                       handles=_banded.handles),
     "sdpa": Backend("sdpa", _sdpa.sdpa_attention, "torch.nn.functional.scaled_dot_product_attention (fused)",
-                    handles=_sdpa.handles, uses_blocks=False),
+                    handles=_sdpa.handles, uses_blocks=False, adds_scores=False),
     "flex": Backend("flex", _flex.flex_attention, "FlexAttention with a block mask from the predicate",
                     unavailable_reason=_flex.unavailable_reason),
     "triton": Backend("triton", _triton_attention, "own block-sparse Triton kernel",
-                      unavailable_reason=_triton_unavailable, bad_block=_triton_block_ok),
+                      unavailable_reason=_triton_unavailable, bad_block=_triton_block_ok, adds_scores=False),
 }
 
 

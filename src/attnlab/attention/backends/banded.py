@@ -23,13 +23,14 @@ N length, D head dim, nb query blocks, K queries per block, A blocks in a group,
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from attnlab.attention.backends.layout import DERIVED, block_layout, layout_heads
 from attnlab.attention.patterns import Pattern
+from attnlab.attention.score_mods import ScoreMod
 
 MAX_GROUPS = 8  # row groups with their own column lists: trims causal columns to ~1/16 waste at most
 
@@ -61,6 +62,8 @@ class Group:
     last: int
     columns: torch.Tensor  # (C,) key positions beyond the band that some query of the group sees
     bias: Bias  # mask (1, Hl, A, K, L_b + C): the predicate inside band + columns
+    query_pos: torch.Tensor  # (A, K, 1) the group's query positions
+    key_pos: torch.Tensor  # (A, 1, L_b + C) the key position of each band and column slot
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class BandPlan:
     groups: tuple
     dense_rows: torch.Tensor | None  # (g,) queries computed densely (they see keys outside the cover)
     dense_bias: Bias | None  # mask (1, Hl, g, N): the predicate on those rows
+    score_biases: dict = field(default_factory=dict, compare=False)  # (group, score_mod, H) -> its bias, made once
 
 
 def band_plan(pattern: Pattern, N: int, block: int, n_heads: int, device) -> BandPlan:
@@ -111,7 +115,9 @@ def _build_band_plan(pattern: Pattern, N: int, block: int, heads: int, device) -
         none = ~mask.any(-1, keepdim=True)  # padding queries: let them see themselves (finite, never used)
         self_key = (p == q).expand(heads, A, K, band_len)
         mask = mask | (none & torch.cat([self_key, torch.zeros_like(col_mask)], -1))
-        groups.append(Group(first, last, all_columns[used].to(device), Bias(mask.unsqueeze(0).to(device))))
+        key_pos = torch.cat([p.view(A, 1, band_len), all_columns[used].view(1, 1, -1).expand(A, 1, -1)], -1)
+        groups.append(Group(first, last, all_columns[used].to(device), Bias(mask.unsqueeze(0).to(device)),
+                            q.view(A, K, 1).to(device), key_pos.to(device)))
 
     candidates = cover.rows.at(N)  # global queries: the only ones that may see keys outside band + columns
     dense_rows = dense_bias = None
@@ -134,8 +140,23 @@ def _build_band_plan(pattern: Pattern, N: int, block: int, heads: int, device) -
     return BandPlan(K, nb, lo, band_len, tuple(groups), dense_rows, dense_bias)
 
 
-def banded_attention(q, k, v, pattern: Pattern, block: int = 64) -> torch.Tensor:
-    """q, k, v: (B, H, N, D) -> (B, H, N, D), exactly softmax(q k^T / sqrt(D) masked by pattern) v."""
+def score_bias(plan: BandPlan, g: int, score_mod: ScoreMod, H: int, dtype) -> torch.Tensor:
+    """Group g's score modification over its band and column slots, (1, H, A, K, L_b + C), made once per shape."""
+    key = (g, score_mod, H)
+    if key not in plan.score_biases:  # kept with the plan; never an inference tensor (see Bias)
+        group = plan.groups[g]
+        with torch.inference_mode(False):
+            h = torch.arange(H, device=group.key_pos.device).view(-1, 1, 1, 1)  # (H, 1, 1, 1)
+            zero = torch.zeros((), dtype=torch.long, device=h.device)
+            plan.score_biases[key] = score_mod(zero, h, group.query_pos.unsqueeze(0),
+                                               group.key_pos.unsqueeze(0)).unsqueeze(0)  # (1, H, A, K, L_b + C)
+    return plan.score_biases[key].to(dtype)
+
+
+def banded_attention(q, k, v, pattern: Pattern, block: int = 64, documents: torch.Tensor | None = None,
+                     score_mod: ScoreMod | None = None) -> torch.Tensor:
+    """q, k, v: (B, H, N, D) -> (B, H, N, D), exactly softmax(q k^T / sqrt(D) + score_mod, masked by pattern and
+    documents) v. Documents: the same band and columns, each slot's document id compared with the query's."""
     B, H, N, D = q.shape
     plan = band_plan(pattern, N, block, H, q.device)
     dtype = q.dtype
@@ -148,20 +169,35 @@ def banded_attention(q, k, v, pattern: Pattern, block: int = 64) -> torch.Tensor
     v_pad = F.pad(v, (0, 0, -plan.lo, back))
     k_band = k_pad.unfold(2, L, K)[:, :, :nb]  # (B, H, nb, D, L_b) a view: no copy of the overlapping windows
     v_band = v_pad.unfold(2, L, K)[:, :, :nb].transpose(-1, -2)  # (B, H, nb, L_b, D)
+    if documents is not None:  # padding is document -1 on both sides: a padding query keeps its own (finite) key
+        doc_q = F.pad(documents, (0, nb * K - N), value=-1).view(B, nb, K)  # (B, nb, K)
+        doc_band = F.pad(documents, (-plan.lo, back), value=-1).unfold(1, L, K)[:, :nb]  # (B, nb, L_b)
     outs = []
-    for g in plan.groups:
+    for i, g in enumerate(plan.groups):
         A, C = g.last - g.first, len(g.columns)
         keys = k_band[:, :, g.first:g.last].transpose(-1, -2)  # (B, H, A, L_b, D)
         values = v_band[:, :, g.first:g.last]  # (B, H, A, L_b, D)
         if C:  # the group's column keys, the same for each of its blocks
             keys = torch.cat([keys, k[:, :, g.columns].unsqueeze(2).expand(B, H, A, C, D)], 3)  # (B, H, A, L_b + C, D)
             values = torch.cat([values, v[:, :, g.columns].unsqueeze(2).expand(B, H, A, C, D)], 3)
-        s = q_blocks[:, :, g.first:g.last] @ keys.transpose(-1, -2)  # (B, H, A, K, L_b + C)
-        p = torch.softmax(s + g.bias(acc), -1)  # the whole row at once; bias 0 / -inf: the predicate
+        s = q_blocks[:, :, g.first:g.last] @ keys.transpose(-1, -2) + g.bias(acc)  # (B, H, A, K, L_b + C)
+        if score_mod is not None:
+            s = s + score_bias(plan, i, score_mod, H, acc)
+        if documents is not None:
+            doc_k = torch.cat([doc_band[:, g.first:g.last], documents[:, g.columns].unsqueeze(1).expand(B, A, C)], 2)
+            s = s.masked_fill((doc_q[:, g.first:g.last].unsqueeze(-1) != doc_k.unsqueeze(-2)).unsqueeze(1), -math.inf)
+        p = torch.softmax(s, -1)  # the whole row at once; bias 0 / -inf: the predicate
         outs.append(p @ values)  # (B, H, A, K, D)
     out = torch.cat(outs, 2).reshape(B, H, nb * K, D)[:, :, :N]  # (B, H, N, D)
     if plan.dense_rows is not None:  # global queries: every key they may see, one (g x N) product
-        s = q[:, :, plan.dense_rows] @ k.transpose(-1, -2)  # (B, H, g, N)
-        o = torch.softmax(s + plan.dense_bias(acc), -1) @ v  # (B, H, g, D)
-        out = out.index_copy(2, plan.dense_rows, o)
+        rows = plan.dense_rows
+        s = q[:, :, rows] @ k.transpose(-1, -2) + plan.dense_bias(acc)  # (B, H, g, N)
+        if score_mod is not None:
+            zero = torch.zeros((), dtype=torch.long, device=q.device)
+            s = s + score_mod(zero, torch.arange(H, device=q.device).view(-1, 1, 1), rows.view(1, -1, 1),
+                              torch.arange(N, device=q.device).view(1, 1, -1)).to(acc)
+        if documents is not None:
+            s = s.masked_fill((documents[:, rows].unsqueeze(-1) != documents.unsqueeze(1)).unsqueeze(1), -math.inf)
+        o = torch.softmax(s, -1) @ v  # (B, H, g, D)
+        out = out.index_copy(2, rows, o)
     return out.to(dtype)

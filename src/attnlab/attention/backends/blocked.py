@@ -25,6 +25,7 @@ import torch
 
 from attnlab.attention.backends.layout import DERIVED, block_layout, mask_tiles, query_lists
 from attnlab.attention.patterns import Pattern
+from attnlab.attention.score_mods import ScoreMod
 
 
 STEP_KEYS = 512  # keys a row takes per step at most (G blocks of K): larger products, fewer Python steps...
@@ -146,11 +147,54 @@ def as_blocks(x_BALD: torch.Tensor, block: int) -> torch.Tensor:
     return x_BALD.reshape(B, A * (L // block), block, D)
 
 
+@dataclass(frozen=True)
+class StepExtras:
+    """What a step adds beyond the pattern's layout: the document check (``same_document`` inside every visited
+    tile, the layout itself staying the data-independent pattern's) and a score modification (ALiBi), both
+    computed for the step's tiles from positions, never as an n x n tensor."""
+
+    documents_BnK: torch.Tensor | None  # (B, nb, K) document id of every (padded) position; padding -1
+    score_mod: ScoreMod | None
+
+    @staticmethod
+    def of(documents: torch.Tensor | None, score_mod: ScoreMod | None, block: int, N: int) -> "StepExtras | None":
+        if documents is None and score_mod is None:
+            return None
+        docs = None
+        if documents is not None:
+            nb = -(-N // block)
+            docs = torch.nn.functional.pad(documents, (0, nb * block - N), value=-1).view(documents.shape[0], nb, block)
+        return StepExtras(docs, score_mod)
+
+    def add_scores(self, plan: RowPlan, s_BAKL: torch.Tensor, t: int) -> None:
+        """Scores of step t (B, A, K, G*K) + the score modification, in place."""
+        if self.score_mod is None:
+            return
+        A, block, G = s_BAKL.shape[1], s_BAKL.shape[2], plan.group
+        rows = plan.order_R[:A]  # (A,) flat rows: head * nb + query block
+        ar = torch.arange(block, device=s_BAKL.device)
+        q_pos = (rows % plan.n_blocks).view(A, 1, 1) * block + ar.view(1, -1, 1)  # (A, K, 1)
+        k_pos = ((plan.step_blocks(t) % plan.n_blocks).unsqueeze(-1) * block + ar).view(A, 1, G * block)  # (A, 1, G*K)
+        zero = torch.zeros((), dtype=torch.long, device=s_BAKL.device)
+        s_BAKL += self.score_mod(zero, (rows // plan.n_blocks).view(A, 1, 1), q_pos, k_pos).to(s_BAKL.dtype)
+
+    def mask_documents(self, plan: RowPlan, s_BAKL: torch.Tensor, t: int, fill: float) -> None:
+        """Scores or probabilities of step t (B, A, K, G*K): pairs across documents set to ``fill``, in place."""
+        if self.documents_BnK is None:
+            return
+        B, A, block, G = *s_BAKL.shape[:3], plan.group
+        doc_q = self.documents_BnK[:, plan.order_R[:A] % plan.n_blocks]  # (B, A, K)
+        doc_k = self.documents_BnK[:, plan.step_blocks(t) % plan.n_blocks].view(B, A, G * block)  # (B, A, G*K)
+        s_BAKL.masked_fill_(doc_q.unsqueeze(-1) != doc_k.unsqueeze(-2), fill)  # (B, A, K, G*K)
+
+
 class BlockedAttentionFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q_BHND, k_BHND, v_BHND, pattern: Pattern, block: int, scale: float):
+    def forward(ctx, q_BHND, k_BHND, v_BHND, pattern: Pattern, block: int, scale: float,
+                documents: torch.Tensor | None = None, score_mod: ScoreMod | None = None):
         B, H, N, D = q_BHND.shape
         plan = row_plan(pattern, N, block, H, q_BHND.device)
+        extras = StepExtras.of(documents, score_mod, block, N)
         dtype = q_BHND.dtype
         acc = torch.float64 if dtype == torch.float64 else torch.float32  # fp32 accumulation for half inputs
         q_BRKD = _to_rows(q_BHND.to(acc), block)[:, plan.order_R]  # query tiles, rows in plan order
@@ -166,7 +210,11 @@ class BlockedAttentionFn(torch.autograd.Function):
             k_BALD = work.gather("k", k_BRKD, blocks, A)  # (B, A, G*K, D)
             s_shape = (B, A, block, k_BALD.shape[2])  # (B, A, K, G*K)
             s_BAKL = torch.matmul(q_BRKD[:, :A], k_BALD.transpose(-1, -2), out=work.take("s", s_shape, q_BRKD))
+            if extras is not None:
+                extras.add_scores(plan, s_BAKL, t)
             plan.masked(s_BAKL, t, -math.inf)  # the predicate, in place, in partial tiles only
+            if extras is not None:
+                extras.mask_documents(plan, s_BAKL, t, -math.inf)
             m_old = m_BRK[:, :A]
             m_new = torch.maximum(m_old, s_BAKL.amax(-1))  # (B, A, K)
             m_safe = torch.where(torch.isinf(m_new), torch.zeros_like(m_new), m_new)  # no -inf - -inf
@@ -181,13 +229,13 @@ class BlockedAttentionFn(torch.autograd.Function):
         out_BHND = _from_rows(o_BRKD, plan, H, N)
         lse_BHN = _from_rows(lse_BRK, plan, H, N)
         ctx.save_for_backward(q_BHND, k_BHND, v_BHND, out_BHND, lse_BHN)
-        ctx.pattern, ctx.block, ctx.scale = pattern, block, scale
+        ctx.pattern, ctx.block, ctx.scale, ctx.extras = pattern, block, scale, extras
         return out_BHND.to(dtype)
 
     @staticmethod
     def backward(ctx, dout_BHND):
         q_BHND, k_BHND, v_BHND, out_BHND, lse_BHN = ctx.saved_tensors
-        pattern, block, scale = ctx.pattern, ctx.block, ctx.scale
+        pattern, block, scale, extras = ctx.pattern, ctx.block, ctx.scale, ctx.extras
         B, H, N, D = q_BHND.shape
         plan = row_plan(pattern, N, block, H, q_BHND.device)
         acc = out_BHND.dtype  # the forward's accumulation dtype
@@ -205,7 +253,11 @@ class BlockedAttentionFn(torch.autograd.Function):
             q_t, do_t = q_BRKD[:, :A], do_BRKD[:, :A]
             shape = (B, A, block, k_BALD.shape[2])
             s_BAKL = torch.matmul(q_t, k_BALD.transpose(-1, -2), out=work.take("s", shape, q_t))  # recomputed
+            if extras is not None:
+                extras.add_scores(plan, s_BAKL, t)
             p_BAKL = plan.masked(s_BAKL.sub_(lse_BRK[:, :A].unsqueeze(-1)).exp_(), t, 0.0)  # in place
+            if extras is not None:
+                extras.mask_documents(plan, p_BAKL, t, 0.0)
             pdo = torch.matmul(p_BAKL.transpose(-1, -2), do_t, out=work.take("kd", k_BALD.shape, q_t))
             dv_BRKD.index_add_(1, blocks, as_blocks(pdo, block))  # dV_j += P^T dO
             dp_BAKL = torch.matmul(do_t, v_BALD.transpose(-1, -2), out=work.take("dp", shape, q_t))
@@ -215,9 +267,11 @@ class BlockedAttentionFn(torch.autograd.Function):
             dk_BRKD.index_add_(1, blocks, as_blocks(dsq, block))
         dq_BHND = _from_rows(dq_BRKD * scale, plan, H, N)
         unrow = lambda x: x.reshape(B, H, plan.n_blocks * block, D)[:, :, :N]  # noqa: E731  key tiles are not reordered
-        return dq_BHND.to(q_BHND.dtype), unrow(dk_BRKD).to(k_BHND.dtype), unrow(dv_BRKD).to(v_BHND.dtype), None, None, None
+        return dq_BHND.to(q_BHND.dtype), unrow(dk_BRKD).to(k_BHND.dtype), unrow(dv_BRKD).to(v_BHND.dtype), None, None, None, None, None
 
 
-def blocked_attention(q, k, v, pattern: Pattern, block: int = 64) -> torch.Tensor:
-    """q, k, v: (B, H, N, D) -> (B, H, N, D), exactly softmax(q k^T / sqrt(D) masked by pattern) v."""
-    return BlockedAttentionFn.apply(q, k, v, pattern, block, 1.0 / math.sqrt(q.shape[-1]))
+def blocked_attention(q, k, v, pattern: Pattern, block: int = 64, documents: torch.Tensor | None = None,
+                      score_mod: ScoreMod | None = None) -> torch.Tensor:
+    """q, k, v: (B, H, N, D) -> (B, H, N, D), exactly softmax(q k^T / sqrt(D) + score_mod, masked by pattern and
+    documents) v."""
+    return BlockedAttentionFn.apply(q, k, v, pattern, block, 1.0 / math.sqrt(q.shape[-1]), documents, score_mod)

@@ -105,6 +105,14 @@ def _tile_allowed(TILES, tile, BLOCK: tl.constexpr):
 
 
 @triton.jit
+def _documents(DOC, b, offs, N, HAS_DOC: tl.constexpr):
+    """The document ids (B, N) int32 of a block's positions; positions past N are document -1."""
+    if HAS_DOC:
+        return tl.load(DOC + b * N + offs, mask=offs < N, other=-1)
+    return offs * 0
+
+
+@triton.jit
 def _load_query_side(Q, DO, LSE, DELTA, pid_bh, b, h, sqb, sqh, sqn, sdb, sdh, sdn, offs_m, offs_d, N, D):
     """What the backward pass needs of a query block: q, dO, and the row log-sum-exp and delta = rowsum(dO * O)."""
     q = _load_rows(Q, b, h, sqb, sqh, sqn, offs_m, offs_d, N, D)
@@ -115,13 +123,14 @@ def _load_query_side(Q, DO, LSE, DELTA, pid_bh, b, h, sqb, sqh, sqn, sdb, sdh, s
 
 
 @triton.jit
-def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, KV_TILE, TILES,
+def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, KV_TILE, TILES, DOC,
                 sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sob, soh, son,
                 H, N, D, HL, NB, MAXK, qk_scale,
-                BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
+                BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr, HAS_DOC: tl.constexpr):
     pid_bh, b, h, row, offs_m = _program(H, HL, NB, BLOCK)
     offs_d = tl.arange(0, BLOCK_D)
     q = _load_rows(Q, b, h, sqb, sqh, sqn, offs_m, offs_d, N, D)
+    doc_q = _documents(DOC, b, offs_m, N, HAS_DOC)
     m_i = tl.full([BLOCK], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK], tl.float32)
     acc = tl.zeros([BLOCK, BLOCK_D], tl.float32)
@@ -133,6 +142,8 @@ def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, KV_TILE, TILES,
         s = tl.where(offs_n[None, :] < N, s, float("-inf"))
         if tile >= 0:  # partial block: the predicate, element-wise
             s = tl.where(_tile_allowed(TILES, tile, BLOCK) != 0, s, float("-inf"))
+        if HAS_DOC:  # document masking: every visited tile, element-wise (the layout is the pattern's)
+            s = tl.where(doc_q[:, None] == _documents(DOC, b, offs_n, N, HAS_DOC)[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
         m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
         p = tl.exp2(s - m_safe[:, None])
@@ -149,8 +160,8 @@ def _fwd_kernel(Q, K, V, O, LSE, KV_IDX, KV_CNT, KV_TILE, TILES,
 
 
 @triton.jit
-def _backward_tile(q, k, v, do, lse, delta, offs_n, N, tile, TILES, qk_scale, sm_scale,
-                   BLOCK: tl.constexpr, PREC: tl.constexpr):
+def _backward_tile(q, k, v, do, lse, delta, offs_n, N, tile, TILES, doc_q, doc_k, qk_scale, sm_scale,
+                   BLOCK: tl.constexpr, PREC: tl.constexpr, HAS_DOC: tl.constexpr):
     """The body both backward passes share: recompute one tile of probabilities P = exp2(S - lse) from the
     saved log-sum-exp (masked by the sequence end and, for a partial block, by its predicate tile, stored as
     (query, key)), and dS = P * (dP - delta) with dP = dO V^T. Returns (P, dS), each (BLOCK_M, BLOCK_N)."""
@@ -159,17 +170,20 @@ def _backward_tile(q, k, v, do, lse, delta, offs_n, N, tile, TILES, qk_scale, sm
     p = tl.where(offs_n[None, :] < N, p, 0.0)
     if tile >= 0:
         p = tl.where(_tile_allowed(TILES, tile, BLOCK) != 0, p, 0.0)
+    if HAS_DOC:
+        p = tl.where(doc_q[:, None] == doc_k[None, :], p, 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=PREC)  # (BLOCK_M, BLOCK_N)
     ds = p * (dp - delta[:, None]) * sm_scale
     return p, ds
 
 
 @triton.jit
-def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, Q_IDX, Q_CNT, Q_TILE, TILES,
+def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, Q_IDX, Q_CNT, Q_TILE, TILES, DOC,
                      sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
                      H, N, D, HL, NB, MAXQ, qk_scale, sm_scale,
-                     BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
+                     BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr, HAS_DOC: tl.constexpr):
     pid_bh, b, h, row, offs_n = _program(H, HL, NB, BLOCK)
+    doc_k = _documents(DOC, b, offs_n, N, HAS_DOC)
     offs_d = tl.arange(0, BLOCK_D)
     k = _load_rows(K, b, h, skb, skh, skn, offs_n, offs_d, N, D)
     v = _load_rows(V, b, h, svb, svh, svn, offs_n, offs_d, N, D)
@@ -180,7 +194,8 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, Q_IDX, Q_CNT, Q_TILE, TILE
         offs_m, tile = _kept_block(Q_IDX, Q_TILE, row, MAXQ, t, BLOCK)
         q, do, lse, delta = _load_query_side(Q, DO, LSE, DELTA, pid_bh, b, h, sqb, sqh, sqn, sdb, sdh, sdn,
                                              offs_m, offs_d, N, D)
-        p, ds = _backward_tile(q, k, v, do, lse, delta, offs_n, N, tile, TILES, qk_scale, sm_scale, BLOCK, PREC)
+        p, ds = _backward_tile(q, k, v, do, lse, delta, offs_n, N, tile, TILES, _documents(DOC, b, offs_m, N, HAS_DOC),
+                               doc_k, qk_scale, sm_scale, BLOCK, PREC, HAS_DOC)
         dv += tl.dot(tl.trans(p.to(do.dtype)), do, input_precision=PREC)
         dk += tl.dot(tl.trans(ds.to(q.dtype)), q, input_precision=PREC)
     _store_rows(DK, dk, b, h, skb, skh, skn, offs_n, offs_d, N, D)
@@ -188,11 +203,12 @@ def _bwd_dkdv_kernel(Q, K, V, DO, LSE, DELTA, DK, DV, Q_IDX, Q_CNT, Q_TILE, TILE
 
 
 @triton.jit
-def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, KV_IDX, KV_CNT, KV_TILE, TILES,
+def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, KV_IDX, KV_CNT, KV_TILE, TILES, DOC,
                    sqb, sqh, sqn, skb, skh, skn, svb, svh, svn, sdb, sdh, sdn,
                    H, N, D, HL, NB, MAXK, qk_scale, sm_scale,
-                   BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr):
+                   BLOCK: tl.constexpr, BLOCK_D: tl.constexpr, PREC: tl.constexpr, HAS_DOC: tl.constexpr):
     pid_bh, b, h, row, offs_m = _program(H, HL, NB, BLOCK)
+    doc_q = _documents(DOC, b, offs_m, N, HAS_DOC)
     offs_d = tl.arange(0, BLOCK_D)
     q, do, lse, delta = _load_query_side(Q, DO, LSE, DELTA, pid_bh, b, h, sqb, sqh, sqn, sdb, sdh, sdn,
                                          offs_m, offs_d, N, D)
@@ -202,7 +218,8 @@ def _bwd_dq_kernel(Q, K, V, DO, LSE, DELTA, DQ, KV_IDX, KV_CNT, KV_TILE, TILES,
         offs_n, tile = _kept_block(KV_IDX, KV_TILE, row, MAXK, t, BLOCK)
         k = _load_rows(K, b, h, skb, skh, skn, offs_n, offs_d, N, D)
         v = _load_rows(V, b, h, svb, svh, svn, offs_n, offs_d, N, D)
-        p, ds = _backward_tile(q, k, v, do, lse, delta, offs_n, N, tile, TILES, qk_scale, sm_scale, BLOCK, PREC)
+        p, ds = _backward_tile(q, k, v, do, lse, delta, offs_n, N, tile, TILES, doc_q,
+                               _documents(DOC, b, offs_n, N, HAS_DOC), qk_scale, sm_scale, BLOCK, PREC, HAS_DOC)
         dq += tl.dot(ds.to(k.dtype), k, input_precision=PREC)
     _store_rows(DQ, dq, b, h, sqb, sqh, sqn, offs_m, offs_d, N, D)
 
@@ -226,9 +243,11 @@ def _launch_cfg(block: int, d: int) -> dict:
 
 class TritonAttentionFn(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, pattern: Pattern, block: int):
+    def forward(ctx, q, k, v, pattern: Pattern, block: int, documents: torch.Tensor | None = None):
         B, H, N, D = q.shape
         q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        doc = documents.to(device=q.device, dtype=torch.int32).contiguous() if documents is not None else \
+            torch.zeros(1, dtype=torch.int32, device=q.device)  # unread without documents
         kl = kernel_layout(pattern, N, block, H, q.device)
         out = _new_buffer(q)
         lse = _new_buffer(q, (B * H, N), torch.float32)
@@ -236,17 +255,18 @@ class TritonAttentionFn(torch.autograd.Function):
         BLOCK_D = max(16, triton.next_power_of_2(D))
         nb = -(-N // block)
         grid = (nb, B * H)
-        _fwd_kernel[grid](q, k, v, out, lse, kl.kv_idx, kl.kv_cnt, kl.kv_tile, kl.tiles,
+        _fwd_kernel[grid](q, k, v, out, lse, kl.kv_idx, kl.kv_cnt, kl.kv_tile, kl.tiles, doc,
                           *q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *out.stride()[:3],
                           H, N, D, kl.n_layout_heads, nb, kl.kv_idx.shape[-1], sm_scale * LOG2E,
-                          BLOCK=block, BLOCK_D=BLOCK_D, PREC=_precision(q), **_launch_cfg(block, D))
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.kl, ctx.block, ctx.sm_scale = kl, block, sm_scale
+                          BLOCK=block, BLOCK_D=BLOCK_D, PREC=_precision(q), HAS_DOC=documents is not None,
+                          **_launch_cfg(block, D))
+        ctx.save_for_backward(q, k, v, out, lse, doc)
+        ctx.kl, ctx.block, ctx.sm_scale, ctx.has_doc = kl, block, sm_scale, documents is not None
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, out, lse, doc = ctx.saved_tensors
         kl, block, sm_scale = ctx.kl, ctx.block, ctx.sm_scale
         B, H, N, D = q.shape
         dout = dout.contiguous()
@@ -256,16 +276,22 @@ class TritonAttentionFn(torch.autograd.Function):
         nb = -(-N // block)
         common = (*q.stride()[:3], *k.stride()[:3], *v.stride()[:3], *dout.stride()[:3], H, N, D, kl.n_layout_heads, nb)
         _bwd_dkdv_kernel[(nb, B * H)](q, k, v, dout, lse, delta, dk, dv, kl.q_idx, kl.q_cnt, kl.q_tile, kl.tiles,
-                                      *common, kl.q_idx.shape[-1], sm_scale * LOG2E, sm_scale,
-                                      BLOCK=block, BLOCK_D=BLOCK_D, PREC=_precision(q), **_launch_cfg(block, D))
+                                      doc, *common, kl.q_idx.shape[-1], sm_scale * LOG2E, sm_scale,
+                                      BLOCK=block, BLOCK_D=BLOCK_D, PREC=_precision(q), HAS_DOC=ctx.has_doc,
+                                      **_launch_cfg(block, D))
         _bwd_dq_kernel[(nb, B * H)](q, k, v, dout, lse, delta, dq, kl.kv_idx, kl.kv_cnt, kl.kv_tile, kl.tiles,
-                                    *common, kl.kv_idx.shape[-1], sm_scale * LOG2E, sm_scale,
-                                    BLOCK=block, BLOCK_D=BLOCK_D, PREC=_precision(q), **_launch_cfg(block, D))
-        return dq, dk, dv, None, None
+                                    doc, *common, kl.kv_idx.shape[-1], sm_scale * LOG2E, sm_scale,
+                                    BLOCK=block, BLOCK_D=BLOCK_D, PREC=_precision(q), HAS_DOC=ctx.has_doc,
+                                    **_launch_cfg(block, D))
+        return dq, dk, dv, None, None, None
 
 
-def triton_attention(q, k, v, pattern: Pattern, block: int = 64) -> torch.Tensor:
-    """q, k, v: (B, H, N, D) -> (B, H, N, D); block must be a power of two >= 16 (tensor-core tiles)."""
+def triton_attention(q, k, v, pattern: Pattern, block: int = 64, documents: torch.Tensor | None = None,
+                     score_mod=None) -> torch.Tensor:
+    """q, k, v: (B, H, N, D) -> (B, H, N, D); block must be a power of two >= 16 (tensor-core tiles). Documents
+    (B, N): the same comparison inside every visited tile. A score modification it cannot add (no such input)."""
     if block < 16 or block & (block - 1):
         raise ConfigError(f"attention.block_size={block}: the triton backend needs a power of two >= 16")
-    return TritonAttentionFn.apply(q, k, v, pattern, block)
+    if score_mod is not None:
+        raise ValueError(f"the triton backend cannot add the score modification {score_mod.name}")
+    return TritonAttentionFn.apply(q, k, v, pattern, block, documents)

@@ -15,12 +15,15 @@ class FlashAttention(FullAttention):
     block_size: int = 64  # query/key tile; 64 keeps a tile of fp32 scores at 16 KiB
     name = "flash"
 
-    def backends(self) -> list[str]:
-        return [b for b in super(FullAttention, self).backends() if b != "dense"]  # every tiled or fused one
+    def backends(self, adds_scores: bool = False) -> list[str]:
+        return [b for b in super(FullAttention, self).backends(adds_scores) if b != "dense"]  # every tiled or fused one
 
-    def auto_backend(self, device: torch.device) -> str:
+    def auto_backend(self, device: torch.device, adds_scores: bool = False) -> str:
         # PyTorch's fused kernels (FA2 / cuDNN on GPU, a flash kernel on CPU) are the fastest exact
-        # implementation everywhere; 'blocked' is our own, readable one
+        # implementation everywhere; 'blocked' is our own, readable one. They take no score modification (ALiBi):
+        # then the tiled backends that do
+        if adds_scores:
+            return super(FullAttention, self).auto_backend(device, adds_scores)
         return "sdpa"
 
     @classmethod

@@ -17,12 +17,12 @@ class FullAttention(AttentionType):
     def pattern(self, seq_len: int, layer: int = 0) -> Pattern:
         return base(self.causal)  # j <= i, or every pair
 
-    def backends(self) -> list[str]:
+    def backends(self, adds_scores: bool = False) -> list[str]:
         # the baseline keeps the n x n scores (dense) or is PyTorch's fused kernel for comparison (sdpa);
         # the same pattern computed in tiles by our own backends is the `flash` type
-        return ["dense", "sdpa"]
+        return ["dense"] if adds_scores else ["dense", "sdpa"]
 
-    def auto_backend(self, device: torch.device) -> str:
+    def auto_backend(self, device: torch.device, adds_scores: bool = False) -> str:
         return "dense"
 
     @classmethod
