@@ -5,7 +5,10 @@ import pytest
 import torch
 
 from attnlab.attention import ATTENTION_TYPES, BACKENDS, build_attention, example_attention
-from attnlab.attention.backends.dense import masked_attention
+from attnlab.attention.backends.dense import full_mask, masked_attention
+from attnlab.attention.patterns import document_ids
+from attnlab.attention.score_mods import alibi
+from attnlab.errors import ConfigError
 from attnlab.attention.backends.layout import block_layout
 
 CPU = torch.device("cpu")
@@ -199,3 +202,91 @@ def test_what_auto_means_is_decided_in_one_place():
         assert a.auto_backend(torch.device("cuda")) == "flex"
         assert a.auto_backend(torch.device("cpu")) == ("banded" if "banded" in a.backends() else "blocked")
     assert not AttentionType().is_global(torch.arange(4)).any() and AttentionType().last_global_query() == -1
+
+
+# --- document masking, grouped key/value heads and score modifications (ALiBi) ------------------------------
+
+def packed_documents(B: int, n: int, seed: int = 0) -> torch.Tensor:
+    """Document ids (B, n) of packed windows: each row cut at different end tokens, one row without any."""
+    g = torch.Generator().manual_seed(seed)
+    tokens = torch.randint(1, 9, (B, n), generator=g)
+    tokens[0, [3, n // 2, n - 5]] = 0  # three ends: a short document first
+    if B > 1:
+        tokens[1, [n // 3]] = 0
+    return document_ids(tokens, end_token=0)
+
+
+def extended_cases():
+    """Every type (its first causal variant) x every CPU backend x documents off/on x key/value heads (all, 1, half)
+    x score modification none/ALiBi where the backend can add one."""
+    cases = []
+    for name, cls in ATTENTION_TYPES.items():
+        att = build_attention({"name": name, **cls.variants(64)[0]})
+        for backend in cpu_backends(att):
+            for docs in (False, True):
+                for kv in (4, 1, 2):
+                    for alibi_on in ((False, True) if BACKENDS[backend].adds_scores else (False,)):
+                        if not docs and kv == 4 and not alibi_on:
+                            continue  # today's case, tested above
+                        cases.append(pytest.param(name, backend, docs, kv, alibi_on,
+                                                  id=f"{name}-{backend}-{'docs' if docs else 'nodocs'}-kv{kv}"
+                                                     f"{'-alibi' if alibi_on else ''}"))
+    return cases
+
+
+@pytest.mark.parametrize("name,backend,docs,kv,alibi_on", extended_cases())
+def test_documents_grouped_heads_and_alibi_equal_the_dense_reference(name, backend, docs, kv, alibi_on):
+    """Forward and gradients equal float64 dense attention under ``pattern & same_document`` with the ALiBi bias,
+    key/value heads shared by groups of query heads as the model shares them."""
+    torch.manual_seed(kv + 10 * docs + 100 * alibi_on)
+    B, H, n, d = 2, 4, 45, 16
+    settings = ATTENTION_TYPES[name].variants(64)[0]
+    att = build_attention({"name": name, **settings, "backend": backend, "block_size": 16})
+    documents = packed_documents(B, n) if docs else None
+    mod = alibi(H) if alibi_on else None
+    q = torch.randn(B, H, n, d, requires_grad=True)
+    k, v = (torch.randn(B, kv, n, d, requires_grad=True) for _ in range(2))
+    spread = lambda t: t.repeat_interleave(H // kv, dim=1)  # noqa: E731  as SelfAttention.heads_of
+    out = att(q, spread(k), spread(v), 1, documents, mod)
+    pattern = att.pattern(n, 1)
+    mask = full_mask(pattern, B, H, n, documents, None)
+    bias = None if mod is None else mod.dense(n, n, H, dtype=torch.float64).unsqueeze(0)
+    ref = masked_attention(q.double(), spread(k).double(), spread(v).double(), mask, bias)
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
+    g = torch.randn_like(out)
+    for got, want, which in zip(torch.autograd.grad(out, (q, k, v), g), torch.autograd.grad(ref, (q, k, v), g.double()),
+                                "qkv"):
+        torch.testing.assert_close(got.double(), want.double(), atol=5e-5, rtol=1e-4, msg=lambda m: f"d{which}: {m}")
+
+
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("name,backend", leak_cases())
+def test_no_information_crosses_a_document_boundary(name, backend, causal):
+    """Perturb every query, key and value of one document: the outputs of every other document stay the same to
+    the last bit (as the causal-leak test does for the future), and the perturbed document's do change."""
+    torch.manual_seed(1)
+    n = 40
+    att = example_attention(name, n, backend=backend, block_size=8, causal=causal)
+    tokens = torch.randint(1, 9, (2, n))
+    tokens[:, [9, 25]] = 0  # three documents: 0..9, 10..25, 26..39
+    documents = document_ids(tokens, end_token=0)
+    q, k, v = (torch.randn(2, 2, n, 16) for _ in range(3))
+    out = att(q, k, v, 0, documents)
+    inside = documents[0] == 1  # the middle document
+    q2, k2, v2 = (x.clone() for x in (q, k, v))
+    for x in (q2, k2, v2):
+        x[:, :, inside] += torch.randn_like(x[:, :, inside]) * 10
+    out2 = att(q2, k2, v2, 0, documents)
+    assert torch.equal(out[:, :, ~inside], out2[:, :, ~inside])
+    assert not torch.allclose(out[:, :, inside], out2[:, :, inside])
+
+
+def test_a_backend_that_cannot_add_scores_is_refused_in_one_line_and_auto_avoids_it():
+    flash = build_attention({"name": "flash", "backend": "sdpa"})
+    with pytest.raises(ConfigError, match=r"backend 'sdpa' cannot add a score modification \(alibi\).*valid with it: "
+                                          r"\['blocked', 'flex', 'auto'\]"):
+        flash.check(64, 4, score_mod="alibi")
+    assert build_attention({"name": "flash"}).resolved_backend(CPU, adds_scores=True) == "blocked"
+    assert build_attention({"name": "full"}).resolved_backend(CPU, adds_scores=True) == "dense"
+    for name in ATTENTION_TYPES:  # whatever auto picks with a score modification can add one
+        assert BACKENDS[build_attention({"name": name}).resolved_backend(CPU, adds_scores=True)].adds_scores

@@ -206,7 +206,7 @@ SIZE_KEYS = ("n_layer", "n_head", "d_model", "d_ff", "context", "dropout")  # wh
 def test_the_default_model_yaml_states_gptconfigs_defaults_and_every_size_lists_every_field():
     from dataclasses import fields
     from attnlab.model import GPTConfig
-    defaults = {f.name: f.default for f in fields(GPTConfig) if f.name != "vocab_size"}  # vocab: from the data
+    defaults = {f.name: f.default for f in fields(GPTConfig) if f.name not in ("vocab_size", "document_end")}  # from the data
     default_model = _yaml(ROOT / "conf" / "config.yaml")["defaults"]
     [size] = [d["model"] for d in default_model if isinstance(d, dict) and "model" in d]
     conf = _yaml(ROOT / "conf" / "model" / f"{size}.yaml")

@@ -33,12 +33,12 @@ def backend_cases():
 
 
 def sharp_model(attention: dict, positions: str = "learned", context: int = N, seed: int = 0,
-                n_kv_head: int | None = None) -> GPT:
+                n_kv_head: int | None = None, document_end: int | None = None) -> GPT:
     """A random model whose attention is peaked (scaled q, k, v), so that a key missing from the cache changes
     the logits visibly; float64 so that exact equality of greedy tokens is not left to rounding."""
     torch.manual_seed(seed)
     m = GPT(GPTConfig(vocab_size=50, context=context, n_layer=2, n_head=4, d_model=32, positions=positions,
-                      n_kv_head=n_kv_head), build_attention(attention)).double().eval()
+                      n_kv_head=n_kv_head, document_end=document_end), build_attention(attention)).double().eval()
     with torch.no_grad():
         for block in m.blocks:
             block.attn.qkv.weight.mul_(8)
@@ -119,6 +119,36 @@ def test_grouped_query_cache_holds_fewer_heads_and_matches_recomputation(name, s
     with torch.no_grad():
         recomputed_logits = m(cached[:, :-1])[:, prompt.shape[1] - 1:].transpose(0, 1)  # (steps, B, V)
     torch.testing.assert_close(cached_logits, recomputed_logits, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("extra", ["documents", "alibi", "documents-alibi-kv2"])
+@pytest.mark.parametrize("name,settings,backend", backend_cases())
+def test_cache_across_document_boundaries_and_with_alibi_equals_the_whole_sequence(name, settings, backend, extra):
+    """Tokens fed one at a time through the cache (the prompt through the backend), ends of documents among them
+    in the prompt and after it: every step's logits equal one whole-sequence forward, which masks documents and
+    adds ALiBi through the backend."""
+    if "alibi" in extra and not get_backend(backend).adds_scores:
+        pytest.skip(f"{backend} cannot add a score modification (refused: tested in test_attention.py)")
+    kwargs = dict(positions="alibi" if "alibi" in extra else "rope", n_kv_head=2 if "kv2" in extra else None,
+                  document_end=0 if "documents" in extra else None)
+    m = sharp_model({"name": name, **settings, "backend": backend}, **kwargs)
+    torch.manual_seed(3)
+    tokens = torch.randint(1, 50, (2, 40))
+    tokens[0, [4, 15, 27]] = 0  # ends in the prompt (first 11 tokens) and after it, different in each row
+    tokens[1, [20]] = 0
+    cache = m.new_cache()
+    with torch.no_grad():
+        steps = [m(tokens[:, :11], cache)[:, -1]] + [m(tokens[:, t:t + 1], cache)[:, -1] for t in range(11, 40)]
+        if backend in SLOW_ON_CPU:
+            fast = "dense" if "dense" in m.attention.backends() else "sdpa"
+            m = sharp_model({"name": name, **settings, "backend": fast}, **kwargs)
+        whole = m(tokens)[:, 10:]  # (B, 30, V)
+    torch.testing.assert_close(torch.stack(steps, 1), whole, rtol=0, atol=1e-9)
+    if "documents" in extra:  # and the masking is real: without it the logits after an end differ
+        blind = sharp_model({"name": name, **settings, "backend": "dense" if "dense" in m.attention.backends()
+                             else m.attention.backends()[0]}, **{**kwargs, "document_end": None})
+        with torch.no_grad():
+            assert not torch.allclose(blind(tokens)[0, 16:], whole[0, 6:], atol=1e-6)
 
 
 def test_generate_with_and_without_cache_agree_past_a_learned_context():
@@ -210,10 +240,10 @@ def test_bidirectional_model_has_no_cache():
         m.new_cache()
 
 
-@pytest.mark.parametrize("bad,message", [("positions", "model.positions='alibi'; valid: \\['learned', 'rope'\\]"),
+@pytest.mark.parametrize("bad,message", [("positions", "model.positions='sinusoidal'; valid: \\['learned', 'rope', 'alibi'\\]"),
                                          ("odd", "head dimension d_model / n_head = 3 must be even")])
 def test_bad_position_settings(bad, message):
-    kwargs = {"positions": "alibi"} if bad == "positions" else {"positions": "rope", "d_model": 6, "n_head": 2}
+    kwargs = {"positions": "sinusoidal"} if bad == "positions" else {"positions": "rope", "d_model": 6, "n_head": 2}
     with pytest.raises(ValueError, match=message):
         GPTConfig(**{"vocab_size": 20, "context": 8, "n_layer": 1, "n_head": 2, "d_model": 16, **kwargs})
 

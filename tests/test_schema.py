@@ -116,7 +116,7 @@ HAND_WRITTEN = [
     ("callbacks.best_checkpoint.save_top_k=-2", "callbacks.best_checkpoint.save_top_k=-2 must be"),
     ("model.context=0", "model.context=0 must be >= 1"),
     ("model.dropout=1.0", "model.dropout=1.0 must be in [0, 1)"),
-    ("model.positions=alibi", "model.positions='alibi'"),
+    ("model.positions=sinusoidal", "model.positions='sinusoidal'"),
     ("model.bias=maybe", "model.bias='maybe' must be true or false"),
     ("attention=sparse attention.stride=0", "attention.stride=0"),
     ("attention=sparse attention.pattern_kind=diagonal", "attention.pattern_kind='diagonal'"),

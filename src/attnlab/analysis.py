@@ -15,13 +15,19 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.attention import AttentionType
+from attnlab.attention.backends.dense import full_mask
+from attnlab.attention.score_mods import ScoreMod
 
 
-def attention_probabilities(attention: AttentionType, q: torch.Tensor, k: torch.Tensor, layer: int = 0) -> torch.Tensor:
-    """q, k: (B, H, T, D) -> the attention probabilities (B, H, T, T) under ``attention``'s pattern at ``layer``."""
+def attention_probabilities(attention: AttentionType, q: torch.Tensor, k: torch.Tensor, layer: int = 0,
+                            documents: torch.Tensor | None = None, score_mod: ScoreMod | None = None) -> torch.Tensor:
+    """q, k: (B, H, T, D) -> the attention probabilities (B, H, T, T) under ``attention``'s pattern at ``layer``
+    (and within ``documents`` (B, T), with ``score_mod`` added to the scores, as the model computes them)."""
     B, H, T, D = q.shape
-    allowed = attention.pattern(T, layer).dense(T, n_heads=H, device=q.device)  # (H, T, T)
+    allowed = full_mask(attention.pattern(T, layer), B, H, T, documents, q.device)  # (B|1, H|1, T, T)
     scores = q @ k.transpose(-2, -1) / math.sqrt(D)  # (B, H, T, T)
+    if score_mod is not None:
+        scores = scores + score_mod.dense(T, T, H, device=q.device, dtype=scores.dtype)
     scores = scores.masked_fill(~allowed, float("-inf"))
     return torch.softmax(scores, dim=-1).nan_to_num(0.0)  # (B, H, T, T); a row with no key (none here) is 0
 
@@ -45,11 +51,13 @@ def inspect(model, idx: torch.Tensor, on_layer=None) -> Inspection:
     for inputs in seen:
         attn = model.blocks[inputs.layer].attn
         attention = attn.attention
-        p = attention_probabilities(attention, inputs.q, attn.heads_of(inputs.k), inputs.layer)  # (B, H, T, T)
+        same_as_model = dict(documents=inputs.documents, score_mod=attn.score_mod)
+        p = attention_probabilities(attention, inputs.q, attn.heads_of(inputs.k), inputs.layer, **same_as_model)  # (B, H, T, T)
         if inputs.global_qk is not None:  # global rows come from their own projections (Longformer's option)
             rows = attention.is_global(inputs.positions)  # (T,)
             qg, kg = inputs.global_qk
-            p = torch.where(rows.view(1, 1, T, 1), attention_probabilities(attention, qg, attn.heads_of(kg), inputs.layer), p)
+            p = torch.where(rows.view(1, 1, T, 1),
+                            attention_probabilities(attention, qg, attn.heads_of(kg), inputs.layer, **same_as_model), p)
         if on_layer is None:
             probs.append(p)
         else:

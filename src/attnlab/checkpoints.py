@@ -194,6 +194,9 @@ def run_key(cfg: DictConfig, legacy: bool | str = False) -> str:
     if isinstance(resolved.get("model"), dict) and resolved["model"].get("n_kv_head", 0) is None:
         resolved["model"] = {k: v for k, v in resolved["model"].items() if k != "n_kv_head"}  # (added 2026-12-05:
         #   at its default, multi-head, a run is the one it was before the setting existed)
+    if isinstance(resolved.get("data"), dict) and resolved["data"].get("document_mask", True) is False:
+        resolved["data"] = {k: v for k, v in resolved["data"].items() if k != "document_mask"}  # (likewise: off is
+        #   the run as it was before document masking existed)
     era = "2026-12-04" if legacy is True else legacy or None
     if era in ("2026-12-05", "2026-12-04") and isinstance(resolved.get("data"), dict):
         # until 2026-12-05 the data section repeated ${dataset} and ${tokenizer} (read from nowhere)

@@ -38,6 +38,8 @@ def unsupported(model) -> list[str]:
         problems.append("model.tie_weights=false (GPT-2 ties its output head to the token embedding)")
     if cfg.kv_heads != cfg.n_head:
         problems.append(f"model.n_kv_head={cfg.n_kv_head} (GPT-2 has a key and a value head per query head)")
+    if cfg.document_end is not None:
+        problems.append("data.document_mask=true (GPT-2 attends across the end-of-text tokens of a packed window)")
     if cfg.activation != "gelu_tanh":
         problems.append(f"model.activation={cfg.activation} (GPT-2 uses gelu_tanh)")
     return problems

@@ -11,6 +11,8 @@ the attention type says which cached keys a query still to come may see
 
 The prompt (an empty cache) goes through the type's own backend; later tokens attend to the cached keys
 through a mask made by the type's own predicate, so the cache computes exactly the pattern it was trained on.
+With document masking each slot also keeps its token's document id and the mask is ``pattern & same_document``;
+a score modification (ALiBi) becomes the float mask's values.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from attnlab.attention import AttentionType
+from attnlab.attention.score_mods import ScoreMod
 
 
 class LayerCache:
@@ -34,10 +37,11 @@ class LayerCache:
         self.k: torch.Tensor | None = None  # (B, H, S, D)
         self.v: torch.Tensor | None = None  # (B, H, S, D)
         self.pos: torch.Tensor | None = None  # (S,) long
+        self.doc: torch.Tensor | None = None  # (B, S) long: each slot's document id (document masking only)
         self.filled = 0  # for a type that never drops keys: they fill slots 0..filled-1, in order
         # a type with separate global projections (AttentionType.separate_global_projections, e.g. Longformer's):
         # those projections' (k, v, positions) of every token so far, while a global query may still come
-        self.global_kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self.global_kv: tuple | None = None  # (k, v, positions, documents or None)
 
     @property
     def slots(self) -> int:
@@ -51,37 +55,47 @@ class LayerCache:
         return 0 if self.pos is None else int((self.pos >= 0).sum())
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor,
-               prefill) -> torch.Tensor:
+               prefill, documents: torch.Tensor | None = None, score_mod: ScoreMod | None = None) -> torch.Tensor:
         """q: (B, H, T, D), k, v: (B, Hkv, T, D) of new tokens at ``positions`` (T,) -> (B, H, T, D). The cache
-        holds the Hkv key/value heads (grouped-query attention: fewer than H)."""
+        holds the Hkv key/value heads (grouped-query attention: fewer than H). ``documents`` (B, T): the new
+        tokens' document ids; ``score_mod``: added to the scores (both as the backend ``prefill`` applies them)."""
         if self.pos is None:  # the prompt: the type's own (efficient) backend, positions 0..T-1
             y = prefill(q, k, v)  # (B, H, T, D)
-            self._store(k, v, positions)
+            self._store(k, v, positions, documents)
         else:
-            self._store(k, v, positions)
+            self._store(k, v, positions, documents)
             if not self.drops_keys:  # nothing is ever freed: the keys fill a prefix of the slots
                 n = self.filled
                 k_all, v_all, pos = self.k[:, :, :n], self.v[:, :, :n], self.pos[:n]  # (B, H, n, D), (n,)
-                if q.shape[2] == 1 and self.sees_every_earlier_key:  # (B, H, 1, D): every key, no mask
+                doc = None if self.doc is None else self.doc[:, :n]  # (B, n)
+                if q.shape[2] == 1 and self.sees_every_earlier_key and doc is None and score_mod is None:
+                    # (B, H, 1, D): every key, no mask
                     return F.scaled_dot_product_attention(q, k_all, v_all, enable_gqa=k_all.shape[1] != q.shape[1])
             else:
-                k_all, v_all, pos = self.k, self.v, self.pos
+                k_all, v_all, pos, doc = self.k, self.v, self.pos, self.doc
             H = q.shape[1]
             heads = torch.arange(H, device=q.device).view(H, 1, 1)  # (H, 1, 1)
             zero = torch.zeros((), dtype=torch.long, device=q.device)
-            mask = self.pattern(zero, heads, positions.view(1, -1, 1), pos.view(1, 1, -1))  # (H|1, T, S)
+            q_pos, k_pos = positions.view(1, -1, 1), pos.view(1, 1, -1)  # (1, T, 1), (1, 1, S)
+            mask = self.pattern(zero, heads, q_pos, k_pos)  # (H|1, T, S)
             if self.drops_keys:
                 mask = mask & (pos >= 0).view(1, 1, -1)  # free slots hold nothing
+            if doc is not None:
+                mask = mask & (documents.unsqueeze(-1) == doc.unsqueeze(1)).unsqueeze(1)  # (B, H|1, T, S)
+            if score_mod is not None:  # the bias where allowed, -inf elsewhere: one float mask
+                bias = score_mod(zero, heads, q_pos, k_pos).to(q.dtype)  # (H, T, S)
+                mask = bias.masked_fill(~mask, float("-inf"))  # (B|1, H, T, S)
             y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask,
                                                enable_gqa=k_all.shape[1] != q.shape[1])  # (B, H, T, D)
         if self.drops_keys:
             self._evict(int(positions[-1]) + 1)
         return y
 
-    def _store(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor) -> None:
+    def _store(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, documents: torch.Tensor | None) -> None:
         T = k.shape[2]
         if self.pos is None:
             self.k, self.v, self.pos = k.clone(), v.clone(), positions.clone()
+            self.doc = None if documents is None else documents.clone()
             self.filled = T
             return
         if not self.drops_keys:  # append after the filled prefix, doubling the slots when they run out
@@ -92,7 +106,11 @@ class LayerCache:
                 self.k = torch.cat([self.k, self.k.new_zeros(B, H, grow, D)], dim=2)  # (B, H, S + grow, D)
                 self.v = torch.cat([self.v, self.v.new_zeros(B, H, grow, D)], dim=2)  # (B, H, S + grow, D)
                 self.pos = torch.cat([self.pos, self.pos.new_full((grow,), -1)])  # (S + grow,)
+                if self.doc is not None:
+                    self.doc = torch.cat([self.doc, self.doc.new_full((B, grow), -1)], dim=1)  # (B, S + grow)
             self.k[:, :, n:n + T], self.v[:, :, n:n + T], self.pos[n:n + T] = k, v, positions
+            if self.doc is not None:
+                self.doc[:, n:n + T] = documents
             self.filled = n + T
             return
         free = (self.pos < 0).nonzero().flatten()  # (F,)
@@ -103,9 +121,13 @@ class LayerCache:
             self.v = torch.cat([self.v, self.v.new_zeros(B, H, grow, D)], dim=2)  # (B, H, S + grow, D)
             new = torch.arange(self.slots, self.slots + grow, device=self.pos.device)
             self.pos = torch.cat([self.pos, torch.full_like(new, -1)])  # (S + grow,)
+            if self.doc is not None:
+                self.doc = torch.cat([self.doc, self.doc.new_full((B, grow), -1)], dim=1)  # (B, S + grow)
             free = torch.cat([free, new])
         slots = free[:T]  # (T,)
         self.k[:, :, slots], self.v[:, :, slots], self.pos[slots] = k, v, positions
+        if self.doc is not None:
+            self.doc[:, slots] = documents
 
     def _evict(self, next_query: int) -> None:
         visible = self.attention.keys_still_visible(self.pos, next_query, self.layer)  # (S,) bool or None
@@ -122,6 +144,7 @@ class KVCache:
                              f"generation itself, needs a causal model")
         self.layers = [LayerCache(attention, i, context) for i in range(n_layer)]
         self.length = 0
+        self.documents_ended: torch.Tensor | None = None  # (B,) end tokens fed so far (document masking)
 
     def kept(self) -> int:
         """Keys held across layers (a measure of the cache's memory)."""

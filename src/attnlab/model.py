@@ -14,10 +14,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from attnlab.attention import AttentionType, build_attention
+from attnlab.attention.patterns import document_ids
+from attnlab.attention.score_mods import alibi
 from attnlab.errors import ConfigError
 from attnlab.kv_cache import KVCache, LayerCache
 
-POSITIONS = ("learned", "rope")
+POSITIONS = ("learned", "rope", "alibi")
 ACTIVATIONS = {"gelu": lambda x: F.gelu(x), "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}  # gelu_tanh: GPT-2's
 
 
@@ -33,13 +35,17 @@ class GPTConfig:
     bias: bool = False  # no biases in Linear/LayerNorm: slightly faster and as good (nanoGPT's finding)
     tie_weights: bool = True  # output head shares the token embedding: fewer parameters, better small-data fit
     positions: str = "learned"  # learned: a table of `context` positions (GPT-2); rope: rotary (Su et al. 2021),
-    #   relative, no table, so a KV cache can stream past the context (Longformer at constant memory)
+    #   relative, no table, so a KV cache can stream past the context (Longformer at constant memory); alibi: no
+    #   embedding, a per-head distance penalty on the scores (Press et al. 2022), relative and table-free too
     rope_base: float = 10000.0  # rotary's base wavelength (RoFormer's value)
     activation: str = "gelu"  # the MLP's non-linearity: gelu (exact) or gelu_tanh (GPT-2's approximation)
     layer_norm_eps: float = 1e-5  # LayerNorm's epsilon (torch's and GPT-2's default)
     n_kv_head: int | None = None  # key/value heads: None = n_head (multi-head); 1 = multi-query (Shazeer 2019);
     #   n_head / g = grouped-query (Ainslie et al. 2023): each key/value head serves g query heads, and the KV
     #   cache holds n_kv_head heads, n_head / n_kv_head times less than multi-head
+    document_end: int | None = None  # the token that ends a document: a token then attends only to its own
+    #   document (document masking; set to the tokenizer's end-of-sequence id by data.document_mask=true).
+    #   None: a packed window attends across the end tokens that separate its documents
 
     def __post_init__(self):
         if self.d_ff == 0:
@@ -64,10 +70,18 @@ class GPTConfig:
                              f"d_model / n_head = {self.head_dim} must be even")
         if self.rope_base <= 1:
             raise ConfigError(f"model.rope_base={self.rope_base} must be > 1")
+        if self.document_end is not None and not 0 <= self.document_end < self.vocab_size:
+            raise ConfigError(f"model.document_end={self.document_end} is not a token of the vocabulary "
+                              f"(0 .. {self.vocab_size - 1})")
         if self.n_kv_head is not None and not (1 <= self.n_kv_head <= self.n_head and self.n_head % self.n_kv_head == 0):
             raise ConfigError(f"model.n_kv_head={self.n_kv_head} must divide model.n_head={self.n_head} (each key/value "
                               f"head serves n_head / n_kv_head query heads): one of "
                               f"{[h for h in range(1, self.n_head + 1) if self.n_head % h == 0]}, or null")
+
+    @property
+    def score_mod_name(self) -> str | None:
+        """The score modification the positions add (the backend must take one), or None."""
+        return "alibi" if self.positions == "alibi" else None
 
     @property
     def kv_heads(self) -> int:
@@ -102,6 +116,7 @@ class AttentionInputs(NamedTuple):
     q: torch.Tensor  # (B, H, T, D), rotated when positions are rotary
     k: torch.Tensor  # (B, Hkv, T, D): the key/value heads (SelfAttention.heads_of spreads them over the queries)
     positions: torch.Tensor  # (T,)
+    documents: torch.Tensor | None  # (B, T) document ids (document masking), else None
     global_qk: tuple[torch.Tensor, torch.Tensor] | None  # the global projections' (q, k) where the type has them
 
 
@@ -119,6 +134,7 @@ class SelfAttention(nn.Module):
         self.proj.is_residual_out = True  # scaled init, see GPT._init_weights
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.rotary = Rotary(cfg.head_dim, cfg.rope_base) if cfg.positions == "rope" else None
+        self.score_mod = alibi(cfg.n_head) if cfg.positions == "alibi" else None  # added to the scores by the backend
         # Longformer's global_projections: the global queries' own rows get their own Q/K/V (None: shared)
         self.qkv_global = nn.Linear(cfg.d_model, qkv_width, bias=cfg.bias) \
             if attention.separate_global_projections else None
@@ -145,29 +161,32 @@ class SelfAttention(nn.Module):
         return t if g == 1 else t.repeat_interleave(g, dim=1)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None = None,
-                intermediates: list | None = None) -> torch.Tensor:
+                intermediates: list | None = None, documents: torch.Tensor | None = None) -> torch.Tensor:
         """x: (B, T, C) at ``positions`` (T,) -> (B, T, C); with a cache, attends to its keys too and adds its own.
         ``intermediates``: a list this layer appends its ``AttentionInputs`` to (analysis reads this forward's own
-        queries and keys, not a copy of it)."""
+        queries and keys, not a copy of it). ``documents`` (B, T): document ids, when attention stays within them."""
         B, T, C = x.shape
         q, k, v = self.project(x, positions)  # (B, H, T, D) each
         if intermediates is not None:
             global_qk = self.project(x, positions, self.qkv_global)[:2] if self.qkv_global is not None else None
-            intermediates.append(AttentionInputs(self.layer, q, k, positions, global_qk))
+            intermediates.append(AttentionInputs(self.layer, q, k, positions, documents, global_qk))
         if self._attend_device != q.device:  # built on the CPU, then moved: resolve where it runs, once
-            self._attend, self._attend_device = self.attention.bind(q.device, self.layer), q.device
+            self._attend = self.attention.bind(q.device, self.layer, self.score_mod)
+            self._attend_device = q.device
         if cache is None:
-            y = self._attend(q, self.heads_of(k), self.heads_of(v))  # (B, H, T, D)
+            y = self._attend(q, self.heads_of(k), self.heads_of(v), documents)  # (B, H, T, D)
         else:  # the cache keeps the key/value heads as they are: its memory is what grouping saves
-            y = cache.attend(q, k, v, positions, lambda q_, k_, v_: self._attend(q_, self.heads_of(k_), self.heads_of(v_)))
+            y = cache.attend(q, k, v, positions,
+                             lambda q_, k_, v_: self._attend(q_, self.heads_of(k_), self.heads_of(v_), documents),
+                             documents, self.score_mod)
         if self.qkv_global is not None:
-            y = self.global_rows(x, positions, y, cache)  # (B, H, T, D)
+            y = self.global_rows(x, positions, y, cache, documents)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C): heads side by side again
         return self.resid_dropout(self.proj(y))  # (B, T, C)
 
 
-    def global_rows(self, x: torch.Tensor, positions: torch.Tensor, y: torch.Tensor, cache: LayerCache | None
-                    ) -> torch.Tensor:
+    def global_rows(self, x: torch.Tensor, positions: torch.Tensor, y: torch.Tensor, cache: LayerCache | None,
+                    documents: torch.Tensor | None = None) -> torch.Tensor:
         """y (B, H, T, D) with the rows of global queries recomputed from the global projections: such a row
         sees every key the pattern allows (all earlier ones when causal), so it is a dense O(g T) product. In
         generation the global keys and values are kept only while a global query can still come."""
@@ -178,17 +197,25 @@ class SelfAttention(nn.Module):
         if cache is None and not bool(is_global.any()):
             return y
         qg, kg, vg = self.project(x, positions, self.qkv_global)  # (B, H, T, D) each
-        key_pos = positions
+        key_pos, key_doc = positions, documents
         if cache is not None:  # the global keys and values of every earlier token too
             if cache.global_kv is not None:
-                k0, v0, p0 = cache.global_kv
+                k0, v0, p0, d0 = cache.global_kv
                 kg, vg, key_pos = torch.cat([k0, kg], 2), torch.cat([v0, vg], 2), torch.cat([p0, positions])
-            cache.global_kv = (kg, vg, key_pos)  # (B, H, S, D), (B, H, S, D), (S,)
+                key_doc = None if d0 is None else torch.cat([d0, documents], 1)
+            cache.global_kv = (kg, vg, key_pos, key_doc)  # (B, H, S, D), (B, H, S, D), (S,), (B, S) or None
         rows = is_global.nonzero().flatten()  # (R,)
         if rows.numel() == 0:
             return y
-        # a global query sees every key (every earlier one when causal): the type's own definition
-        mask = key_pos.view(1, -1) <= positions[rows].view(-1, 1) if self.attention.causal else None  # (R, S)
+        # a global query sees every key (every earlier one when causal) of its document: the type's definition
+        q_pos, k_pos = positions[rows].view(-1, 1), key_pos.view(1, -1)  # (R, 1), (1, S)
+        mask = (k_pos <= q_pos) if self.attention.causal else torch.ones_like(k_pos <= q_pos)  # (R, S)
+        if key_doc is not None:
+            mask = mask & (documents[:, rows].unsqueeze(-1) == key_doc.unsqueeze(1)).unsqueeze(1)  # (B, 1, R, S)
+        if self.score_mod is not None:
+            zero = torch.zeros((), dtype=torch.long, device=x.device)
+            heads = torch.arange(self.n_head, device=x.device).view(-1, 1, 1)  # (H, 1, 1)
+            mask = self.score_mod(zero, heads, q_pos, k_pos).to(qg.dtype).masked_fill(~mask, float("-inf"))
         yg = F.scaled_dot_product_attention(qg[:, :, rows], kg, vg, attn_mask=mask,
                                             enable_gqa=kg.shape[1] != qg.shape[1])  # (B, H, R, D)
         return y.index_copy(2, rows, yg.to(y.dtype))  # (B, H, T, D)
@@ -218,8 +245,8 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None = None,
-                intermediates: list | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_attn(x), positions, cache, intermediates)  # (B, T, C)
+                intermediates: list | None = None, documents: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_attn(x), positions, cache, intermediates, documents)  # (B, T, C)
         return x + self.mlp(self.ln_mlp(x))  # (B, T, C)
 
 
@@ -230,7 +257,7 @@ class GPT(nn.Module):
             attention = {"name": "full"}
         if not isinstance(attention, AttentionType):
             attention = build_attention(attention)
-        attention.check(cfg.context, cfg.n_head)
+        attention.check(cfg.context, cfg.n_head, score_mod=cfg.score_mod_name)
         self.cfg, self.attention = cfg, attention
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.pos_emb = nn.Embedding(cfg.context, cfg.d_model) if cfg.positions == "learned" else None
@@ -323,12 +350,20 @@ class GPT(nn.Module):
                                  f"(model.vocab_size): the tokenizer and the model disagree")
             self._vocab_checked = self.training  # eval passes (summary, init check) do not end the checking
         pos = torch.arange(start, start + T, device=idx.device)  # (T,)
+        documents = None
+        if self.cfg.document_end is not None:  # document ids, continuing the cache's count of ended documents
+            ended = cache.documents_ended if cache is not None else None
+            documents = document_ids(idx, self.cfg.document_end, ended)  # (B, T)
+            if cache is not None:
+                cache.documents_ended = documents[:, -1] + (idx[:, -1] == self.cfg.document_end).long()  # (B,)
+            elif not torch.compiler.is_compiling() and bool((documents[:, -1] == documents[:, 0]).all()):
+                documents = None  # no window of the batch crosses an end: nothing to mask (most windows of long texts)
         x = self.tok_emb(idx)  # (B, T, C)
         if self.pos_emb is not None:
             x = x + self.pos_emb(pos)  # (B, T, C)
         x = self.drop(x)
         for i, block in enumerate(self.blocks):
-            x = block(x, pos, cache.layers[i] if cache is not None else None, intermediates)  # (B, T, C)
+            x = block(x, pos, cache.layers[i] if cache is not None else None, intermediates, documents)  # (B, T, C)
         if cache is not None:
             cache.length += T
         if only is not None:

@@ -178,9 +178,10 @@ def load_run(run: str, cache_dir: str, outputs_root: str | Path = "outputs") -> 
                 "seed": recorded_settings.get("seed", 0)}  # (a config without one: seed 0)
     data = recorded_settings["data"]
     settings.update(batch_size=data.get("batch_size"), eval_batch_size=data.get("eval_batch_size"),
-                    loss_on=data.get("loss_on") or "auto")  # (runs before 2026-12-03 had no loss_on: all targets)
+                    loss_on=data.get("loss_on") or "auto",  # (runs before 2026-12-03 had no loss_on: all targets)
+                    document_mask=data.get("document_mask", False))  # (and before 2026-12-05 no document_mask)
     for key, value in (("seed", settings["seed"]), *((f"data.{k}", settings[k]) for k in
-                                                     ("batch_size", "eval_batch_size", "loss_on"))):
+                                                     ("batch_size", "eval_batch_size", "loss_on", "document_mask"))):
         rule = rule_for(key)  # the training command line's own rules (schema.RULES)
         if rule.problem(value):
             raise ConfigError(f"run folder {folder}: its config has {key}={value!r}; it must be {rule.allowed()}")
@@ -206,7 +207,9 @@ def load_run(run: str, cache_dir: str, outputs_root: str | Path = "outputs") -> 
     if saved and saved != tokenizer.fingerprint:
         raise ConfigError(f"run={run}: checkpoint {ckpt.name} was trained with another tokenizer than the one in "
                           f"{folder} (fingerprints {saved} and {tokenizer.fingerprint}); the folder was altered")
-    model = LitGPT(folder_says(lambda: GPTConfig(**{**model_cfg, "vocab_size": tokenizer.vocab_size})), attention)
+    document_end = tokenizer.eos_id if settings["document_mask"] else None
+    model = LitGPT(folder_says(lambda: GPTConfig(**{**model_cfg, "vocab_size": tokenizer.vocab_size,
+                                                    "document_end": document_end})), attention)
     try:
         model.load_state_dict(state["state_dict"], strict=True)
     except (KeyError, RuntimeError) as e:

@@ -137,6 +137,7 @@ RULES: dict[str, Number | Choice] = {
     "data.num_workers": Number(int, low=0),
     "data.overfit_batches": Number(int, low=0, meaning="0: off"),
     "data.verify": Flag(),
+    "data.document_mask": Flag(),
     "data.loss_on": Choice(("auto", "all", "answers")),
     "dataset.vocab_size": Number(int, low=4, high=20992),
     "dataset.power_a": Number(float, low=0, high=1, low_open=True),

@@ -20,7 +20,7 @@ from attnlab.errors import ConfigError
 log = logging.getLogger(__name__)
 
 DATA_KEYS = ("context", "batch_size", "eval_batch_size", "num_workers", "seed", "cache_dir", "overfit_batches", "verify",
-             "loss_on")  # the ``data`` settings the data module takes (plain values: its class is always ours)
+             "loss_on", "document_mask")  # the ``data`` settings the data module takes (plain values: its class is always ours)
 
 
 @dataclass(frozen=True)
@@ -71,6 +71,7 @@ class DataSpec:
     overfit_batches: int = 0  # 0: off; n: the same n batches every epoch (a debugging run)
     verify: bool = False  # re-hash cached token arrays on load
     loss_on: str = "auto"  # all | answers | auto (answers where the dataset marks them)
+    document_mask: bool = False  # attention within documents only (the model's document_end: the tokenizer's eos)
     tokenizer_from: str | None = None  # a folder whose tokenizer.json encodes the text (a pretrained model's)
 
     def build(self):
@@ -102,9 +103,11 @@ class RunSpec:
     test_after_fit: bool = True
     threads: int | None = None  # None: the cores free when the command starts
 
-    def gpt_config(self, vocab_size: int):
+    def gpt_config(self, vocab_size: int, document_end: int | None = None):
+        """The model's config; the vocabulary and the end-of-document token (data.document_mask) come from the
+        data's tokenizer."""
         from attnlab.model import GPTConfig
-        return GPTConfig(**{**self.model, "vocab_size": vocab_size})
+        return GPTConfig(**{**self.model, "vocab_size": vocab_size, "document_end": document_end})
 
     def attention_type(self):
         """A fresh attention type of these settings (each model owns its own: backends cache plans on it)."""
@@ -137,6 +140,8 @@ class RunSpec:
         plain = lambda node: OmegaConf.to_container(node, resolve=True)  # noqa: E731
         model = {k: v for k, v in plain(cfg.model).items() if k != "name"}
         schema.check_fields(GPTConfig, model, "model")
+        if "document_end" in model:
+            raise ConfigError("model.document_end is set from the tokenizer; use data.document_mask=true")
         init = InitFrom.resolve(cfg.get("init_from"), cfg.paths.cache_dir, cfg.paths.outputs_root)
         names = {"run_name": str(cfg.get("run_name") or "run"), "model": str(cfg.model.get("name")),
                  "tokenizer": str(cfg.tokenizer.get("name")), "dataset": str(cfg.dataset.get("name")),
@@ -157,7 +162,8 @@ class RunSpec:
         from attnlab.attention import build_attention
         attention = build_attention(attention_settings)
         device = run_device(str(cfg.trainer.accelerator))
-        attention.check(model["context"], model["n_head"], device)
+        score_mod = GPTConfig(**{**model, "vocab_size": 1}).score_mod_name
+        attention.check(model["context"], model["n_head"], device, score_mod)
         data = plain(cfg.data)
         if data.get("context", model["context"]) > model["context"]:
             raise ConfigError(f"data.context={data['context']} is longer than model.context={model['context']}: "
@@ -168,7 +174,7 @@ class RunSpec:
         data_spec = DataSpec(dataset=plain(cfg.dataset), tokenizer=plain(cfg.tokenizer),
                              tokenizer_from=tokenizer_from, **{k: data[k] for k in DATA_KEYS if k in data})
         return cls(model=model, attention=attention_settings, data=data_spec, seed=int(cfg.seed), init=init,
-                   device=device, backend=attention.resolved_backend(device), run_key=checkpoints.run_key(cfg),
+                   device=device, backend=attention.resolved_backend(device, score_mod is not None), run_key=checkpoints.run_key(cfg),
                    output_dir=Path(str(cfg.paths.output_dir)), names=names, compile=bool(cfg.get("compile")),
                    validate_first=bool(cfg.get("validate_first")), test_after_fit=bool(cfg.get("test_after_fit")),
                    threads=cfg.get("threads"), optimizer=plain(cfg.optimizer), scheduler=plain(cfg.scheduler),

@@ -260,7 +260,7 @@ def continue_resumed_run(cfg: DictConfig, spec: RunSpec, resume: checkpoints.Res
 def build_model(spec: RunSpec, datamodule) -> LitGPT:
     """The LitGPT of the spec, its vocabulary from the data, its starting weights from init_from."""
     attention = spec.attention_type()
-    model = LitGPT(spec.gpt_config(datamodule.vocab_size), attention, optimizer=hydra.utils.instantiate(spec.optimizer),
+    model = LitGPT(spec.gpt_config(datamodule.vocab_size, datamodule.document_end), attention, optimizer=hydra.utils.instantiate(spec.optimizer),
                    scheduler=spec.scheduler, compile=spec.compile,
                    run_info={"run_key": spec.run_key, "settings": {"model": spec.checkpoint_model,
                                                                    "attention": spec.attention},

@@ -255,7 +255,7 @@ class TextDataModule(L.LightningDataModule):
     def __init__(self, dataset: dict, tokenizer: dict, context: int, batch_size: int, cache_dir: str,
                  eval_batch_size: int | None = None, num_workers: int = 0, seed: int = 0,
                  overfit_batches: int = 0, tokenizer_from: str | None = None, verify: bool = False,
-                 loss_on: str | None = "auto", eval_stride: int | None = None):
+                 loss_on: str | None = "auto", eval_stride: int | None = None, document_mask: bool = False):
         """``tokenizer_from``: a folder with a ``tokenizer.json`` (a token cache entry, as in a run's log) whose
         tokenizer encodes this dataset instead of one trained on it: evaluating a run on other text.
         ``loss_on``: which targets every loss counts: ``all``, ``answers`` (a task's answer positions only: the
@@ -274,6 +274,7 @@ class TextDataModule(L.LightningDataModule):
         self.eval_batch_size = eval_batch_size or batch_size
         self.cache_dir, self.num_workers, self.seed = Path(os.path.expanduser(cache_dir)), num_workers, seed
         self.overfit_batches = overfit_batches
+        self.document_mask = document_mask  # the model attends within documents: see document_end
         self.eval_stride = eval_stride  # evaluation windows this many tokens apart (EvalWindows); None: side by side
         self.tokens: dict[str, np.ndarray] | None = None
         self.tokenizer = None
@@ -395,6 +396,14 @@ class TextDataModule(L.LightningDataModule):
     def vocab_size(self) -> int:
         self._load_or_build()
         return self.tokenizer.vocab_size
+
+    @property
+    def document_end(self) -> int | None:
+        """The token that ends a document, for the model's document masking (data.document_mask); else None."""
+        if not self.document_mask:
+            return None
+        self._load_or_build()
+        return self.tokenizer.eos_id
 
     # -- loaders -----------------------------------------------------------------------------------------
     def train_dataloader(self) -> DataLoader:
