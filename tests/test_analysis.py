@@ -36,6 +36,23 @@ def test_probabilities_times_v_equal_the_backends_output(name, settings, backend
         torch.testing.assert_close(probs @ v, out.double(), atol=2e-5, rtol=1e-4)
 
 
+@pytest.mark.parametrize("name,settings,backend,causal", [c for c in cases() if "-v0-" in c.id])
+def test_with_documents_and_alibi_the_probabilities_still_equal_the_backends_output(name, settings, backend, causal):
+    from attnlab.attention.patterns import document_ids
+    from attnlab.attention.score_mods import alibi
+    att = build_attention({"name": name, **settings, "backend": backend, "causal": causal})
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 40, 16, dtype=torch.float64) for _ in range(3))
+    tokens = torch.randint(1, 9, (2, 40))
+    tokens[0, [7, 30]], tokens[1, 19] = 0, 0
+    documents = document_ids(tokens, 0)
+    mod = alibi(4) if get_backend(backend).adds_scores else None
+    probs = attention_probabilities(att, q, k, 1, documents, mod)  # (B, H, T, T)
+    assert probs[0, :, 20, :8].abs().max() == 0  # nothing of the first document after its end
+    out = att(q.float(), k.float(), v.float(), 1, documents, mod)
+    torch.testing.assert_close(probs @ v, out.double(), atol=2e-5, rtol=1e-4)
+
+
 def test_inspect_follows_the_models_own_forward_and_its_pattern():
     torch.manual_seed(0)
     m = GPT(GPTConfig(vocab_size=30, context=32, n_layer=2, n_head=2, d_model=16),
@@ -108,14 +125,19 @@ def test_the_attention_stats_callback_logs_entropy_and_distance_per_layer(make_c
     assert 0 <= float(rows[-1]["attention/distance_layer0"]) < 64
 
 
-def test_a_rotary_run_gets_its_extrapolation_curve(make_cfg, tmp_path):
+@pytest.mark.parametrize("positions", ["rope", "alibi"])
+def test_a_rotary_or_alibi_run_gets_its_extrapolation_curve(make_cfg, tmp_path, positions):
     from pathlib import Path
     from attnlab.analyze import analyze
+    from attnlab.runs import load_run
     from attnlab.train import train
     from test_commands import command_cfg
+    documents = ["data.document_mask=true"] if positions == "alibi" else []  # (and the run keeps its masking)
     cfg = make_cfg(["mode=debug", "trainer.max_epochs=1", "trainer.limit_train_batches=3", "test_after_fit=false",
-                    "model.positions=rope", "attention=longformer", "attention.window=8"])
+                    f"model.positions={positions}", "attention=longformer", "attention.window=8", *documents])
     train(cfg)
+    loaded = load_run(str(cfg.paths.output_dir), cfg.paths.cache_dir)
+    assert loaded.model.model.cfg.document_end == (loaded.tokenizer.eos_id if documents else None)
     result = analyze(command_cfg("analyze", [f"run={cfg.paths.output_dir}", "tokens=16", "max_windows=8"],
                                  tmp_path / "out"))
     curve = result["extrapolation"]

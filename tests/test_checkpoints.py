@@ -237,3 +237,21 @@ def test_run_last_takes_the_newest_finished_run_and_says_which(tmp_path, caplog)
     with caplog.at_level(logging.WARNING):
         assert newest_run(tmp_path) == training
     assert "no finished run" in caplog.text and "running or killed" in caplog.text
+
+
+def test_document_masking_off_keeps_the_run_key_a_run_had_before_the_setting_existed(make_cfg):
+    from omegaconf import open_dict
+    now = make_cfg(["mode=debug"], "now")
+    before = make_cfg(["mode=debug"], "before")
+    with open_dict(before):
+        del before.data["document_mask"]  # a config from before 2026-12-05
+    assert checkpoints.run_key(now) == checkpoints.run_key(before)
+    assert checkpoints.run_key(make_cfg(["mode=debug", "data.document_mask=true"], "on")) != checkpoints.run_key(now)
+
+
+def test_model_document_end_is_not_a_setting_but_data_document_mask_is(make_cfg):
+    from attnlab.spec import RunSpec
+    with pytest.raises(ConfigError, match="model.document_end is set from the tokenizer; use data.document_mask=true"):
+        RunSpec.from_hydra(make_cfg(["mode=debug", "+model.document_end=0"]))
+    with pytest.raises(ConfigError, match="data.document_mask"):
+        RunSpec.from_hydra(make_cfg(["mode=debug", "data.document_mask=sometimes"]))

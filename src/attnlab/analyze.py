@@ -5,7 +5,7 @@ Writes into ``<run folder>/analysis/`` (for a pretrained Hugging Face model: thi
   ``tokens`` tokens of the split, or the prompt), the type's allowed pairs drawn faintly underneath;
 * ``loss_by_position.png``: the mean next-token loss at each position of the context over the split, with its
   95% confidence band (does the loss keep falling with position, or flatten early?);
-* ``extrapolation.png`` (runs with ``model.positions=rope``, which have no position table): perplexity when
+* ``extrapolation.png`` (runs with ``model.positions=rope`` or ``alibi``, which have no position table): perplexity when
   reading windows of 1x, 2x and 4x the training context: which attention types extrapolate;
 * ``analysis.json``: per layer and head, mean entropy, mean attention distance and the share of attention on
   global tokens; the loss-by-position and extrapolation curves; what was analysed.
@@ -22,6 +22,8 @@ import torch
 from omegaconf import DictConfig
 
 from attnlab import analysis, run_folder, runs, schema
+from attnlab.attention.backends.dense import full_mask
+from attnlab.attention.patterns import document_ids
 from attnlab.attention.pictures import _pyplot  # matplotlib without a display
 from attnlab.schema import ConfigError
 from attnlab.cli import run_task
@@ -136,13 +138,16 @@ def analyze(cfg: DictConfig) -> dict:
     idx = torch.tensor([ids])  # (1, T)
     pieces = [loaded.tokenizer.decode([i]) for i in ids]  # the axes' labels
     seen = analysis.inspect(model, idx)
+    end = model.cfg.document_end  # document masking: the maps' allowed pairs are the pattern's within documents
+    documents = None if end is None else document_ids(idx, end)  # (1, T)
     result = {"run": str(loaded.folder), "checkpoint": loaded.checkpoint.name, "attention": attention.describe(),
               "text": text, "tokens": len(ids), "layers": []}
     pictures = []
     for layer, probs in enumerate(seen.probabilities):
         stats = analysis.head_statistics(probs, attention)
         result["layers"].append({"layer": layer, **stats})
-        allowed = attention.pattern(len(ids), layer).dense(len(ids), n_heads=probs.shape[1])  # (H, T, T)
+        allowed = full_mask(attention.pattern(len(ids), layer), 1, probs.shape[1], len(ids), documents, None
+                            )[0].expand(probs.shape[1], -1, -1)  # (H, T, T)
         pictures.append(draw_layer(probs[0], allowed, layer, f"{attention.name} attention on {text}",
                                    out / f"attention_layer{layer}.png", tokens=pieces))
     if dm is not None:
@@ -150,7 +155,7 @@ def analyze(cfg: DictConfig) -> dict:
         result["loss_by_position"] = {"split": cfg.split, **curve}
         pictures.append(draw_loss_by_position(curve, f"{attention.name}: loss by position, {cfg.split} split, "
                                               f"{curve['windows']} windows", out / "loss_by_position.png"))
-        if model.cfg.positions == "rope":  # no position table: the model can read longer texts than it trained on
+        if model.cfg.positions in ("rope", "alibi"):  # no position table: the model can read longer texts than it trained on
             lengths = [context * m for m in (1, 2, 4)]
             ppl = [math.exp(sum(curve["mean"]) / len(curve["mean"]))]  # 1x: the windows just scored
             for length in lengths[1:]:  # the same tokens, read in windows 2x and 4x as long
