@@ -107,3 +107,14 @@ def test_threads_benchmark_compares_settings_with_and_without_busy_cores(tmp_pat
     rows = json.loads(js.read_text())["rows"]
     assert [(r["busy"], r["setting"]) for r in rows] == [(0, "1"), (0, "auto"), (1, "1"), (1, "auto")]
     assert all(r["steps_per_s"] > 0 for r in rows) and "| other busy processes |" in out
+
+
+def test_documents_benchmark_times_every_type_without_and_with_the_mask(tmp_path):
+    out = run("documents.py", "--context", "32", "--batch", "2", "--layers", "1", "--width", "32", "--steps", "1",
+              "--types", "flash", "longformer", "--short-docs", "8", tmp_path=tmp_path)
+    [js] = tmp_path.glob("documents-cpu-*.json")
+    data = json.loads(js.read_text())
+    assert {(r["type"], r["backend"]) for r in data["rows"]} >= {("flash", "sdpa"), ("flash", "blocked"),
+                                                                 ("longformer", "banded")}
+    assert data["crossing"]["short"] > data["crossing"]["plays"]  # the short documents cut nearly every window
+    assert "| longformer | banded |" in out and list(tmp_path.glob("documents-cpu-*.png"))

@@ -1,0 +1,125 @@
+"""The StreamingLLM experiment at CPU size: a trained model reads a text several times longer than its attention
+window through the KV cache, one token at a time, with three caches, and its perplexity is measured along the way.
+
+    python train.py experiment=gpt2_mini_cpu model.positions=rope      # a model to read with (or any rope/alibi run)
+    python bench/streaming.py --run outputs/full-mini-shakespeare-bpe/<date> --window 128 --texts 8
+
+* ``full``: every earlier key stays in the cache (positions run past the training context);
+* ``window``: only the last ``window`` keys (a sliding window, causal Longformer with no global token);
+* ``sinks``: the first ``sinks`` tokens plus the last ``window`` keys (``attention=sinks``).
+
+Xiao et al. (2023) found that window attention collapses once the first tokens leave the cache, because trained
+models park attention on them ("attention sinks"), and that keeping a few of them restores the perplexity.
+The texts are the run's validation split cut into ``--texts`` pieces of ``--length`` tokens (default 4x the
+window). The same weights serve all three: an attention type has no parameters of its own. Writes a Markdown
+table, JSON and a plot (perplexity by position) to ``--out`` with the date, machine and run.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def streamed_nll(model, tokens) -> "torch.Tensor":
+    """tokens (B, L) fed one at a time through a fresh cache -> the loss of each next token, (B, L - 1)."""
+    import torch
+    import torch.nn.functional as F
+    cache, losses = model.new_cache(), []
+    with torch.no_grad():
+        for t in range(tokens.shape[1] - 1):
+            logits = model(tokens[:, t:t + 1], cache)[:, -1]  # (B, V)
+            losses.append(F.cross_entropy(logits.float(), tokens[:, t + 1], reduction="none"))  # (B,)
+    return torch.stack(losses, 1)  # (B, L - 1)
+
+
+def main(argv=None) -> None:
+    import torch
+    from attnlab.attention import build_attention
+    from attnlab.model import GPT
+    from attnlab.runs import load_run
+    from attention import machine  # bench/attention.py
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run", required=True, help="a run folder of a model with rope or alibi positions")
+    ap.add_argument("--window", type=int, default=None, help="keys each query keeps (default: the model's context)")
+    ap.add_argument("--sinks", type=int, default=4, help="first tokens the sinks cache keeps (the paper's 4)")
+    ap.add_argument("--length", type=int, default=None, help="tokens per text (default: 4x the window)")
+    ap.add_argument("--texts", type=int, default=8, help="texts read side by side (a batch)")
+    ap.add_argument("--cache-dir", default="~/.cache/attnlab")
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    args = ap.parse_args(argv)
+    info = machine()
+    loaded = load_run(args.run, args.cache_dir)
+    cfg = loaded.model.model.cfg
+    if cfg.positions == "learned":
+        raise SystemExit(f"--run {args.run}: its positions are learned (a table of {cfg.context}); the experiment "
+                         f"reads past the context: train with model.positions=rope or alibi")
+    window = args.window or cfg.context
+    length = args.length or 4 * window
+    tokens = loaded.datamodule(args.cache_dir).tokens["val"]
+    if len(tokens) < args.texts * length:
+        raise SystemExit(f"the validation split has {len(tokens):,} tokens, fewer than {args.texts} x {length}")
+    texts = torch.tensor(tokens[:args.texts * length].astype("int64")).view(args.texts, length)  # (B, L)
+    state = loaded.model.model.state_dict()
+    caches = {"full": {"name": "full"},
+              "window": {"name": "longformer", "window": window, "global_tokens": 0},
+              "sinks": {"name": "sinks", "sinks": args.sinks, "window": window}}
+    print(f"streaming, {info['date']}, {info.get('gpu') or info['cpu']} ({info['cpus']} CPUs), torch {info['torch']}; "
+          f"run {loaded.folder.name} ({cfg.positions} positions, context {cfg.context}), {args.texts} texts of "
+          f"{length} tokens, window {window}, sinks {args.sinks}", flush=True)
+    chunk = window
+    rows = []
+    for label, attention in caches.items():
+        model = GPT(cfg, build_attention(attention)).eval()
+        model.load_state_dict(state)
+        nll = streamed_nll(model, texts)  # (B, L - 1)
+        per_chunk = [math.exp(float(nll[:, i:i + chunk].mean())) for i in range(0, nll.shape[1], chunk)]
+        rows.append({"cache": label, "attention": attention, "ppl": math.exp(float(nll.mean())),
+                     "ppl_by_chunk": per_chunk})
+        print(f"  {label:<7} perplexity {rows[-1]['ppl']:8.2f}; by {chunk}-token block: "
+              + " ".join(f"{p:.2f}" for p in per_chunk), flush=True)
+    heads = " | ".join(f"tokens {i * chunk + 1}-{min((i + 1) * chunk, length - 1)}" for i in range(len(rows[0]["ppl_by_chunk"])))
+    lines = [f"Streaming (StreamingLLM's experiment), {info['date']}, {info.get('gpu') or info['cpu']} ({info['cpus']} "
+             f"CPUs), torch {info['torch']}; run `{loaded.folder.name}` ({cfg.n_layer} layers x {cfg.d_model}, "
+             f"{cfg.positions} positions, trained at context {cfg.context}); {args.texts} validation texts of "
+             f"{length} tokens read one token at a time; window {window}, sinks {args.sinks}. Perplexity of the next "
+             f"token:", "", f"| cache | all tokens | {heads} |", "|---|---|" + "---|" * len(rows[0]["ppl_by_chunk"])]
+    for r in rows:
+        lines.append(f"| {r['cache']} | {r['ppl']:.2f} | " + " | ".join(f"{p:.2f}" for p in r["ppl_by_chunk"]) + " |")
+    table = "\n".join(lines)
+    print(table)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"streaming-{'cuda' if info.get('gpu') else 'cpu'}-{dt.datetime.now().strftime('%Y%m%d-%H%M')}"
+    stem.with_suffix(".md").write_text(table + "\n")
+    stem.with_suffix(".json").write_text(json.dumps({"machine": info, "run": loaded.folder.name,
+                                                     "args": {k: v for k, v in vars(args).items() if k != "run"},
+                                                     "window": window, "length": length, "rows": rows}, indent=1))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        fig, ax = plt.subplots(figsize=(6.5, 4))
+        for r in rows:
+            xs = [min((i + 0.5) * chunk, length) for i in range(len(r["ppl_by_chunk"]))]
+            ax.plot(xs, r["ppl_by_chunk"], "o-", label=f"{r['cache']} ({r['ppl']:.1f})")
+        ax.axvline(cfg.context, color="grey", linestyle=":", label=f"training context {cfg.context}")
+        ax.set(xlabel="position in the text (tokens)", ylabel=f"perplexity per {chunk}-token block", yscale="log",
+               title=f"streaming past the window ({info['date']})")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(stem.with_suffix(".png"), dpi=120)
+    except ImportError:
+        print("(matplotlib not installed: no plot)")
+    print(f"wrote {stem}.md, .json, .png")
+
+
+if __name__ == "__main__":
+    main()
