@@ -15,11 +15,11 @@ import torch.nn.functional as F
 
 from attnlab.attention import AttentionType, build_attention
 from attnlab.attention.patterns import document_ids
-from attnlab.attention.score_mods import alibi
+from attnlab.attention.score_mods import SCORE_MODS
 from attnlab.errors import ConfigError
 from attnlab.kv_cache import KVCache, LayerCache
 
-POSITIONS = ("learned", "rope", "alibi")
+POSITIONS = ("learned", "rope", *SCORE_MODS)  # a table, a rotation, or a score modification (score_mods.py)
 ACTIVATIONS = {"gelu": lambda x: F.gelu(x), "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}  # gelu_tanh: GPT-2's
 
 
@@ -81,7 +81,7 @@ class GPTConfig:
     @property
     def score_mod_name(self) -> str | None:
         """The score modification the positions add (the backend must take one), or None."""
-        return "alibi" if self.positions == "alibi" else None
+        return self.positions if self.positions in SCORE_MODS else None
 
     @property
     def kv_heads(self) -> int:
@@ -134,7 +134,7 @@ class SelfAttention(nn.Module):
         self.proj.is_residual_out = True  # scaled init, see GPT._init_weights
         self.resid_dropout = nn.Dropout(cfg.dropout)
         self.rotary = Rotary(cfg.head_dim, cfg.rope_base) if cfg.positions == "rope" else None
-        self.score_mod = alibi(cfg.n_head) if cfg.positions == "alibi" else None  # added to the scores by the backend
+        self.score_mod = SCORE_MODS[cfg.positions](cfg.n_head) if cfg.score_mod_name else None  # added by the backend
         # Longformer's global_projections: the global queries' own rows get their own Q/K/V (None: shared)
         self.qkv_global = nn.Linear(cfg.d_model, qkv_width, bias=cfg.bias) \
             if attention.separate_global_projections else None

@@ -8,6 +8,7 @@ backend then avoids them (``backends.BACKENDS[...].adds_scores``).
 
 ALiBi (Press et al. 2022, "Train Short, Test Long") is the one shipped: ``-slope_h * |i - j|``, with one
 slope per head from a geometric sequence, and no position embedding at all (``model.positions=alibi``).
+``SCORE_MODS`` at the end is the registry the model reads ``model.positions`` from.
 """
 from __future__ import annotations
 
@@ -61,3 +62,10 @@ def alibi(n_head: int) -> ScoreMod:
                             torch.exp2(-8.0 * (2 * (hf - below) + 1) / (2 * below)))  # every other of the second
         return -slope * (q - k).abs().to(torch.float32)
     return ScoreMod(f"alibi{n_head}", fn)
+
+
+# The position schemes that are score modifications: ``model.positions=<name>`` builds ``SCORE_MODS[name](n_head)``.
+# Adding one (a T5-style bucketed bias, a Kerple kernel) is a function here and a line below.
+SCORE_MODS: dict[str, Callable[[int], ScoreMod]] = {
+    "alibi": alibi,
+}
