@@ -95,7 +95,7 @@ def main(argv=None) -> None:
     short, _ = plays_tokens(args.short_docs)
     data = {"plays": batches(plays, T, B, args.steps + warmup), "short": batches(short, T, B, args.steps + warmup)}
     share = {k: crossing(v) for k, v in data.items()}
-    print(f"document masking, {info['date']}, {info.get('gpu') or info['cpu']} ({info['cpus']} CPUs), torch "
+    print(f"document masking, {info['date']}, {info['cpu']} ({info['cpus']} CPUs), torch "
           f"{info['torch']}; model {args.layers} x {args.width} ({args.heads} heads), batch {B} x {T}; windows "
           f"crossing an end: plays {share['plays']:.1%}, short documents {share['short']:.1%}", flush=True)
     rows = []
@@ -118,7 +118,7 @@ def main(argv=None) -> None:
                   f"{row['plays_tokens_per_s']:9,.0f} ({row['plays_ratio']:.2f}x) | short documents "
                   f"{row['short_tokens_per_s']:9,.0f} ({row['short_ratio']:.2f}x)", flush=True)
 
-    lines = [f"Document masking, {info['date']}, {info.get('gpu') or info['cpu']} ({info['cpus']} CPUs), torch "
+    lines = [f"Document masking, {info['date']}, {info['cpu']} ({info['cpus']} CPUs), torch "
              f"{info['torch']}; model {args.layers} layers x {args.width} wide, {args.heads} heads, batch {B} x {T}, "
              f"forward + backward, median of {args.steps} steps. Windows crossing an end: plays "
              f"{share['plays']:.1%}, short documents (mean {args.short_docs} characters) {share['short']:.1%}.", "",
@@ -131,7 +131,7 @@ def main(argv=None) -> None:
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"documents-{'cuda' if info.get('gpu') else 'cpu'}-{dt.datetime.now().strftime('%Y%m%d-%H%M')}"
+    stem = out / f"documents-cpu-{dt.datetime.now().strftime('%Y%m%d-%H%M')}"
     stem.with_suffix(".md").write_text(table + "\n")
     stem.with_suffix(".json").write_text(json.dumps({"machine": info, "args": vars(args), "crossing": share,
                                                      "rows": rows}, indent=1))
@@ -144,7 +144,7 @@ def main(argv=None) -> None:
         for i, (key, label) in enumerate((("off", "no mask"), ("plays", "mask, plays"), ("short", "mask, short documents"))):
             ax.bar([x + (i - 1) * 0.27 for x in xs], [r[f"{key}_tokens_per_s"] for r in rows], 0.27, label=label)
         ax.set_xticks(list(xs), [f"{r['type']}\n{r['backend']}" for r in rows], fontsize=7)
-        ax.set(ylabel="training tokens/s", title=f"document masking's cost ({info['date']}, {info.get('gpu') or info['cpu']})")
+        ax.set(ylabel="training tokens/s", title=f"document masking's cost ({info['date']}, {info['cpu']})")
         ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(stem.with_suffix(".png"), dpi=120)

@@ -11,7 +11,8 @@ window through the KV cache, one token at a time, with three caches, and its per
 Xiao et al. (2023) found that window attention collapses once the first tokens leave the cache, because trained
 models park attention on them ("attention sinks"), and that keeping a few of them restores the perplexity.
 The texts are the run's validation split cut into ``--texts`` pieces of ``--length`` tokens (default 4x the
-window). The same weights serve all three: an attention type has no parameters of its own. Writes a Markdown
+window). The same weights serve all three (a run with Longformer's ``global_projections`` is refused: those
+weights have no place in the three). Writes a Markdown
 table, JSON and a plot (perplexity by position) to ``--out`` with the date, machine and run.
 """
 from __future__ import annotations
@@ -61,6 +62,9 @@ def main(argv=None) -> None:
     if cfg.positions == "learned":
         raise SystemExit(f"--run {args.run}: its positions are learned (a table of {cfg.context}); the experiment "
                          f"reads past the context: train with model.positions=rope or alibi")
+    if loaded.model.model.attention.separate_global_projections:
+        raise SystemExit(f"--run {args.run}: its attention has global projections of its own (Longformer's "
+                         f"global_projections), weights the full, window and sinks caches have no place for")
     window = args.window or cfg.context
     length = args.length or 4 * window
     tokens = loaded.datamodule(args.cache_dir).tokens["val"]
@@ -71,7 +75,7 @@ def main(argv=None) -> None:
     caches = {"full": {"name": "full"},
               "window": {"name": "longformer", "window": window, "global_tokens": 0},
               "sinks": {"name": "sinks", "sinks": args.sinks, "window": window}}
-    print(f"streaming, {info['date']}, {info.get('gpu') or info['cpu']} ({info['cpus']} CPUs), torch {info['torch']}; "
+    print(f"streaming, {info['date']}, {info['cpu']} ({info['cpus']} CPUs), torch {info['torch']}; "
           f"run {loaded.folder.name} ({cfg.positions} positions, context {cfg.context}), {args.texts} texts of "
           f"{length} tokens, window {window}, sinks {args.sinks}", flush=True)
     chunk = window
@@ -86,7 +90,7 @@ def main(argv=None) -> None:
         print(f"  {label:<7} perplexity {rows[-1]['ppl']:8.2f}; by {chunk}-token block: "
               + " ".join(f"{p:.2f}" for p in per_chunk), flush=True)
     heads = " | ".join(f"tokens {i * chunk + 1}-{min((i + 1) * chunk, length - 1)}" for i in range(len(rows[0]["ppl_by_chunk"])))
-    lines = [f"Streaming (StreamingLLM's experiment), {info['date']}, {info.get('gpu') or info['cpu']} ({info['cpus']} "
+    lines = [f"Streaming (StreamingLLM's experiment), {info['date']}, {info['cpu']} ({info['cpus']} "
              f"CPUs), torch {info['torch']}; run `{loaded.folder.name}` ({cfg.n_layer} layers x {cfg.d_model}, "
              f"{cfg.positions} positions, trained at context {cfg.context}); {args.texts} validation texts of "
              f"{length} tokens read one token at a time; window {window}, sinks {args.sinks}. Perplexity of the next "
@@ -97,7 +101,7 @@ def main(argv=None) -> None:
     print(table)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"streaming-{'cuda' if info.get('gpu') else 'cpu'}-{dt.datetime.now().strftime('%Y%m%d-%H%M')}"
+    stem = out / f"streaming-cpu-{dt.datetime.now().strftime('%Y%m%d-%H%M')}"
     stem.with_suffix(".md").write_text(table + "\n")
     stem.with_suffix(".json").write_text(json.dumps({"machine": info, "run": loaded.folder.name,
                                                      "args": {k: v for k, v in vars(args).items() if k != "run"},

@@ -126,3 +126,42 @@ def test_the_memory_estimate_shows_what_grouping_saves_in_the_kv_cache():
     assert multi.kv_cache == 2 * 2 * 8 * 8 * 256 * 8 * 4  # keys and values, layers, batch, heads, positions, D, fp32
     assert multi.kv_cache == 4 * grouped.kv_cache == 8 * one.kv_cache and multi.total == grouped.total
     assert ("(KV cache of the batch at full context, generating)", one.kv_cache) in one.rows()
+
+
+def test_alibi_adds_the_papers_slopes_and_changes_what_the_model_computes():
+    from attnlab.attention.score_mods import alibi, alibi_slopes
+    for n in (1, 3, 6, 8, 12):  # powers of two and not: the paper's two geometric runs
+        bias = alibi(n).dense(2, 2, n)  # (H, 2, 2): distance 1 below the diagonal
+        assert torch.allclose(-bias[:, 1, 0], torch.tensor(alibi_slopes(n)))
+    assert alibi_slopes(8) == [2 ** -(i + 1) for i in range(8)]
+    assert alibi_slopes(6) == [2 ** -2, 2 ** -4, 2 ** -6, 2 ** -8, 2 ** -1, 2 ** -3]
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=20, context=16, n_layer=1, n_head=4, d_model=16, positions="alibi"),
+            {"name": "flash"}).eval()
+    idx = torch.randint(0, 20, (1, 16))
+    with torch.no_grad():
+        with_bias = m(idx)
+        m.blocks[0].attn.score_mod, m.blocks[0].attn._attend_device = None, None  # the same weights, no ALiBi
+        assert not torch.allclose(with_bias, m(idx), atol=1e-4)
+    assert m.blocks[0].attn.attention.resolved_backend("cpu", True) == "blocked"  # flash's sdpa cannot add it
+
+
+def test_document_masking_takes_an_empty_input_and_a_window_ending_in_an_end_token_needs_no_mask():
+    torch.manual_seed(0)
+    m = GPT(GPTConfig(vocab_size=20, context=16, n_layer=1, n_head=2, d_model=16, document_end=0), {"name": "flash"})
+    assert m(torch.zeros(2, 0, dtype=torch.long)).shape == (2, 0, 20)
+    plain = GPT(GPTConfig(vocab_size=20, context=16, n_layer=1, n_head=2, d_model=16), {"name": "flash"})
+    plain.load_state_dict(m.state_dict())
+    idx = torch.randint(1, 20, (2, 16))
+    idx[:, -1] = 0  # the end token last: no later token to hide anything from
+    torch.testing.assert_close(m(idx), plain(idx), rtol=0, atol=0)
+    idx[0, 5] = 0
+    assert not torch.allclose(m(idx)[0, 6:], plain(idx)[0, 6:])
+
+
+def test_the_derived_cache_refuses_a_pattern_that_depends_on_the_batch():
+    from attnlab.attention.backends.layout import block_layout
+    from attnlab.attention.patterns import causal, document_ids, with_documents
+    masked = with_documents(causal(), document_ids(torch.tensor([[1, 0, 2]]), 0))
+    with pytest.raises(ValueError, match="never cached by name"):
+        block_layout(masked, 3, 2)

@@ -70,6 +70,9 @@ SPEC_CRAFTS = [  # (what a crafted run.json spec says, the one line that refuses
     (lambda s: s["data"]["dataset"].update(val_plays=-1), r"dataset.val_plays=-1; it must be an integer >= 1"),
     (lambda s: s.update(seed=-5), r"seed=-5; it must be an integer in \[0, 4294967295\]"),
     (lambda s: s.pop("attention"), r"run.json has no attention settings"),
+    (lambda s: s["data"].update(document_mask="yes"), r"data.document_mask='yes'; it must be"),
+    (lambda s: s["data"].update(document_mask=True),  # the checkpoint says how it read its windows
+     r"trained with other settings than .* says \(data.document_mask\); the folder was altered"),
 ]
 
 
@@ -408,7 +411,8 @@ def test_a_sweep_job_with_a_bad_value_gets_a_failed_wandb_run(make_cfg, monkeypa
 
 def test_a_checkpoint_holds_its_settings_once(run_folder):
     state = checkpoints.safe_load(run_folder / "checkpoints" / "last.ckpt")
-    assert set(state["attnlab"]["settings"]) == {"model", "attention"}
+    assert set(state["attnlab"]["settings"]) == {"model", "attention", "data"}
+    assert state["attnlab"]["settings"]["data"] == {"document_mask": False}
     assert state["attnlab"]["settings"]["attention"]["window"] == 8
     assert not {"model", "attention"} & set(state.get("hyper_parameters", {}))  # not a second, unread copy
 

@@ -221,7 +221,7 @@ class MemoryMonitor(L.Callback):
         batch = getattr(dm, "batch_size", 1)
         self.estimate = memory.estimate(
             pl_module.model.num_params(non_embedding=False), batch, cfg.context, cfg.d_model, cfg.n_layer,
-            cfg.n_head, cfg.vocab_size, get_backend(att.resolved_backend(pl_module.device)).materialises_scores,
+            cfg.n_head, cfg.vocab_size, get_backend(att.resolved_backend(pl_module.device, cfg.score_mod_name is not None)).materialises_scores,
             str(trainer.precision), att.block_size, cfg.d_ff, cfg.kv_heads)
         log.info("memory estimate for batch %d x context %d, %s attention, precision %s:\n%s", batch, cfg.context,
                  att.name, trainer.precision, self.estimate.table())

@@ -260,9 +260,11 @@ def runs_for(key: str | tuple[str, ...], outputs_root: str | Path) -> list[Path]
 
 
 def settings_of(cfg: DictConfig) -> dict[str, dict]:
-    """The settings a checkpoint's weights depend on: model and attention."""
+    """The settings a checkpoint's weights depend on: model and attention, and whether attention stays within
+    documents (``data.document_mask``: the model reads windows differently)."""
     return {"model": OmegaConf.to_container(cfg.model, resolve=True),
-            "attention": OmegaConf.to_container(cfg.attention, resolve=True)}
+            "attention": OmegaConf.to_container(cfg.attention, resolve=True),
+            "data": {"document_mask": bool(cfg.data.get("document_mask", False))}}
 
 
 def differing_keys(saved: dict, current: dict) -> list[str]:
@@ -273,7 +275,8 @@ def differing_keys(saved: dict, current: dict) -> list[str]:
         a, b = saved.get(group) or {}, current.get(group) or {}
         keys += [f"{group}.{k}" for k in sorted(set(a) | set(b))
                  if a.get(k) != b.get(k) and (group, k) != ("model", "name")]
-    return keys
+    masked = [bool((s.get("data") or {}).get("document_mask", False)) for s in (saved, current)]  # (none before 2026-12-05)
+    return keys + (["data.document_mask"] if masked[0] != masked[1] else [])
 
 
 class Resume(NamedTuple):

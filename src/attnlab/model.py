@@ -351,7 +351,7 @@ class GPT(nn.Module):
             self._vocab_checked = self.training  # eval passes (summary, init check) do not end the checking
         pos = torch.arange(start, start + T, device=idx.device)  # (T,)
         documents = None
-        if self.cfg.document_end is not None:  # document ids, continuing the cache's count of ended documents
+        if self.cfg.document_end is not None and T:  # document ids, continuing the cache's count of ended documents
             ended = cache.documents_ended if cache is not None else None
             documents = document_ids(idx, self.cfg.document_end, ended)  # (B, T)
             if cache is not None:

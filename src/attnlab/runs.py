@@ -199,7 +199,8 @@ def load_run(run: str, cache_dir: str, outputs_root: str | Path = "outputs") -> 
     attention = folder_says(lambda: build_attention(attention_cfg))
     tokenizer = run_tokenizer(folder, settings, cache_dir)
     recorded = (state.get("attnlab") or {}).get("settings") or {}  # the checkpoint's one copy of its settings
-    diff = checkpoints.differing_keys(recorded, {"model": recorded_settings["model"], "attention": attention_cfg})
+    diff = checkpoints.differing_keys(recorded, {"model": recorded_settings["model"], "attention": attention_cfg,
+                                                 "data": {"document_mask": settings["document_mask"]}})
     if recorded and diff:
         raise ConfigError(f"run={run}: checkpoint {ckpt.name} was trained with other settings than {folder}'s "
                           f"config says ({', '.join(diff)}); the folder was altered or the file belongs elsewhere")

@@ -263,7 +263,8 @@ def build_model(spec: RunSpec, datamodule) -> LitGPT:
     model = LitGPT(spec.gpt_config(datamodule.vocab_size, datamodule.document_end), attention, optimizer=hydra.utils.instantiate(spec.optimizer),
                    scheduler=spec.scheduler, compile=spec.compile,
                    run_info={"run_key": spec.run_key, "settings": {"model": spec.checkpoint_model,
-                                                                   "attention": spec.attention},
+                                                                   "attention": spec.attention,
+                                                                   "data": {"document_mask": spec.data.document_mask}},
                              "tokenizer": datamodule.tokenizer.fingerprint, "corpus": datamodule.corpus_id})
     load_initial_weights(model, spec.init, {"model": spec.checkpoint_model})
     model.answers_only = datamodule.loss_on == "answers"

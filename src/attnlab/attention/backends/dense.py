@@ -8,6 +8,7 @@ import math
 
 import torch
 
+from attnlab.attention.backends.layout import PER_BATCH
 from attnlab.attention.patterns import Pattern, with_documents
 from attnlab.attention.score_mods import ScoreMod
 
@@ -28,10 +29,13 @@ def full_mask(pattern: Pattern, B: int, H: int, N: int, documents: torch.Tensor 
     """The pattern (and documents) as an explicit mask, (B or 1, H or 1, N, N)."""
     if documents is None:
         return pattern.dense(N, N, H if pattern.per_head else 1, device=device).unsqueeze(0)  # (1, H|1, N, N)
-    b = torch.arange(B, device=device).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
-    h = torch.arange(H if pattern.per_head else 1, device=device).view(1, -1, 1, 1)  # (1, H|1, 1, 1)
-    i = torch.arange(N, device=device)
-    return with_documents(pattern, documents)(b, h, i.view(1, 1, -1, 1), i.view(1, 1, 1, -1))  # (B, H|1, N, N)
+
+    def build():
+        b = torch.arange(B, device=device).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+        h = torch.arange(H if pattern.per_head else 1, device=device).view(1, -1, 1, 1)  # (1, H|1, 1, 1)
+        i = torch.arange(N, device=device)
+        return with_documents(pattern, documents)(b, h, i.view(1, 1, -1, 1), i.view(1, 1, 1, -1))  # (B, H|1, N, N)
+    return PER_BATCH.get(documents, ("full_mask", pattern, B, H if pattern.per_head else 1, N, str(device)), build)
 
 
 def dense_attention(q, k, v, pattern: Pattern, block: int = 0, documents: torch.Tensor | None = None,

@@ -11,7 +11,7 @@ import functools
 
 import torch
 
-from attnlab.attention.backends.layout import DERIVED, layout_heads
+from attnlab.attention.backends.layout import DERIVED, PER_BATCH, layout_heads
 from attnlab.attention.patterns import Pattern, with_documents
 from attnlab.attention.score_mods import ScoreMod
 
@@ -41,8 +41,9 @@ def block_mask_for(pattern: Pattern, seq_len: int, n_heads: int, block: int, dev
     heads = layout_heads(pattern, n_heads)
     if documents is not None:
         masked = with_documents(pattern, documents)
-        return create_block_mask(masked.fn, documents.shape[0], heads if pattern.per_head else None,
-                                 seq_len, seq_len, device=device, BLOCK_SIZE=block)
+        return PER_BATCH.get(documents, ("flex_block_mask", pattern, seq_len, heads, block, str(device)),
+                             lambda: create_block_mask(masked.fn, documents.shape[0], heads if pattern.per_head else None,
+                                                       seq_len, seq_len, device=device, BLOCK_SIZE=block))
     return DERIVED.get(("flex_block_mask", pattern, seq_len, heads, block, str(device)),
                        lambda: create_block_mask(pattern.fn, None, heads if pattern.per_head else None,
                                                  seq_len, seq_len, device=device, BLOCK_SIZE=block))

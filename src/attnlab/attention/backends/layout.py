@@ -8,6 +8,8 @@ partial, from *mask tiles* (the predicate inside each partial block, evaluated o
 Everything here is derived from (pattern, length, block, heads) and kept in ``DERIVED``, one bounded LRU
 cache: layouts, mask tiles, the blocked backend's row plans, the Triton kernel's lists and Flex block masks.
 Patterns are compared by name (which holds every parameter), so the cache survives rebuilding a pattern.
+What depends on a batch's documents is never kept there (it refuses such keys); ``PER_BATCH`` keeps it for
+the one forward pass whose layers share it.
 """
 from __future__ import annotations
 
@@ -28,6 +30,8 @@ class DerivedCache:
         self._entries: OrderedDict = OrderedDict()
 
     def get(self, key: Hashable, build: Callable[[], object]):
+        if any(isinstance(part, Pattern) and "same_document" in part.name for part in key):
+            raise ValueError(f"{key[0]}: a pattern with documents depends on the batch; it is never cached by name")
         if key in self._entries:
             self._entries.move_to_end(key)
             return self._entries[key]
@@ -46,6 +50,26 @@ class DerivedCache:
 
 
 DERIVED = DerivedCache()
+
+
+class PerBatch:
+    """What is built from one batch's document ids (an explicit mask, a Flex block mask), built once per forward:
+    every layer passes the same ``documents`` tensor, so values are kept while it is the one given. Holding the
+    tensor keeps its identity from being reused by another."""
+
+    def __init__(self):
+        self._documents: torch.Tensor | None = None
+        self._values: dict = {}
+
+    def get(self, documents: torch.Tensor, key: Hashable, build: Callable[[], object]):
+        if documents is not self._documents:
+            self._documents, self._values = documents, {}
+        if key not in self._values:
+            self._values[key] = build()
+        return self._values[key]
+
+
+PER_BATCH = PerBatch()
 
 
 @dataclass(frozen=True)
