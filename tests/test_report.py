@@ -79,3 +79,19 @@ def test_a_folder_with_no_runs_is_one_line_and_exit_2(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "report.py"), str(tmp_path / "missing")], capture_output=True,
                        text=True)
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0 and "no such folder" in r.stderr
+
+
+def test_extrapolation_curves_are_read_from_analysis_and_drawn_a_learned_run_as_its_one_point(sweep, tmp_path):
+    import shutil
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy)
+    analysis = {"layers": [{"layer": 0, "entropy": [1.0], "distance": [3.0]}],
+                "loss_by_position": {"split": "val", "mean": [2.0, 1.0], "windows": 4}}
+    rotary = {**analysis, "extrapolation": {"lengths": [64, 128, 256], "perplexity": [5.0, 6.0, 9.5]}}
+    for job, content in (("0-attention=full", rotary), ("1-attention=longformer", analysis)):
+        (copy / job / "analysis").mkdir(exist_ok=True)
+        (copy / job / "analysis" / "analysis.json").write_text(json.dumps(content))
+    runs, files = report([str(copy)])
+    assert runs[0].extrapolation == [(64, 5.0), (128, 6.0), (256, 9.5)]
+    assert runs[1].extrapolation == [(2, pytest.approx(2.718281828 ** 1.5))]  # exp(mean loss) at its own length
+    assert runs[0].positions == "learned" and files["extrapolation"].stat().st_size > 10_000

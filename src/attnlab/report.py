@@ -52,6 +52,8 @@ class Run:
     sample: dict | None = None  # the last validation's first sample (samples.jsonl)
     attn_distance: float | None = None  # mean attention distance over layers and heads (analysis/analysis.json)
     loss_by_position: list[float] = field(default_factory=list)  # analysis/analysis.json's curve
+    extrapolation: list[tuple[int, float]] = field(default_factory=list)  # (evaluation length, perplexity), analyze.py
+    positions: str = "?"  # model.positions: what the extrapolation curve depends on
     task_acc: float | None = None  # synthetic tasks: recall accuracy over every distance (task_accuracy.json)
     task_curve: list[tuple[float, float]] = field(default_factory=list)  # (mean distance of a bin, accuracy)
     task_chance: float | None = None
@@ -157,6 +159,7 @@ def read_run(folder: Path) -> Run:
         ov = [o for o in (ov or []) if not str(o).startswith(("paths.", "hydra"))]
         label = f"{job}: " + (" ".join(map(str, ov)) or "defaults")
     run = Run(folder=folder, label=label, attention=str(group("attention").get("name", "?")),
+              positions=str(group("model").get("positions", "learned")),
               backend=str(group("attention").get("backend", "?")), model=str(group("model").get("name", "?")),
               tokenizer=str(group("tokenizer").get("name", "?")))
     seed = raw.get("seed")
@@ -224,7 +227,7 @@ def read_run(folder: Path) -> Run:
     found = folder / run_folder.ANALYSIS  # written by analyze.py
     analysed = _read("analysis.json", folder, problems, lambda: _analysis(found)) if found.exists() else None
     if analysed is not None:
-        run.attn_distance, run.loss_by_position = analysed
+        run.attn_distance, run.loss_by_position, run.extrapolation = analysed
     found = folder / run_folder.TASK_ACCURACY  # written by callbacks.TaskAccuracy (dataset=copy|mqar)
     scored = _read("task_accuracy.json", folder, problems, lambda: _task_scores(found)) if found.exists() else None
     if scored:
@@ -253,9 +256,10 @@ def experiment_key(raw: dict) -> str:
 SEED_OVERRIDE = re.compile(r"^\+?seed=")
 
 
-def _analysis(path: Path) -> tuple[float | None, list[float]]:
-    """(mean attention distance, loss by position) from analyze.py's analysis.json, read as plain values of the
-    expected shapes (anything else: the file is unreadable, its cells stay empty)."""
+def _analysis(path: Path) -> tuple[float | None, list[float], list[tuple[int, float]]]:
+    """(mean attention distance, loss by position, extrapolation) from analyze.py's analysis.json, read as plain
+    values of the expected shapes (anything else: the file is unreadable, its cells stay empty). A run without an
+    extrapolation curve (learned positions) gets its one point: the perplexity of the loss by position at 1x."""
     d = plain_yaml.load_json(path)
     layers = d.get("layers", []) if isinstance(d, dict) else None
     curve = (d.get("loss_by_position") or {}) if isinstance(d, dict) else None
@@ -264,7 +268,14 @@ def _analysis(path: Path) -> tuple[float | None, list[float]]:
     distances = [x for row in layers if isinstance(row, dict) and isinstance(row.get("distance", []), list)
                  for x in row.get("distance", []) if isinstance(x, (int, float)) and not isinstance(x, bool)]
     mean = [float(v) for v in curve.get("mean", []) if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    return (sum(distances) / len(distances) if distances else None), mean
+    number = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
+    extra = d.get("extrapolation") if isinstance(d.get("extrapolation"), dict) else {}
+    lengths, ppl = extra.get("lengths", []), extra.get("perplexity", [])
+    points = [(int(n), float(p)) for n, p in zip(lengths, ppl) if number(n) and number(p)] \
+        if isinstance(lengths, list) and isinstance(ppl, list) else []
+    if not points and mean:
+        points = [(len(mean), math.exp(sum(mean) / len(mean)))]
+    return (sum(distances) / len(distances) if distances else None), mean, points
 
 
 def _task_scores(path: Path) -> tuple[float, list[tuple[float, float]], float, float | None]:
@@ -501,6 +512,20 @@ def _plots(runs: list[Run], groups: list[Group], out: Path) -> dict[str, Path]:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
         files["loss_by_position"] = save(fig, out / "loss_by_position.png")
+    curves = [r for r in runs if r.extrapolation]
+    if curves:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for r in curves:
+            lengths, ppl = zip(*r.extrapolation)
+            ax.plot(lengths, ppl, "o-", color=colour[id(r)], label=f"{legend(r)}, {r.positions} positions")
+        ax.set(xscale="log", xlabel="evaluation window (tokens); the first point is the training context",
+               ylabel="perplexity", title="perplexity against evaluation length (analyze.py)")
+        ax.minorticks_off()
+        ax.set_xticks(sorted({n for r in curves for n, _ in r.extrapolation}),
+                      [str(n) for n in sorted({n for r in curves for n, _ in r.extrapolation})])
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        files["extrapolation"] = save(fig, out / "extrapolation.png")
     scored = [g for g in groups if any(r.task_curve for r in g.members)]
     if scored:
         fig, ax = plt.subplots(figsize=(8, 5))
