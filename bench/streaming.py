@@ -41,6 +41,19 @@ def streamed_nll(model, tokens) -> "torch.Tensor":
     return torch.stack(losses, 1)  # (B, L - 1)
 
 
+def sink_share(model, tokens, sinks: int) -> list[dict]:
+    """Per layer: the mean attention probability that queries past the first quarter of the context give the
+    first ``sinks`` tokens, against what uniform attention over their past would give. An attention sink (Xiao
+    et al.) is far above uniform; the collapse of window attention needs one."""
+    from attnlab.analysis import inspect
+    T = min(tokens.shape[1], model.cfg.context)
+    seen = inspect(model, tokens[:, :T])
+    start = T // 4
+    uniform = sum(min(sinks, i + 1) / (i + 1) for i in range(start, T)) / (T - start)
+    return [{"layer": layer, "on_first_tokens": float(p[:, :, start:, :sinks].sum(-1).mean()), "uniform": uniform}
+            for layer, p in enumerate(seen.probabilities)]  # p: (B, H, T, T)
+
+
 def main(argv=None) -> None:
     import torch
     from attnlab.attention import build_attention
@@ -78,6 +91,11 @@ def main(argv=None) -> None:
     print(f"streaming, {info['date']}, {info['cpu']} ({info['cpus']} CPUs), torch {info['torch']}; "
           f"run {loaded.folder.name} ({cfg.positions} positions, context {cfg.context}), {args.texts} texts of "
           f"{length} tokens, window {window}, sinks {args.sinks}", flush=True)
+    trained = loaded.model.model.eval()
+    sinks_now = sink_share(trained, texts, args.sinks)
+    print("  attention on the first {} tokens (queries past {}): ".format(args.sinks, cfg.context // 4)
+          + ", ".join(f"layer {s['layer']} {s['on_first_tokens']:.3f}" for s in sinks_now)
+          + f" (uniform: {sinks_now[0]['uniform']:.3f})", flush=True)
     chunk = window
     rows = []
     for label, attention in caches.items():
@@ -97,6 +115,10 @@ def main(argv=None) -> None:
              f"token:", "", f"| cache | all tokens | {heads} |", "|---|---|" + "---|" * len(rows[0]["ppl_by_chunk"])]
     for r in rows:
         lines.append(f"| {r['cache']} | {r['ppl']:.2f} | " + " | ".join(f"{p:.2f}" for p in r["ppl_by_chunk"]) + " |")
+    lines += ["", f"Attention the trained model gives its first {args.sinks} tokens (queries past position "
+              f"{cfg.context // 4}, full attention, the first {cfg.context} tokens of each text): "
+              + ", ".join(f"layer {s['layer']} {s['on_first_tokens']:.3f}" for s in sinks_now)
+              + f"; uniform attention would give {sinks_now[0]['uniform']:.3f}."]
     table = "\n".join(lines)
     print(table)
     out = Path(args.out)
@@ -105,7 +127,8 @@ def main(argv=None) -> None:
     stem.with_suffix(".md").write_text(table + "\n")
     stem.with_suffix(".json").write_text(json.dumps({"machine": info, "run": loaded.folder.name,
                                                      "args": {k: v for k, v in vars(args).items() if k != "run"},
-                                                     "window": window, "length": length, "rows": rows}, indent=1))
+                                                     "window": window, "length": length, "rows": rows,
+                                                     "sink_share": sinks_now}, indent=1))
     try:
         import matplotlib
         matplotlib.use("Agg")
