@@ -118,3 +118,19 @@ def test_documents_benchmark_times_every_type_without_and_with_the_mask(tmp_path
                                                                  ("longformer", "banded")}
     assert data["crossing"]["short"] > data["crossing"]["plays"]  # the short documents cut nearly every window
     assert "| longformer | banded |" in out and list(tmp_path.glob("documents-cpu-*.png"))
+
+
+def test_streaming_benchmark_reads_past_the_window_with_three_caches(make_cfg, tmp_path):
+    from conftest import FAST_TRAIN
+    from attnlab.train import train
+    cfg = make_cfg([*FAST_TRAIN, "model.positions=rope", "model.context=32"])
+    train(cfg)
+    out = run("streaming.py", "--run", str(cfg.paths.output_dir), "--window", "8", "--texts", "2",
+              "--cache-dir", str(cfg.paths.cache_dir), tmp_path=tmp_path)
+    [js] = tmp_path.glob("streaming-cpu-*.json")
+    data = json.loads(js.read_text())
+    assert [r["cache"] for r in data["rows"]] == ["full", "window", "sinks"] and data["length"] == 32
+    first = {r["cache"]: r["ppl_by_chunk"][0] for r in data["rows"]}
+    assert first["window"] == pytest.approx(first["full"], rel=1e-5)  # within the first window the caches agree
+    assert first["sinks"] == pytest.approx(first["full"], rel=1e-5)
+    assert len(data["sink_share"]) == cfg.model.n_layer and "| sinks |" in out
