@@ -43,3 +43,30 @@ def test_flex_block_mask_and_forward_match_the_predicate(name, settings, causal,
     mask = pattern.dense(N, n_heads=H)  # (H, N, N)
     torch.testing.assert_close(out.double(), masked_attention(q.double(), k.double(), v.double(), mask.unsqueeze(0)),
                                atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(ATTENTION_TYPES))
+def test_flex_with_documents_and_alibi_matches_the_dense_reference(name):
+    """Documents become a per-batch block mask, ALiBi a score_mod: the forward equals dense attention with both."""
+    from attnlab.attention.backends.dense import full_mask
+    from attnlab.attention.patterns import document_ids
+    from attnlab.attention.score_mods import alibi
+    att = build_attention({"name": name, **ATTENTION_TYPES[name].variants(N)[0], "block_size": 16})
+    if "flex" not in att.backends():
+        pytest.skip(f"{name} has no flex backend")
+    pattern = att.pattern(N, 0)
+    torch.manual_seed(2)
+    tokens = torch.randint(1, 9, (2, N))
+    tokens[0, [5, 33]], tokens[1, 47] = 0, 0
+    documents = document_ids(tokens, 0)
+    q, k, v = (torch.randn(2, H, N, D) for _ in range(3))
+    mask = full_mask(pattern, 2, H, N, documents, None)
+    kept = block_mask_for(pattern, N, H, 16, "cpu", documents).to_dense().bool()  # (B, H|1, nb, nb)
+    assert kept.shape[0] == 2 and not kept[0].equal(kept[1])  # one layout per batch row: the data decides it
+    for mod in (None, alibi(H)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = flex_attention(q, k, v, pattern, 16, documents, mod, compiled=False)
+        bias = None if mod is None else mod.dense(N, N, H, dtype=torch.float64).unsqueeze(0)
+        torch.testing.assert_close(out.double(), masked_attention(q.double(), k.double(), v.double(), mask, bias),
+                                   atol=2e-5, rtol=1e-4)

@@ -97,3 +97,29 @@ def test_block_must_be_a_power_of_two():
     q = torch.randn(1, 1, 8, 16, device=DEVICE)
     with pytest.raises(ValueError, match="attention.block_size=24: the triton backend needs a power of two"):
         triton_attention(q, q, q, causal(), 24)
+
+
+@pytest.mark.parametrize("name", [n for n in ATTENTION_TYPES
+                                  if "triton" in build_attention({"name": n, **ATTENTION_TYPES[n].variants(64)[0]}).backends()])
+def test_triton_with_documents_equals_the_dense_reference(name, poisoned_buffers):
+    """Every visited tile applies the document check, forward and both backward kernels."""
+    from attnlab.attention.backends.dense import full_mask
+    from attnlab.attention.patterns import document_ids
+    torch.manual_seed(5)
+    n, d, B, H = 45, 32, 2, 2
+    att = build_attention({"name": name, **ATTENTION_TYPES[name].variants(64)[0], "backend": "triton", "block_size": 16})
+    tokens = torch.randint(1, 9, (B, n))
+    tokens[0, [3, 16, 30]], tokens[1, 22] = 0, 0  # ends inside blocks and at a block's last position
+    documents = document_ids(tokens, 0).to(DEVICE)
+    q, k, v = (torch.randn(B, H, n, d, device=DEVICE, requires_grad=True) for _ in range(3))
+    out = att(q, k, v, 0, documents)
+    g = torch.randn_like(out)
+    grads = torch.autograd.grad(out, (q, k, v), g)
+    qd, kd, vd = (x.detach().double().requires_grad_() for x in (q, k, v))
+    ref = masked_attention(qd, kd, vd, full_mask(att.pattern(n), B, H, n, documents, DEVICE))
+    torch.testing.assert_close(out.double(), ref, atol=2e-5, rtol=1e-4)
+    for got, want, which in zip(grads, torch.autograd.grad(ref, (qd, kd, vd), g.double()), "qkv"):
+        torch.testing.assert_close(got.double(), want, atol=8e-5, rtol=4e-4, msg=lambda m: f"d{which}: {m}")
+    from attnlab.attention.score_mods import alibi
+    with pytest.raises(ValueError, match="triton backend cannot add the score modification alibi2"):
+        att(q, k, v, 0, None, alibi(2))
