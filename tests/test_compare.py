@@ -124,7 +124,9 @@ def test_runs_that_differ_in_more_than_the_seed_are_not_grouped(seeds_sweep):
     runs, files = report([str(seeds_sweep)])
     with open(files["groups"], newline="") as f:
         groups = [(g["group"], g["n"]) for g in csv.DictReader(f)]
-    assert groups == [("attention=full", "3"), ("attention=longformer", "3"), ("attention=full #2", "1")]
+    # the same label, so the setting that tells them apart is added to it
+    assert groups == [("attention=full attention.window=32", "3"), ("attention=longformer", "3"),
+                      ("attention=full attention.window=8", "1")]
 
 
 def test_a_sweeps_seeds_are_one_wandb_group_per_type():

@@ -9,6 +9,7 @@ two groups' means and spreads (Welch). With 3 seeds t(0.975, 2) = 4.30: only a c
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -165,17 +166,41 @@ class Group:
 
 def group_runs(runs: Iterable, key_of, label_of) -> list[Group]:
     """Groups of runs with the same ``key_of(run)``, in order of their first run; members sorted by seed. Labels
-    that would repeat get a number."""
+    that would repeat get the settings that tell their groups apart when the keys are JSON configs (runs started
+    one by one, not as a sweep: ``full model.positions=rope``), else a number."""
     groups: dict[str, Group] = {}
     for r in runs:
         k = key_of(r)
         if k not in groups:
             groups[k] = Group(label_of(r), k)
         groups[k].members.append(r)
-    seen: dict[str, int] = {}
+    by_label: dict[str, list[Group]] = {}
     for g in groups.values():
         g.members.sort(key=lambda r: (r.seed is None, r.seed if r.seed is not None else 0))
-        seen[g.label] = seen.get(g.label, 0) + 1
-        if seen[g.label] > 1:
-            g.label = f"{g.label} #{seen[g.label]}"
+        by_label.setdefault(g.label, []).append(g)
+    for label, same in by_label.items():
+        apart = _settings_apart([g.key for g in same]) if len(same) > 1 else None
+        for i, g in enumerate(same):
+            if apart is not None:
+                g.label = f"{label} {apart[i]}"
+            elif i:
+                g.label = f"{label} #{i + 1}"
     return list(groups.values())
+
+
+def _settings_apart(keys: list[str], most: int = 3) -> list[str] | None:
+    """For keys that are JSON configs, each one's values of the (at most ``most``) settings that differ among them,
+    as ``a.b=v``; None when the keys are not such configs or nothing tells them apart."""
+    def flat(d: dict, prefix: str = "") -> dict:
+        out = {}
+        for k, v in d.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+        return out
+    try:
+        configs = [flat(json.loads(k)) for k in keys]
+    except (ValueError, TypeError, AttributeError):
+        return None
+    differing = sorted(k for k in set().union(*configs) if len({json.dumps(c.get(k), default=str) for c in configs}) > 1)
+    if not differing:
+        return None
+    return [" ".join(f"{k}={c.get(k)}" for k in differing[:most]) for c in configs]
