@@ -30,7 +30,7 @@ class DerivedCache:
         self._entries: OrderedDict = OrderedDict()
 
     def get(self, key: Hashable, build: Callable[[], object]):
-        if any(isinstance(part, Pattern) and "same_document" in part.name for part in key):
+        if isinstance(key, tuple) and any(isinstance(part, Pattern) and "same_document" in part.name for part in key):
             raise ValueError(f"{key[0]}: a pattern with documents depends on the batch; it is never cached by name")
         if key in self._entries:
             self._entries.move_to_end(key)
