@@ -13,8 +13,6 @@ Writes a Markdown table, JSON and a plot to ``--out`` with the date and machine.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import sys
 import time
 from pathlib import Path
@@ -74,6 +72,7 @@ def machine() -> dict:
 
 def main(argv=None) -> None:
     import torch
+    import result_files  # bench/result_files.py
     from attnlab.attention import ATTENTION_TYPES
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--types", nargs="+", default=list(ATTENTION_TYPES), choices=list(ATTENTION_TYPES))
@@ -139,16 +138,7 @@ def main(argv=None) -> None:
     table = "\n".join(lines)
     print(table)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"decode-{'cuda' if info.get('gpu') else 'cpu'}-{dt.datetime.now().strftime('%Y%m%d-%H%M')}"
-    stem.with_suffix(".md").write_text(table + "\n")
-    stem.with_suffix(".json").write_text(json.dumps({"machine": info, "args": vars(args), "rows": rows,
-                                                     "stream": stream}, indent=1))
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+    def draw(plt):
         fig, axes = plt.subplots(1, 2 if stream else 1, figsize=(12 if stream else 6, 4.5), squeeze=False)
         ax = axes[0][0]
         for i, name in enumerate(args.types):
@@ -169,11 +159,9 @@ def main(argv=None) -> None:
             ax.set(xlabel="generated tokens so far", ylabel="ms per token", title="per-token cost along a generation")
             ax.legend(fontsize=7)
         fig.suptitle(f"{info['date']}, {info.get('gpu') or info['cpu']}", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(stem.with_suffix(".png"), dpi=120)
-    except ImportError:
-        print("(matplotlib not installed: no plot)")
-    print(f"wrote {stem}.md, .json, .png")
+        return fig
+    result_files.write(args.out, "decode", table, {"machine": info, "args": vars(args), "rows": rows, "stream": stream},
+                       draw, device="cuda" if info.get("gpu") else "cpu")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,6 @@ table, JSON and a plot to ``--out`` with the date and machine.
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import statistics
 import sys
 import time
@@ -77,6 +75,7 @@ def main(argv=None) -> None:
     import torch
     from attnlab.attention import ATTENTION_TYPES, BACKENDS, build_attention
     from attnlab.model import GPT, GPTConfig
+    import result_files  # bench/result_files.py
     from attention import machine  # bench/attention.py
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--types", nargs="+", default=list(ATTENTION_TYPES), choices=list(ATTENTION_TYPES))
@@ -129,16 +128,8 @@ def main(argv=None) -> None:
                      f"{r['plays_ratio']:.2f}x | {r['short_tokens_per_s']:,.0f} | {r['short_ratio']:.2f}x |")
     table = "\n".join(lines)
     print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"documents-cpu-{dt.datetime.now().strftime('%Y%m%d-%H%M')}"
-    stem.with_suffix(".md").write_text(table + "\n")
-    stem.with_suffix(".json").write_text(json.dumps({"machine": info, "args": vars(args), "crossing": share,
-                                                     "rows": rows}, indent=1))
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+
+    def draw(plt):
         fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(rows)), 4))
         xs = range(len(rows))
         for i, (key, label) in enumerate((("off", "no mask"), ("plays", "mask, plays"), ("short", "mask, short documents"))):
@@ -146,11 +137,9 @@ def main(argv=None) -> None:
         ax.set_xticks(list(xs), [f"{r['type']}\n{r['backend']}" for r in rows], fontsize=7)
         ax.set(ylabel="training tokens/s", title=f"document masking's cost ({info['date']}, {info['cpu']})")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(stem.with_suffix(".png"), dpi=120)
-    except ImportError:
-        print("(matplotlib not installed: no plot)")
-    print(f"wrote {stem}.md, .json, .png")
+        return fig
+    result_files.write(args.out, "documents", table, {"machine": info, "args": vars(args), "crossing": share,
+                                                      "rows": rows}, draw)
 
 
 if __name__ == "__main__":

@@ -18,8 +18,6 @@ table, JSON and a plot (perplexity by position) to ``--out`` with the date, mach
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import math
 import sys
 from pathlib import Path
@@ -59,6 +57,7 @@ def main(argv=None) -> None:
     from attnlab.attention import build_attention
     from attnlab.model import GPT
     from attnlab.runs import load_run
+    import result_files  # bench/result_files.py
     from attention import machine  # bench/attention.py
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", required=True, help="a run folder of a model with rope or alibi positions")
@@ -121,18 +120,8 @@ def main(argv=None) -> None:
               + f"; uniform attention would give {sinks_now[0]['uniform']:.3f}."]
     table = "\n".join(lines)
     print(table)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"streaming-cpu-{dt.datetime.now().strftime('%Y%m%d-%H%M')}"
-    stem.with_suffix(".md").write_text(table + "\n")
-    stem.with_suffix(".json").write_text(json.dumps({"machine": info, "run": loaded.folder.name,
-                                                     "args": {k: v for k, v in vars(args).items() if k != "run"},
-                                                     "window": window, "length": length, "rows": rows,
-                                                     "sink_share": sinks_now}, indent=1))
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+
+    def draw(plt):
         fig, ax = plt.subplots(figsize=(6.5, 4))
         for r in rows:
             xs = [min((i + 0.5) * chunk, length) for i in range(len(r["ppl_by_chunk"]))]
@@ -141,11 +130,11 @@ def main(argv=None) -> None:
         ax.set(xlabel="position in the text (tokens)", ylabel=f"perplexity per {chunk}-token block", yscale="log",
                title=f"streaming past the window ({info['date']})")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(stem.with_suffix(".png"), dpi=120)
-    except ImportError:
-        print("(matplotlib not installed: no plot)")
-    print(f"wrote {stem}.md, .json, .png")
+        return fig
+    result_files.write(args.out, "streaming", table, {"machine": info, "run": loaded.folder.name,
+                                                      "args": {k: v for k, v in vars(args).items() if k != "run"},
+                                                      "window": window, "length": length, "rows": rows,
+                                                      "sink_share": sinks_now}, draw)
 
 
 if __name__ == "__main__":
