@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 
-def streamed_nll(model, tokens) -> "torch.Tensor":
+def streamed_nll(model, tokens):
     """tokens (B, L) fed one at a time through a fresh cache -> the loss of each next token, (B, L - 1)."""
     import torch
     import torch.nn.functional as F
