@@ -157,12 +157,12 @@ class RunSpec:
             with open_dict(cfg):  # the composed config says what runs: its run key, W&B config, checkpoints
                 cfg.model.update(model)
                 cfg.model["name"], cfg.tokenizer["name"] = name, names["tokenizer"]
-        GPTConfig(**{**model, "vocab_size": 1})  # dimension checks; the vocabulary comes from the data
+        checked = GPTConfig(**{**model, "vocab_size": 1})  # dimension checks; the vocabulary comes from the data
         attention_settings = plain(cfg.attention)
         from attnlab.attention import build_attention
         attention = build_attention(attention_settings)
         device = run_device(str(cfg.trainer.accelerator))
-        score_mod = GPTConfig(**{**model, "vocab_size": 1}).score_mod_name
+        score_mod = checked.score_mod_name  # the backend must be able to add it
         attention.check(model["context"], model["n_head"], device, score_mod)
         data = plain(cfg.data)
         if data.get("context", model["context"]) > model["context"]:
