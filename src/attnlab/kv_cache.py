@@ -23,6 +23,20 @@ from attnlab.attention import AttentionType
 from attnlab.attention.score_mods import ScoreMod
 
 
+def sdpa_mask(allowed: torch.Tensor, query_docs: torch.Tensor | None, key_docs: torch.Tensor | None,
+              score_mod: ScoreMod | None, heads: torch.Tensor, q_pos: torch.Tensor, k_pos: torch.Tensor,
+              dtype: torch.dtype) -> torch.Tensor:
+    """The ``attn_mask`` SDPA takes for cached or global rows: ``allowed`` (H|1, T, S) bool, within documents
+    (query_docs (B, T), key_docs (B, S); -> (B, H|1, T, S)), and with a score modification the float mask that
+    adds it where allowed and -inf elsewhere. The same pairs and bias the backends compute."""
+    if key_docs is not None:
+        allowed = allowed & (query_docs.unsqueeze(-1) == key_docs.unsqueeze(1)).unsqueeze(1)  # (B, H|1, T, S)
+    if score_mod is None:
+        return allowed
+    zero = torch.zeros((), dtype=torch.long, device=allowed.device)
+    return score_mod(zero, heads, q_pos, k_pos).to(dtype).masked_fill(~allowed, float("-inf"))  # (B|1, H, T, S)
+
+
 class LayerCache:
     """The cached keys and values of one layer: slots (B, H, S, D) and their positions (S,), -1 = free."""
 
@@ -80,11 +94,7 @@ class LayerCache:
             mask = self.pattern(zero, heads, q_pos, k_pos)  # (H|1, T, S)
             if self.drops_keys:
                 mask = mask & (pos >= 0).view(1, 1, -1)  # free slots hold nothing
-            if doc is not None:
-                mask = mask & (documents.unsqueeze(-1) == doc.unsqueeze(1)).unsqueeze(1)  # (B, H|1, T, S)
-            if score_mod is not None:  # the bias where allowed, -inf elsewhere: one float mask
-                bias = score_mod(zero, heads, q_pos, k_pos).to(q.dtype)  # (H, T, S)
-                mask = bias.masked_fill(~mask, float("-inf"))  # (B|1, H, T, S)
+            mask = sdpa_mask(mask, documents, doc, score_mod, heads, q_pos, k_pos, q.dtype)
             y = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask,
                                                enable_gqa=k_all.shape[1] != q.shape[1])  # (B, H, T, D)
         if self.drops_keys:

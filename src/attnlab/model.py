@@ -17,7 +17,7 @@ from attnlab.attention import AttentionType, build_attention
 from attnlab.attention.patterns import document_ids
 from attnlab.attention.score_mods import SCORE_MODS
 from attnlab.errors import ConfigError
-from attnlab.kv_cache import KVCache, LayerCache
+from attnlab.kv_cache import KVCache, LayerCache, sdpa_mask
 
 POSITIONS = ("learned", "rope", *SCORE_MODS)  # a table, a rotation, or a score modification (score_mods.py)
 ACTIVATIONS = {"gelu": lambda x: F.gelu(x), "gelu_tanh": lambda x: F.gelu(x, approximate="tanh")}  # gelu_tanh: GPT-2's
@@ -210,12 +210,9 @@ class SelfAttention(nn.Module):
         # a global query sees every key (every earlier one when causal) of its document: the type's definition
         q_pos, k_pos = positions[rows].view(-1, 1), key_pos.view(1, -1)  # (R, 1), (1, S)
         mask = (k_pos <= q_pos) if self.attention.causal else torch.ones_like(k_pos <= q_pos)  # (R, S)
-        if key_doc is not None:
-            mask = mask & (documents[:, rows].unsqueeze(-1) == key_doc.unsqueeze(1)).unsqueeze(1)  # (B, 1, R, S)
-        if self.score_mod is not None:
-            zero = torch.zeros((), dtype=torch.long, device=x.device)
-            heads = torch.arange(self.n_head, device=x.device).view(-1, 1, 1)  # (H, 1, 1)
-            mask = self.score_mod(zero, heads, q_pos, k_pos).to(qg.dtype).masked_fill(~mask, float("-inf"))
+        heads = torch.arange(self.n_head, device=x.device).view(-1, 1, 1)  # (H, 1, 1)
+        query_docs = None if key_doc is None else documents[:, rows]  # (B, R)
+        mask = sdpa_mask(mask.unsqueeze(0), query_docs, key_doc, self.score_mod, heads, q_pos, k_pos, qg.dtype)
         yg = F.scaled_dot_product_attention(qg[:, :, rows], kg, vg, attn_mask=mask,
                                             enable_gqa=kg.shape[1] != qg.shape[1])  # (B, H, R, D)
         return y.index_copy(2, rows, yg.to(y.dtype))  # (B, H, T, D)

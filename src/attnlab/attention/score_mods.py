@@ -12,6 +12,7 @@ slope per head from a geometric sequence, and no position embedding at all (``mo
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Callable
@@ -31,6 +32,12 @@ class ScoreMod:
 
     def __call__(self, b, h, q_idx, kv_idx) -> torch.Tensor:
         return self.fn(b, h, q_idx, kv_idx)
+
+    @functools.cached_property
+    def flex(self) -> Callable:
+        """FlexAttention's ``score_mod(score, b, h, q_idx, kv_idx)``, made once: a compiled kernel guards on the
+        function it was given, so every call passes this same one."""
+        return lambda score, b, h, q_idx, kv_idx: score + self.fn(b, h, q_idx, kv_idx).to(score.dtype)
 
     def dense(self, n_q: int, n_k: int, n_heads: int, device=None, dtype=torch.float32) -> torch.Tensor:
         """The explicit bias, (n_heads, n_q, n_k)."""

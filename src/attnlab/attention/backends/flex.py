@@ -53,7 +53,7 @@ def flex_attention(q, k, v, pattern: Pattern, block: int = 128, documents: torch
                    score_mod: ScoreMod | None = None, compiled: bool = True) -> torch.Tensor:
     """q, k, v: (B, H, N, D) -> (B, H, N, D). ``compiled=False`` runs PyTorch's unfused reference path."""
     bm = block_mask_for(pattern, q.shape[2], q.shape[1], block, q.device, documents)
-    add = None if score_mod is None else (lambda score, b, h, i, j: score + score_mod(b, h, i, j).to(score.dtype))
+    add = None if score_mod is None else score_mod.flex
     if compiled:
         return _compiled_flex()(q, k, v, score_mod=add, block_mask=bm)
     from torch.nn.attention.flex_attention import flex_attention as eager_flex
